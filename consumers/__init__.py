@@ -1,0 +1,1 @@
+"""Long-running processes built on the engine."""

@@ -1,0 +1,222 @@
+"""The consumer process: read batch -> decode/validate -> one Lua call per partition -> metrics.
+
+Several consumers run side by side in one consumer group; each partition is applied by the
+one consumer holding its lease (consumers/leases.py), in stream order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
+
+from engine.batch import DeadLetter, decode_entries
+from engine.control import advance, drained, ensure_groups, group_state
+from engine.keys import Keys
+from engine.metrics import ConsumerMetrics
+from engine.scripts import NotOwner, Scripts, translate
+from engine.settings import Settings
+
+from .leases import Leases
+
+log = logging.getLogger("shopstream.consumer")
+
+STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in other consumers' lists
+
+
+class Consumer:
+    def __init__(self, client: Any, settings: Settings, name: str, *, metrics: ConsumerMetrics | None = None,
+                 until_idle: bool = False, idle_advance: bool = True):
+        self.client, self.settings, self.name = client, settings, name
+        self.metrics = metrics or ConsumerMetrics()
+        self.until_idle = until_idle
+        self.idle_advance = idle_advance and settings.idle_timeout_ms > 0
+        self.keys = Keys(settings.namespace, settings.partitions)
+        self.parts = self.keys.all_partitions()
+        self.stream_partition = {p.clicks.encode(): p.p for p in self.parts}
+        self.scripts = Scripts(client)
+        self.leases = Leases(client, self.scripts, settings, name)
+        self.stopping = asyncio.Event()
+        self.last_input: dict[int, float] = {}     # partition -> monotonic time of its last entry
+        self.last_idle_tick: dict[int, float] = {}
+        self.has_data: set[int] = set()
+        s = settings
+        self._fixed_args = [s.session_gap_ms * 1000, s.out_of_order_ms * 1000, s.events_per_minute_threshold,
+                            s.state_ttl_ms, s.output_maxlen, self.keys.channel(s.alerts_channel)]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def run(self) -> None:
+        await ensure_groups(self.client, self.settings)
+        await self.leases.heartbeat()
+        beat = asyncio.create_task(self._heartbeat_loop())
+        try:
+            while not self.stopping.is_set():
+                if self.leases.to_release:
+                    await self.leases.release(set(self.leases.to_release))
+                try:
+                    worked = await self.step()
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    log.warning("redis unavailable (%s); retrying", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                if not worked and self.until_idle and await drained(self.client, self.settings):
+                    log.info("all partitions drained; exiting")
+                    break
+        finally:
+            beat.cancel()
+            try:
+                await self.leases.leave()
+            except (RedisConnectionError, RedisTimeoutError):
+                pass
+
+    def stop(self) -> None:
+        """Finish the current batch, release the leases, leave (SIGTERM / SIGINT)."""
+        self.stopping.set()
+
+    async def _heartbeat_loop(self) -> None:
+        beats = 0
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_ms / 1000)
+            try:
+                await self.leases.heartbeat()
+                beats += 1
+                if beats % STRAY_CLAIM_EVERY == 0:
+                    for p in sorted(self.leases.owned):
+                        await self.leases.claim_pending(p, min_idle_ms=2 * self.settings.lease_ttl_ms)
+                await self.observe_lag()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+            except Exception:  # a heartbeat must never die silently
+                log.exception("heartbeat error")
+            self.metrics.owned.set(len(self.leases.owned))
+
+    # -- one step: read -> decode -> apply -> metrics ------------------------------------------
+    async def step(self) -> bool:
+        owned = sorted(self.leases.owned - self.leases.to_release)
+        if not owned:
+            await asyncio.sleep(self.settings.block_ms / 1000)
+            return False
+        batches = await self.read(owned)
+        for p, entries, from_pending in batches:
+            await self.process(p, entries)
+            if from_pending and len(entries) < self.settings.batch_size:
+                self.leases.recovering.discard(p)
+        if self.idle_advance:
+            await self.advance_idle(owned)
+        return any(entries for _, entries, _ in batches)
+
+    async def read(self, owned: list[int]) -> list[tuple[int, list, bool]]:
+        s = self.settings
+        recovering = [p for p in owned if p in self.leases.recovering]
+        if recovering:
+            streams = {self.parts[p].clicks: "0" for p in recovering}
+            reply = await self.client.xreadgroup(s.group, self.name, streams, count=s.batch_size)
+            got = [(self.stream_partition[stream], entries, True) for stream, entries in reply]
+            # a partition with nothing pending any more is recovered
+            seen = {p for p, _, _ in got}
+            for p in recovering:
+                if p not in seen:
+                    self.leases.recovering.discard(p)
+            return got
+        streams = {self.parts[p].clicks: ">" for p in owned}
+        reply = await self.client.xreadgroup(s.group, self.name, streams, count=s.batch_size, block=s.block_ms)
+        return [(self.stream_partition[stream], entries, False) for stream, entries in reply or []]
+
+    async def process(self, p: int, entries: list) -> None:
+        started = time.perf_counter()
+        now_us = time.time_ns() // 1000
+        self.last_input[p] = time.monotonic()
+        if not entries:
+            return
+        decoded = decode_entries(entries, p, now_us, self.settings)
+        if decoded.dead:
+            await self.dead_letter(p, decoded.dead)
+        if decoded.count:
+            part = self.parts[p]
+            args = [self.name, self.settings.group, now_us, *self._fixed_args, decoded.count, *decoded.args]
+            try:
+                reply = await self.scripts.call("apply_batch", part.apply_keys(), args)
+            except ResponseError as exc:
+                error = translate(exc)
+                if isinstance(error, NotOwner):
+                    log.warning("partition %d: lease lost before apply; its new owner takes the batch", p)
+                    self.leases.owned.discard(p)
+                    self.leases.recovering.discard(p)
+                    return
+                self.metrics.errors.inc()
+                self.leases.recovering.add(p)      # retry from the pending list
+                log.error("partition %d: apply failed, will retry: %s", p, error)
+                await asyncio.sleep(0.5)
+                return
+            self.record(p, reply)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_events.observe(len(entries))
+
+    def record(self, p: int, reply: list) -> None:
+        applied, dups, late, closed, finalized, wm = reply[:6]
+        m = self.metrics
+        m.events.labels("applied").inc(applied)
+        m.events.labels("duplicate").inc(dups)
+        m.events.labels("late").inc(late)
+        m.sessions.inc(closed)
+        m.minutes.inc(finalized)
+        m.watermark.labels(str(p)).set(int(wm) / 1e6)
+        if applied:
+            self.has_data.add(p)
+        alerts = reply[6:]
+        if alerts:
+            now_ms = time.time() * 1000
+            for i in range(0, len(alerts), 3):
+                entry_id = alerts[i]
+                appended_ms = int(entry_id.split(b"-", 1)[0])
+                m.detection.observe(max(now_ms - appended_ms, 0) / 1000)
+                m.alerts.labels("events_per_minute").inc()
+                log.info("alert events_per_minute user=%r window_start_us=%s", alerts[i + 1].decode(), alerts[i + 2].decode())
+
+    async def dead_letter(self, p: int, dead: list[DeadLetter]) -> None:
+        """Bad records: to the dead-letter stream first, then acknowledged (at-least-once into the DLQ)."""
+        s, stream = self.settings, self.parts[p].clicks
+        pipe = self.client.pipeline(transaction=False)
+        for d in dead:
+            pipe.xadd(self.keys.dlq, {"payload": d.payload, "reason": d.reason, "stream": stream,
+                                      "entry_id": d.entry_id, "partition": p,
+                                      "at_ms": int(time.time() * 1000)},
+                      maxlen=s.output_maxlen, approximate=True)
+        pipe.xack(stream, s.group, *[d.entry_id for d in dead])
+        await pipe.execute()
+        self.metrics.events.labels("dead_letter").inc(len(dead))
+        for d in dead:
+            log.info("dead-letter partition=%d entry=%s reason=%s", p, d.entry_id.decode(), d.reason)
+
+    async def advance_idle(self, owned: list[int]) -> None:
+        """Live mode: a partition without input for idle_timeout follows the wall clock."""
+        s = self.settings
+        now = time.monotonic()
+        idle = s.idle_timeout_ms / 1000
+        for p in owned:
+            if p not in self.has_data:
+                continue
+            last = self.last_input.setdefault(p, now)
+            if now - last < idle or now - self.last_idle_tick.get(p, 0.0) < s.heartbeat_ms / 1000:
+                continue
+            self.last_idle_tick[p] = now
+            target = time.time_ns() // 1000 - (s.idle_timeout_ms + s.out_of_order_ms) * 1000
+            try:
+                closed, finalized, wm = await advance(self.client, self.scripts, self.parts[p], s, target, self.name)
+            except NotOwner:
+                self.leases.owned.discard(p)
+                continue
+            self.metrics.sessions.inc(closed)
+            self.metrics.minutes.inc(finalized)
+            self.metrics.watermark.labels(str(p)).set(wm / 1e6)
+
+    # -- state of the group ----------------------------------------------------------------
+    async def observe_lag(self) -> None:
+        owned = sorted(self.leases.owned)
+        for p, (pending, lag) in (await group_state(self.client, self.settings, owned)).items():
+            self.metrics.pending.labels(str(p)).set(pending)
+            self.metrics.lag.labels(str(p)).set(lag)

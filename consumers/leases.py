@@ -1,0 +1,87 @@
+"""Partition ownership: membership heartbeats and per-partition leases kept in Redis.
+
+A consumer heartbeats into ``<ns>:consumers`` (ZSET, score = expiry ms); every member
+computes the same assignment from the live members (engine/assignment.py).  Owning partition
+p means holding ``<ns>:{p}:lease`` (renewed every heartbeat, expiring ``lease_ttl_ms`` after
+a consumer dies).  The apply script checks the lease, so a consumer that lost it cannot
+change the partition (fencing).  A new owner first claims every entry left pending by
+earlier owners (XAUTOCLAIM) and applies those before reading new entries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from engine.assignment import assigned
+from engine.keys import Keys
+from engine.scripts import Scripts
+from engine.settings import Settings
+
+log = logging.getLogger("shopstream.leases")
+
+
+class Leases:
+    def __init__(self, client: Any, scripts: Scripts, settings: Settings, name: str):
+        self.client, self.scripts, self.settings, self.name = client, scripts, settings, name
+        self.keys = Keys(settings.namespace, settings.partitions)
+        self.owned: set[int] = set()
+        self.to_release: set[int] = set()
+        self.recovering: set[int] = set()   # read own pending entries ("0") before new ones (">")
+        self.members: list[str] = []
+
+    async def heartbeat(self) -> None:
+        """Renew membership and leases; take free partitions assigned to us; mark the others to release."""
+        s = self.settings
+        now_ms = int(time.time() * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.keys.consumers, {self.name: now_ms + s.lease_ttl_ms})
+        pipe.zremrangebyscore(self.keys.consumers, "-inf", now_ms)
+        pipe.zrange(self.keys.consumers, 0, -1)
+        members = [m.decode() for m in (await pipe.execute())[2]]
+        if members != self.members:
+            log.info("members now %d: %s", len(members), ", ".join(members))
+            self.members = members
+        want = assigned(members, self.name, s.partitions)
+        self.to_release = self.owned - want
+        for p in sorted(want | self.owned):
+            if p in self.to_release:
+                continue
+            part = self.keys.partition(p)
+            held = await self.scripts.call("claim_lease", [part.key("lease")], [self.name, s.lease_ttl_ms])
+            if held and p not in self.owned:
+                await self.claim_pending(p)
+                self.owned.add(p)
+                log.info("took partition %d", p)
+            elif not held and p in self.owned:
+                self.owned.discard(p)
+                self.recovering.discard(p)
+                log.warning("lost partition %d (lease taken by another consumer)", p)
+
+    async def claim_pending(self, p: int, min_idle_ms: int = 0) -> int:
+        """Move entries pending for other consumers of partition p to us; returns how many."""
+        stream, cursor, moved = self.keys.partition(p).clicks, "0-0", 0
+        while True:
+            reply = await self.client.xautoclaim(stream, self.settings.group, self.name, min_idle_ms,
+                                                 start_id=cursor, count=1000)
+            cursor = reply[0]
+            moved += len(reply[1])
+            if cursor in (b"0-0", "0-0"):
+                break
+        self.recovering.add(p)
+        if moved:
+            log.info("partition %d: claimed %d pending entries", p, moved)
+        return moved
+
+    async def release(self, partitions: set[int]) -> None:
+        for p in sorted(partitions):
+            await self.scripts.call("release_lease", [self.keys.partition(p).key("lease")], [self.name])
+            self.owned.discard(p)
+            self.recovering.discard(p)
+            log.info("released partition %d", p)
+        self.to_release -= partitions
+
+    async def leave(self) -> None:
+        await self.release(set(self.owned))
+        await self.client.zrem(self.keys.consumers, self.name)

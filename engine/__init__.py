@@ -1,0 +1,1 @@
+"""ShopStream: sessionization, per-minute metrics and fraud flags on Redis Streams."""

@@ -1,0 +1,60 @@
+"""Turn one partition's stream entries into the apply script's arguments (pure: no I/O).
+
+Good entries become ``(entry_id, user_id, ts_us, type_token)`` quadruples in stream order;
+bad ones become dead-letter records carrying the original payload and a readable reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+from .partitioning import partition_of
+from .schema import BadRecord, parse_click
+from .settings import Settings
+
+PAYLOAD_FIELD = b"e"
+
+
+class DeadLetter(NamedTuple):
+    entry_id: bytes
+    payload: bytes
+    reason: str
+
+
+class Decoded(NamedTuple):
+    args: list[Any]            # flat (entry_id, user_id, ts_us, type_token) * n
+    count: int                 # n
+    dead: list[DeadLetter]
+
+
+def decode_entries(entries: Sequence[tuple[bytes, dict | None]], partition: int, now_us: int,
+                   settings: Settings) -> Decoded:
+    """Entries of one partition's stream; a user of another partition is bad input too (its state
+    lives elsewhere, so applying it here would split the user)."""
+    parts = settings.partitions
+    max_future = settings.max_future_ms * 1000
+    max_id = settings.max_id_bytes
+    args: list[Any] = []
+    dead: list[DeadLetter] = []
+    for entry_id, fields in entries:
+        if not fields:
+            dead.append(DeadLetter(entry_id, b"", "entry was trimmed from the stream before it was processed"
+                                                  " (raise input_maxlen)"))
+            continue
+        raw = fields.get(PAYLOAD_FIELD)
+        if raw is None:
+            dead.append(DeadLetter(entry_id, repr(fields).encode()[:4096],
+                                   "entry has no 'e' field (expected the event JSON in field 'e')"))
+            continue
+        try:
+            click = parse_click(raw, now_us, max_future, max_id)
+        except BadRecord as exc:
+            dead.append(DeadLetter(entry_id, raw, str(exc)))
+            continue
+        home = partition_of(click.user_id, parts)
+        if home != partition:
+            dead.append(DeadLetter(entry_id, raw, f"user_id belongs to partition {home}, not {partition}:"
+                                                  " the producer used another partition function or count"))
+            continue
+        args += (entry_id, click.user_id, click.ts_us, click.type_token)
+    return Decoded(args, len(args) // 4, dead)

@@ -1,0 +1,236 @@
+"""The ``shopstream`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import control, export, logs
+from .connection import RedisServerMissing, async_client, consumer_name, embedded_redis, sync_client
+from .settings import Settings, load_settings
+
+log = logging.getLogger("shopstream")
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "clickstream_events.json"
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    return load_settings({"redis_url": args.redis_url, "namespace": args.namespace,
+                          "partitions": args.partitions, **extra}, config_file=args.config)
+
+
+def _run(coro):
+    try:
+        import uvloop
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is not on Windows
+        return asyncio.run(coro)
+
+
+def _need_url(settings: Settings) -> str:
+    if not settings.redis_url:
+        sys.exit("error: set REDIS_URL (or --redis-url) to the Redis this command should use")
+    return settings.redis_url
+
+
+@contextlib.contextmanager
+def _redis_for_run(settings: Settings):
+    """REDIS_URL when given; otherwise a private redis-server for the run (the embedded default)."""
+    if settings.redis_url:
+        yield settings
+        return
+    with embedded_redis() as url:
+        print(f"started a private redis-server for this run at {url} (set REDIS_URL to use your own)")
+        yield settings.replace(redis_url=url)
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_generate(args, settings):
+    from .generate import GeneratorConfig, write_all
+    cfg = GeneratorConfig(seed=args.seed, users=args.users, hours=args.hours, start=args.start)
+    files = write_all(Path(args.out), cfg)
+    for name, count in files.items():
+        print(f"wrote {count:>8,} records to {Path(args.out) / name}")
+
+
+def cmd_replay(args, settings):
+    from .producer import replay
+    client = sync_client(_need_url(settings))
+    sent = replay(client, args.file, settings, rate=args.rate)
+    print(f"published {sent:,} events to {settings.partitions} partitions of {settings.namespace}:{{p}}:clicks")
+
+
+def cmd_consume(args, settings):
+    from consumers.consumer import Consumer
+    url = _need_url(settings)
+
+    async def main():
+        client = async_client(url)
+        consumer = Consumer(client, settings, consumer_name(), until_idle=args.until_idle)
+        if settings.metrics_port is not None:
+            port = consumer.metrics.serve(settings.metrics_port)
+            log.info("serving /metrics on port %d", port)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, consumer.stop)
+        log.info("consumer %s joining group %s", consumer.name, settings.group)
+        try:
+            await consumer.run()
+        finally:
+            await client.aclose()
+    _run(main())
+
+
+def cmd_flush(args, settings):
+    async def main():
+        client = async_client(_need_url(settings))
+        try:
+            return await control.flush(client, settings)
+        finally:
+            await client.aclose()
+    closed, finalized = _run(main())
+    print(f"flushed: {closed:,} sessions closed, {finalized:,} minutes finalized")
+
+
+def cmd_export(args, settings):
+    async def main():
+        client = async_client(_need_url(settings))
+        try:
+            return export.write(await export.collect(client, settings), args.out)
+        finally:
+            await client.aclose()
+    written = _run(main())
+    for name, count in written.items():
+        print(f"{count:>8,} {name:<9} -> {Path(args.out) / (name + '.jsonl')}")
+
+
+def cmd_reset(args, settings):
+    async def main():
+        client = async_client(_need_url(settings))
+        try:
+            return await control.reset(client, settings)
+        finally:
+            await client.aclose()
+    print(f"deleted {_run(main()):,} keys of namespace {settings.namespace!r}")
+
+
+def cmd_run(args, settings):
+    from .pipeline import run_file
+    from .report import print_run
+    with _redis_for_run(settings) as s:
+        result = _run(run_file(args.file, args.out, s, consumers=args.consumers, rate=args.rate, reset=args.reset))
+    print_run(result, args.out, detailed=False)
+
+
+def cmd_demo(args, settings):
+    from .pipeline import run_file
+    from .report import print_run
+    path = Path(args.file) if args.file else SAMPLE
+    print(f"ShopStream demo: {path.name} -> Redis Streams -> {args.consumers} consumers -> sessions, metrics, alerts\n")
+    with _redis_for_run(settings) as s:
+        result = _run(run_file(path, args.out, s, consumers=args.consumers, reset=args.reset))
+    print_run(result, args.out, detailed=True)
+
+
+def cmd_tail(args, settings):
+    from .keys import Keys
+    client = sync_client(_need_url(settings))
+    channel = Keys(settings.namespace, settings.partitions).channel(settings.alerts_channel)
+    pubsub = client.pubsub()
+    pubsub.subscribe(channel)
+    print(f"listening on {channel} (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        for message in pubsub.listen():
+            if message["type"] == "message":
+                print(message["data"].decode(), flush=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_metrics(args, settings):
+    from .report import print_live_minutes
+    client = sync_client(_need_url(settings))
+    print_live_minutes(client, settings, args.last)
+
+
+def cmd_sessions(args, settings):
+    from .report import print_user_sessions
+    client = sync_client(_need_url(settings))
+    print_user_sessions(client, settings, args.user)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shopstream", description=__doc__)
+    parser.add_argument("--redis-url", help="Redis or Redis Cluster URL (default: $REDIS_URL)")
+    parser.add_argument("--namespace", help="key namespace (default ss)")
+    parser.add_argument("--partitions", type=int, help="partition count (default 16)")
+    parser.add_argument("--config", help="TOML settings file (default: $SHOPSTREAM_CONFIG)")
+    parser.add_argument("--log-level", default="info")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write the four sample data files from a seed")
+    p.add_argument("--out", default="data")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--users", type=int, default=400)
+    p.add_argument("--hours", type=float, default=3.0)
+    p.add_argument("--start", default="2026-11-02T08:00:00Z")
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("replay", help="publish a clickstream file (JSON Lines or JSON array) to the streams")
+    p.add_argument("file")
+    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("consume", help="run one consumer of the group (run several side by side)")
+    p.add_argument("--until-idle", action="store_true", help="exit once every partition is drained")
+    p.set_defaults(fn=cmd_consume)
+
+    sub.add_parser("flush", help="end of input: close every open session and minute").set_defaults(fn=cmd_flush)
+
+    p = sub.add_parser("export", help="write the outputs as JSON Lines")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_export)
+
+    for name, fn, helptext in (("run", cmd_run, "replay FILE + consumers until drained + flush + export"),
+                               ("demo", cmd_demo, "the main job on the sample data, with a readable summary")):
+        p = sub.add_parser(name, help=helptext)
+        if name == "run":
+            p.add_argument("file")
+            p.add_argument("--out", required=True)
+        else:
+            p.add_argument("--file", help="clickstream file (default: data/clickstream_events.json)")
+            p.add_argument("--out", default="out/demo")
+        p.add_argument("--consumers", type=int, default=2)
+        p.add_argument("--rate", type=float, help=argparse.SUPPRESS if name == "demo" else "replay rate, events/s")
+        p.add_argument("--reset", action="store_true", help="delete the namespace's keys first")
+        p.set_defaults(fn=fn)
+
+    sub.add_parser("tail", help="print alerts as they are published").set_defaults(fn=cmd_tail)
+    p = sub.add_parser("metrics", help="per-minute events and unique users, live")
+    p.add_argument("--last", type=int, default=30, help="minutes to show")
+    p.set_defaults(fn=cmd_metrics)
+    p = sub.add_parser("sessions", help="a user's open and closed sessions")
+    p.add_argument("user")
+    p.set_defaults(fn=cmd_sessions)
+    sub.add_parser("reset", help="delete every key of the namespace").set_defaults(fn=cmd_reset)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level)
+    settings = _settings(args)
+    try:
+        args.fn(args, settings)
+    except RedisServerMissing as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

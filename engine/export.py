@@ -1,0 +1,107 @@
+"""Export contract: the output streams as JSON Lines files (timestamps ISO-8601 UTC, ms, Z).
+
+    sessions.jsonl  user_id, session_id, start, end, event_count, counts {event_type: n}
+    minutes.jsonl   minute, events, unique_users       (finalized minutes, all partitions summed)
+    alerts.jsonl    rule, user_id, window_start, count, threshold, detected_at
+    late.jsonl      user_id, timestamp, watermark, reason, record
+    dlq.jsonl       reason, record, stream, entry_id
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .eventtime import format_us
+from .keys import ALERTS, LATE, MINUTES, SESSIONS, Keys
+from .schema import type_name
+from .settings import Settings
+
+PAGE = 5000
+
+
+async def read_stream(client: Any, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    out: list = []
+    start = "-"
+    while True:
+        page = await client.xrange(key, min=start, max="+", count=PAGE)
+        out.extend(page)
+        if len(page) < PAGE:
+            return out
+        start = "(" + page[-1][0].decode()
+
+
+def _s(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def _types(encoded: bytes) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in _s(encoded).split(","):
+        if item:
+            tok, _, n = item.rpartition(":")
+            counts[type_name(tok)] = int(n)
+    return counts
+
+
+def session_record(f: dict[bytes, bytes]) -> dict:
+    return {"user_id": _s(f[b"user_id"]), "session_id": _s(f[b"session_id"]),
+            "start": format_us(int(f[b"start"])), "end": format_us(int(f[b"end"])),
+            "event_count": int(f[b"event_count"]), "counts": _types(f[b"types"])}
+
+
+def alert_record(f: dict[bytes, bytes]) -> dict:
+    return {"rule": _s(f[b"rule"]), "user_id": _s(f[b"user_id"]),
+            "window_start": format_us(int(f[b"window_start"])), "count": int(f[b"count"]),
+            "threshold": int(f[b"threshold"]), "detected_at": format_us(int(f[b"detected_at"]))}
+
+
+@dataclass
+class Outputs:
+    sessions: list[dict] = field(default_factory=list)
+    minutes: list[dict] = field(default_factory=list)
+    alerts: list[dict] = field(default_factory=list)
+    late: list[dict] = field(default_factory=list)
+    dlq: list[dict] = field(default_factory=list)
+
+
+async def collect(client: Any, settings: Settings) -> Outputs:
+    keys = Keys(settings.namespace, settings.partitions)
+    out = Outputs()
+    minutes: dict[int, list[int]] = {}
+    for part in keys.all_partitions():
+        out.sessions += [session_record(f) for _, f in await read_stream(client, part.key(SESSIONS))]
+        out.alerts += [alert_record(f) for _, f in await read_stream(client, part.key(ALERTS))]
+        for _, f in await read_stream(client, part.key(MINUTES)):
+            acc = minutes.setdefault(int(f[b"minute"]), [0, 0])
+            acc[0] += int(f[b"events"])
+            acc[1] += int(f[b"unique_users"])
+        for _, f in await read_stream(client, part.key(LATE)):
+            out.late.append({"user_id": _s(f[b"user_id"]), "timestamp": format_us(int(f[b"ts"])),
+                             "watermark": format_us(int(f[b"watermark"])), "reason": _s(f[b"reason"]),
+                             "record": _s(f[b"payload"])})
+    out.minutes = [{"minute": format_us(m), "events": e, "unique_users": u} for m, (e, u) in sorted(minutes.items())]
+    for entry_id, f in await read_stream(client, keys.dlq):
+        out.dlq.append({"reason": _s(f[b"reason"]), "record": _s(f[b"payload"]), "stream": _s(f[b"stream"]),
+                        "entry_id": _s(f[b"entry_id"])})
+    out.sessions.sort(key=lambda r: (r["user_id"], r["start"]))
+    out.alerts.sort(key=lambda r: (r["window_start"], r["user_id"], r["rule"]))
+    out.late.sort(key=lambda r: (r["timestamp"], r["user_id"]))
+    return out
+
+
+def write(outputs: Outputs, out_dir: str | Path) -> dict[str, int]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder = msgspec.json.Encoder()
+    written = {}
+    for name in ("sessions", "minutes", "alerts", "late", "dlq"):
+        rows = getattr(outputs, name)
+        with (out_dir / f"{name}.jsonl").open("wb") as fh:
+            for row in rows:
+                fh.write(encoder.encode(row) + b"\n")
+        written[name] = len(rows)
+    return written

@@ -1,0 +1,94 @@
+"""The only place that builds key, stream and channel names.
+
+Every per-partition key starts with ``<ns>:{<p>}:`` so that the partition's hash tag is
+the *first* ``{...}`` of the key: whatever a user id contains (``{``, ``}``, ``:``, spaces,
+unicode) it comes last and cannot change the key's hash slot.  Lua scripts receive the
+partition prefix (``Partition.prefix``) as a key and derive per-user / per-minute keys from
+it with the same suffixes as below (see lua/includes/keys.lua).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Per-partition suffixes, shared with lua/includes/keys.lua.
+CLICKS = "clicks"        # STREAM  input: one field "e" = the raw JSON event
+STATE = "state"          # HASH    watermark wm, max event time, counters
+OPEN = "open"            # ZSET    users with open sessions, score = earliest close time (µs)
+OPEN_MINUTES = "mopen"   # ZSET    minutes not yet finalized, score = minute number
+SESSIONS = "sessions"    # STREAM  closed sessions
+ALERTS = "alerts"        # STREAM  anomaly alerts (also PUBLISHed)
+LATE = "late"            # STREAM  events behind the watermark
+MINUTES = "minutes"      # STREAM  finalized per-minute metrics
+LEASE = "lease"          # STRING  owning consumer's name, PX lease_ttl
+USER = "user:"           # HASH    user:<user_id> open sessions + per-minute counts
+COUNT = "count:"         # STRING  count:<minute> events in that minute
+HLL = "hll:"             # HLL     hll:<minute> users in that minute
+FIRED = "fired:"         # STRING  fired:<minute>:<user_id> an alert was emitted (at most once)
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    ns: str
+    p: int
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.ns}:{{{self.p}}}:"
+
+    def key(self, suffix: str) -> str:
+        return self.prefix + suffix
+
+    @property
+    def clicks(self) -> str:
+        return self.key(CLICKS)
+
+    def user(self, user_id: str) -> str:
+        return self.key(USER) + user_id
+
+    def count(self, minute: int) -> str:
+        return f"{self.prefix}{COUNT}{minute}"
+
+    def hll(self, minute: int) -> str:
+        return f"{self.prefix}{HLL}{minute}"
+
+    def apply_keys(self) -> list[str]:
+        """KEYS of lua/apply_batch.lua and lua/advance_watermark.lua, in contract order."""
+        return [self.prefix, self.clicks, self.key(STATE), self.key(OPEN), self.key(OPEN_MINUTES),
+                self.key(SESSIONS), self.key(ALERTS), self.key(LATE), self.key(MINUTES), self.key(LEASE)]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Names for one namespace and partition count."""
+
+    ns: str
+    partitions: int
+
+    def partition(self, p: int) -> Partition:
+        return Partition(self.ns, p)
+
+    def all_partitions(self) -> list[Partition]:
+        return [Partition(self.ns, p) for p in range(self.partitions)]
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.ns}:dlq"
+
+    @property
+    def consumers(self) -> str:
+        """ZSET of live consumers, score = heartbeat expiry (ms)."""
+        return f"{self.ns}:consumers"
+
+    @property
+    def meta(self) -> str:
+        """HASH: partitions, created_at — guards against a partition count change."""
+        return f"{self.ns}:meta"
+
+    def channel(self, name: str) -> str:
+        return f"{self.ns}:{name}"
+
+    @property
+    def pattern(self) -> str:
+        """SCAN MATCH pattern for everything in the namespace."""
+        return f"{self.ns}:*"

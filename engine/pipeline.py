@@ -1,0 +1,90 @@
+"""One-shot processing of a file: replay -> N consumer processes until drained -> flush -> export."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from . import control, export, producer
+from .connection import async_client, sync_client
+from .keys import Keys
+from .settings import Settings
+
+
+class NamespaceInUse(RuntimeError):
+    pass
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as SHOPSTREAM_* variables, so child processes see exactly the same ones."""
+    env = {}
+    for name, value in msgspec.structs.asdict(settings).items():
+        if name == "redis_url":
+            if value:
+                env["REDIS_URL"] = value
+        elif value is not None:
+            env[f"SHOPSTREAM_{name.upper()}"] = str(value)
+    return env
+
+
+def start_consumers(settings: Settings, n: int) -> list[subprocess.Popen]:
+    env = {**os.environ, **settings_env(settings), "SHOPSTREAM_METRICS_PORT": "0"}
+    cmd = [sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume", "--until-idle"]
+    return [subprocess.Popen(cmd, env=env) for _ in range(n)]
+
+
+@dataclass
+class RunResult:
+    published: int
+    seconds_replay: float
+    seconds_consume: float
+    sessions_flushed: int
+    written: dict[str, int]
+    outputs: export.Outputs
+    state: dict[str, int]
+
+
+async def partition_counters(client: Any, settings: Settings) -> dict[str, int]:
+    totals = {"applied": 0, "duplicates": 0, "late": 0}
+    for part in Keys(settings.namespace, settings.partitions).all_partitions():
+        values = await client.hmget(part.key("state"), *totals)
+        for name, value in zip(list(totals), values):
+            totals[name] += int(value or 0)
+    return totals
+
+
+async def run_file(path: str | Path, out_dir: str | Path, settings: Settings, consumers: int = 2,
+                   rate: float | None = None, reset: bool = False) -> RunResult:
+    assert settings.redis_url
+    aclient = async_client(settings.redis_url)
+    try:
+        if reset:
+            await control.reset(aclient, settings)
+        elif await control.namespace_keys(aclient, settings):
+            raise NamespaceInUse(f"namespace {settings.namespace!r} already holds data on {settings.redis_url};"
+                                 " use --namespace NEW or --reset")
+        await control.ensure_groups(aclient, settings)
+        client = sync_client(settings.redis_url)
+        started = time.monotonic()
+        published = producer.replay(client, path, settings, rate=rate)
+        client.close()
+        replayed = time.monotonic()
+        procs = start_consumers(settings.replace(idle_timeout_ms=0), consumers)  # replay: no wall clock
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise RuntimeError(f"consumer exit codes {codes}")
+        consumed = time.monotonic()
+        flushed, _ = await control.flush(aclient, settings)
+        outputs = await export.collect(aclient, settings)
+        written = export.write(outputs, out_dir)
+        state = await partition_counters(aclient, settings)
+        return RunResult(published, replayed - started, consumed - replayed, flushed, written, outputs, state)
+    finally:
+        await aclient.aclose()

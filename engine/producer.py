@@ -1,0 +1,133 @@
+"""Producer API: ``publish(client, events)`` appends events to the partitioned input streams.
+
+An event goes to ``<ns>:{p}:clicks`` with p = crc32(user_id) mod partitions (see
+engine/partitioning.py), as one field ``e`` holding the event's JSON, byte for byte.  The
+producer reads only ``user_id``; validation happens in the consumer, so a record this
+producer cannot route (not JSON, no user id) still goes to a partition and from there to the
+dead-letter stream with its reason: one path for bad input, whatever wrote it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import msgspec
+
+from .keys import Keys
+from .partitioning import partition_of, partition_of_bytes
+from .schema import routing_decoder
+from .settings import Settings
+
+PIPELINE_SIZE = 1000
+_encoder = msgspec.json.Encoder()
+
+
+def _as_bytes(event: Any) -> bytes:
+    if isinstance(event, bytes):
+        return event
+    if isinstance(event, str):
+        return event.encode("utf-8")
+    if isinstance(event, msgspec.Raw):
+        return bytes(event)
+    return _encoder.encode(event)
+
+
+def route(raw: bytes, partitions: int) -> int:
+    try:
+        user_id = routing_decoder.decode(raw).user_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return partition_of_bytes(raw, partitions)
+    return partition_of(user_id if isinstance(user_id, str) else str(user_id), partitions)
+
+
+def publish(client: Any, events: Iterable[Any], settings: Settings) -> int:
+    """Append events (dicts, Structs, JSON bytes or str) to their partitions. Returns the count.
+
+    ``client`` is a sync redis-py client (single node or cluster).
+    """
+    keys = Keys(settings.namespace, settings.partitions)
+    streams = [p.clicks for p in keys.all_partitions()]
+    maxlen, parts = settings.input_maxlen, settings.partitions
+    pipe = client.pipeline(transaction=False)
+    pending = sent = 0
+    for event in events:
+        raw = _as_bytes(event)
+        pipe.xadd(streams[route(raw, parts)], {"e": raw}, maxlen=maxlen, approximate=True)
+        pending += 1
+        if pending == PIPELINE_SIZE:
+            pipe.execute()
+            sent += pending
+            pending = 0
+    if pending:
+        pipe.execute()
+        sent += pending
+    return sent
+
+
+def read_events(path: str | Path) -> Iterator[bytes]:
+    """Raw records of a clickstream file: JSON Lines, or one JSON array."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        head = fh.read(4096).lstrip()
+    if head.startswith(b"["):
+        try:
+            items = msgspec.json.decode(path.read_bytes(), type=list[msgspec.Raw])
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"{path}: starts like a JSON array but is not valid JSON ({exc})") from None
+        for item in items:
+            yield bytes(item)
+        return
+    with path.open("rb") as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                yield line
+
+
+class Progress:
+    """A one-line progress bar on stderr (only when it is a terminal)."""
+
+    def __init__(self, total: int | None, label: str, stream=sys.stderr):
+        self.total, self.label, self.stream = total, label, stream
+        self.enabled = stream.isatty()
+        self.start = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.2:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        if self.total:
+            frac = min(done / self.total, 1.0)
+            bar = "#" * int(frac * 30)
+            self.stream.write(f"\r{self.label} [{bar:<30}] {done:,}/{self.total:,} {rate:,.0f}/s ")
+        else:
+            self.stream.write(f"\r{self.label} {done:,} {rate:,.0f}/s ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def replay(client: Any, path: str | Path, settings: Settings, rate: float | None = None) -> int:
+    """Publish a file's events, optionally at ``rate`` events/s, with a progress bar."""
+    events = list(read_events(path))
+    progress = Progress(len(events), "replay")
+    start = time.monotonic()
+    chunk = PIPELINE_SIZE if not rate else max(1, min(PIPELINE_SIZE, int(rate / 50)))
+    sent = 0
+    for i in range(0, len(events), chunk):
+        sent += publish(client, events[i:i + chunk], settings)
+        if rate:
+            ahead = sent / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+        progress.update(sent)
+    progress.close()
+    return sent

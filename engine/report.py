@@ -1,0 +1,100 @@
+"""Human-readable terminal output: the run/demo summary and live queries."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .eventtime import US_PER_MINUTE, format_us
+from .keys import OPEN_MINUTES, SESSIONS, Keys
+from .settings import Settings
+
+
+def _bar(value: int, top: int, width: int = 40) -> str:
+    return "#" * max(1 if value else 0, round(width * value / top)) if top else ""
+
+
+def print_minute_chart(minutes: list[dict], rows: int = 24) -> None:
+    """Events per minute, folded into at most ``rows`` lines."""
+    if not minutes:
+        print("  (no finalized minutes)")
+        return
+    step = max(1, -(-len(minutes) // rows))
+    groups = [minutes[i:i + step] for i in range(0, len(minutes), step)]
+    sums = [(g[0]["minute"][:16].replace("T", " "), sum(m["events"] for m in g) / len(g),
+             max(m["unique_users"] for m in g)) for g in groups]
+    top = max(s[1] for s in sums)
+    label = "minute" if step == 1 else f"{step}-min block"
+    print(f"  {label:<16}  {'events/min':>10}  {'max users/min':>13}")
+    for start, events, users in sums:
+        print(f"  {start:<16}  {events:>10,.0f}  {users:>13,}  {_bar(int(events), int(top))}")
+
+
+def print_run(result: Any, out_dir: str | Path, detailed: bool) -> None:
+    o, st = result.outputs, result.state
+    total = st["applied"] + st["late"] + len(o.dlq)
+    rate = result.published / max(result.seconds_consume, 1e-9)
+    print(f"\nEvents: {result.published:,} published in {result.seconds_replay:.2f} s, consumed in "
+          f"{result.seconds_consume:.2f} s ({rate:,.0f} events/s including process start-up)")
+    print(f"  applied {st['applied']:,} | late {st['late']:,} | dead-letter {len(o.dlq):,} | "
+          f"duplicates skipped {st['duplicates']:,} | accounted for {total:,} of {result.published:,}")
+    users = {s["user_id"] for s in o.sessions}
+    print(f"Sessions: {len(o.sessions):,} for {len(users):,} users "
+          f"(30-min inactivity gap; {result.sessions_flushed:,} closed by the final flush)")
+    if o.sessions:
+        lengths = sorted(s["event_count"] for s in o.sessions)
+        print(f"  events per session: median {lengths[len(lengths) // 2]}, max {lengths[-1]}")
+    print(f"Minutes: {len(o.minutes):,} finalized, "
+          f"{sum(m['events'] for m in o.minutes):,} events counted")
+    if detailed:
+        print("\nEvents per minute (event time, UTC):")
+        print_minute_chart(o.minutes)
+    print(f"\nAlerts: {len(o.alerts):,} (rule: more than 100 events from one user in one minute)")
+    by_user = Counter(a["user_id"] for a in o.alerts)
+    for user, n in by_user.most_common(8 if detailed else 3):
+        first = min(a["window_start"] for a in o.alerts if a["user_id"] == user)
+        print(f"  {user!r:<24} {n:>3} flagged minute(s), first at {first}")
+    if detailed and (o.dlq or o.late):
+        print(f"\nDead-letter stream: {len(o.dlq):,} records (kept with the reason)")
+        for reason, n in Counter(d["reason"] for d in o.dlq).most_common(5):
+            print(f"  {n:>4} x {reason[:110]}")
+        print(f"Late events: {len(o.late):,} (more than the session gap behind the watermark; kept in the late stream)")
+    print(f"\nExport: {Path(out_dir).resolve()}/  " + ", ".join(f"{k}.jsonl ({v:,})" for k, v in result.written.items()))
+
+
+def print_live_minutes(client: Any, settings: Settings, last: int) -> None:
+    """Open minutes (live counters) and the most recent finalized ones, summed over partitions."""
+    keys = Keys(settings.namespace, settings.partitions)
+    live: dict[int, list[int]] = {}
+    for part in keys.all_partitions():
+        for m in client.zrange(part.key(OPEN_MINUTES), 0, -1):
+            m = int(m)
+            acc = live.setdefault(m, [0, 0])
+            acc[0] += int(client.get(part.count(m)) or 0)
+            acc[1] += client.pfcount(part.hll(m))
+    done: dict[int, list[int]] = {}
+    for part in keys.all_partitions():
+        for _, f in client.xrevrange(part.key("minutes"), count=last):
+            acc = done.setdefault(int(f[b"minute"]) // US_PER_MINUTE, [0, 0])
+            acc[0] += int(f[b"events"])
+            acc[1] += int(f[b"unique_users"])
+    rows = sorted([(m, *v, "final") for m, v in done.items()] + [(m, *v, "open") for m, v in live.items()])[-last:]
+    print(f"{'minute (UTC)':<20} {'events':>8} {'users':>7}  state")
+    for m, events, users, state in rows:
+        print(f"{format_us(m * US_PER_MINUTE)[:16]:<20} {events:>8,} {users:>7,}  {state}")
+
+
+def print_user_sessions(client: Any, settings: Settings, user: str) -> None:
+    from .partitioning import partition_of
+    part = Keys(settings.namespace, settings.partitions).partition(partition_of(user, settings.partitions))
+    state = client.hgetall(part.user(user))
+    print(f"user {user!r} lives in partition {part.p} ({part.user(user)})")
+    if state:
+        for chunk in state.get(b"sessions", b"").decode().split("|"):
+            start, last, n, types = (chunk.split(" ", 3) + [""])[:4]
+            print(f"  open   {format_us(int(start))} .. {format_us(int(last))}  {n} events  {types}")
+    for _, f in client.xrange(part.key(SESSIONS)):
+        if f[b"user_id"].decode() == user:
+            print(f"  closed {format_us(int(f[b'start']))} .. {format_us(int(f[b'end']))}  "
+                  f"{int(f[b'event_count'])} events  {f[b'types'].decode()}")

@@ -1,0 +1,70 @@
+"""One Settings struct; precedence: CLI flag > environment > TOML file > defaults.
+
+Environment: ``REDIS_URL`` and ``SHOPSTREAM_<FIELD>`` (upper case), e.g.
+``SHOPSTREAM_PARTITIONS=32``. TOML: the file named by ``SHOPSTREAM_CONFIG``
+(or ``--config``), flat ``field = value`` pairs.  Durations are milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from typing import Any, Mapping
+
+import msgspec
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    redis_url: str | None = None          # None: start a private redis-server (run/demo)
+    namespace: str = "ss"                 # first component of every key
+    partitions: int = 16                  # fixed for the life of the data: partition = crc32(user_id) % partitions
+    group: str = "shopstream"             # consumer group on every input stream
+
+    session_gap_ms: int = 30 * 60_000     # G: inactivity gap that ends a session
+    out_of_order_ms: int = 5 * 60_000     # B: watermark = max event time - B
+    idle_timeout_ms: int = 60_000         # live mode: an idle partition's watermark follows the wall clock (0 = off)
+    max_future_ms: int = 86_400_000       # events further ahead of the wall clock are bad input
+    max_id_bytes: int = 256               # longer user ids are bad input
+    state_ttl_ms: int = 86_400_000        # every per-user / per-minute key expires after this much inactivity
+
+    events_per_minute_threshold: int = 100  # rule 1 fires on the (threshold + 1)-th event of a user-minute
+    alerts_channel: str = "alerts"        # pub/sub channel (namespaced: <namespace>:alerts)
+
+    batch_size: int = 1000                # XREADGROUP COUNT per partition
+    block_ms: int = 100                   # XREADGROUP BLOCK when there is nothing to do
+    input_maxlen: int = 2_000_000         # MAXLEN ~ per input stream partition
+    output_maxlen: int = 1_000_000        # MAXLEN ~ per output stream partition
+    lease_ttl_ms: int = 5_000             # a dead consumer's partitions are free again after this
+    heartbeat_ms: int = 1_000             # membership + lease renewal period
+    metrics_port: int | None = 9108       # /metrics; 0 = any free port; None = off
+
+    def replace(self, **changes: Any) -> "Settings":
+        return msgspec.structs.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Merge defaults, TOML, environment and explicit overrides (None values are ignored)."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    path = config_file or env.get("SHOPSTREAM_CONFIG")
+    if path:
+        with open(path, "rb") as fh:
+            raw.update(tomllib.load(fh))
+    for name in _FIELDS:
+        value = env.get(f"SHOPSTREAM_{name.upper()}")
+        if value is not None:
+            raw[name] = value
+    if env.get("REDIS_URL"):
+        raw["redis_url"] = env["REDIS_URL"]
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            raw[name] = value
+    # strict=False lets "32" from the environment become 32; types are still checked.
+    return msgspec.convert(raw, Settings, strict=False)

@@ -1,0 +1,12 @@
+--[[ claim_lease: take or renew ownership of a partition.
+  KEYS[1] ss:{p}:lease  STRING  owner consumer name, expires after ARGV[2] ms
+  ARGV    consumer, ttl_ms
+  Returns 1 when ARGV[1] holds the lease now (taken or renewed), 0 when another consumer does.
+  Idempotent: yes.
+]]
+local owner = redis.call('GET', KEYS[1])
+if owner == false or owner == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0

@@ -1,0 +1,11 @@
+--[[ release_lease: give up ownership of a partition, only if still held by this consumer.
+  KEYS[1] ss:{p}:lease  STRING  owner consumer name
+  ARGV    consumer
+  Returns 1 when released, 0 when the lease was not ours (expired or taken).
+  Idempotent: yes.
+]]
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
