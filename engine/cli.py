@@ -165,13 +165,19 @@ def cmd_sessions(args, settings):
     print_user_sessions(client, settings, args.user)
 
 
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Options accepted before or after the sub-command."""
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("--redis-url", default=default(None), help="Redis or Redis Cluster URL (default: $REDIS_URL)")
+    parser.add_argument("--namespace", default=default(None), help="key namespace (default ss)")
+    parser.add_argument("--partitions", type=int, default=default(None), help="partition count (default 16)")
+    parser.add_argument("--config", default=default(None), help="TOML settings file (default: $SHOPSTREAM_CONFIG)")
+    parser.add_argument("--log-level", default=default("info"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopstream", description=__doc__)
-    parser.add_argument("--redis-url", help="Redis or Redis Cluster URL (default: $REDIS_URL)")
-    parser.add_argument("--namespace", help="key namespace (default ss)")
-    parser.add_argument("--partitions", type=int, help="partition count (default 16)")
-    parser.add_argument("--config", help="TOML settings file (default: $SHOPSTREAM_CONFIG)")
-    parser.add_argument("--log-level", default="info")
+    _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="write the four sample data files from a seed")
@@ -207,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--file", help="clickstream file (default: data/clickstream_events.json)")
             p.add_argument("--out", default="out/demo")
         p.add_argument("--consumers", type=int, default=2)
-        p.add_argument("--rate", type=float, help=argparse.SUPPRESS if name == "demo" else "replay rate, events/s")
+        if name == "run":
+            p.add_argument("--rate", type=float, help="replay rate, events/s (default: as fast as possible)")
         p.add_argument("--reset", action="store_true", help="delete the namespace's keys first")
         p.set_defaults(fn=fn)
 
@@ -219,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.set_defaults(fn=cmd_sessions)
     sub.add_parser("reset", help="delete every key of the namespace").set_defaults(fn=cmd_reset)
+    for p in sub.choices.values():
+        _common(p, top=False)
     return parser
 
 

@@ -1,0 +1,102 @@
+"""The command line end to end, as a user runs it (real processes, real redis-server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.generate import GeneratorConfig, write_all
+from engine.schema import BadRecord, parse_click, type_name
+
+from . import reference as ref
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shopstream(*args: str, env: dict | None = None, timeout: float = 300) -> str:
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    write_all(out, GeneratorConfig(seed=99, users=150, hours=2.0))
+    return out / "clickstream_events.json"
+
+
+def reference_inputs(path: Path, late_records: set[str]):
+    now = time.time_ns() // 1000
+    events = []
+    for line in path.read_bytes().splitlines():
+        if line.decode("utf-8", "replace") in late_records:
+            continue
+        try:
+            c = parse_click(line, now, 86_400_000_000, 256)
+        except BadRecord:
+            continue
+        events.append((c.user_id, c.ts_us, type_name(c.type_token)))
+    return events
+
+
+@pytest.mark.parametrize("consumers", [1, 4])
+def test_run_matches_the_batch_reference(real_redis_url, dataset, tmp_path, consumers):
+    out = tmp_path / "out"
+    stdout = shopstream("run", str(dataset), "--out", str(out), "--consumers", str(consumers),
+                        "--namespace", f"cli{consumers}", env={"REDIS_URL": real_redis_url})
+    assert "Sessions:" in stdout and "Export:" in stdout
+    late = read_jsonl(out / "late.jsonl")
+    dlq = read_jsonl(out / "dlq.jsonl")
+    assert late and dlq                                   # the generator plants both
+    events = reference_inputs(dataset, {l["record"] for l in late})
+    sessions = [{k: s[k] for k in ("user_id", "start", "end", "event_count", "counts")}
+                for s in read_jsonl(out / "sessions.jsonl")]
+    assert sessions == ref.sessions(events)
+    assert [(a["window_start"], a["user_id"]) for a in read_jsonl(out / "alerts.jsonl")] == ref.alerts(events)
+    got, want = read_jsonl(out / "minutes.jsonl"), ref.minutes(events)
+    assert [(m["minute"], m["events"]) for m in got] == [(m["minute"], m["events"]) for m in want]
+    assert all(abs(g["unique_users"] - w["unique_users"]) <= max(1, 0.02 * w["unique_users"])
+               for g, w in zip(got, want))
+    lines = len(dataset.read_bytes().splitlines())
+    assert len(events) + len(late) + len(dlq) == lines     # every record accounted for
+
+
+def test_run_without_redis_url_starts_a_private_server(dataset, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(dataset), "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "started a private redis-server" in proc.stdout
+    assert read_jsonl(tmp_path / "sessions.jsonl")
+
+
+def test_json_array_input_gives_the_same_result_as_json_lines(real_redis_url, dataset, tmp_path):
+    array = tmp_path / "array.json"
+    array.write_bytes(b"[" + b",".join(l for l in dataset.read_bytes().splitlines() if l.startswith(b"{")
+                                       and l.endswith(b"}")) + b"]")
+    shopstream("run", str(array), "--out", str(tmp_path / "a"), "--namespace", "arr",
+               env={"REDIS_URL": real_redis_url})
+    assert len(read_jsonl(tmp_path / "a" / "sessions.jsonl")) > 100
+
+
+def test_pieces_as_commands_replay_consume_flush_export(real_redis_url, dataset, tmp_path):
+    env = {"REDIS_URL": real_redis_url, "SHOPSTREAM_NAMESPACE": "pieces", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0",
+           "SHOPSTREAM_METRICS_PORT": "0"}
+    assert "published" in shopstream("replay", str(dataset), env=env)
+    shopstream("consume", "--until-idle", env=env)
+    assert "sessions closed" in shopstream("flush", env=env)
+    assert "sessions" in shopstream("export", "--out", str(tmp_path), env=env)
+    assert read_jsonl(tmp_path / "sessions.jsonl")
+    assert "deleted" in shopstream("reset", env=env)

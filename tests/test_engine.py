@@ -1,0 +1,186 @@
+"""Engine behaviour beyond the reference: exactly-once effects, DLQ, ownership, TTLs, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from consumers.consumer import Consumer
+from engine import control, export
+from engine.batch import decode_entries
+from engine.keys import Keys
+from engine.metrics import ConsumerMetrics
+from engine.partitioning import partition_of
+from engine.producer import publish
+from engine.scripts import NotOwner, Scripts, translate
+from redis.exceptions import ResponseError
+
+from .helpers import consume_all, event, run_events
+
+T0 = 1_793_520_000_000_000
+
+
+async def dump(client) -> dict:
+    """Every key and its value, for before/after comparisons."""
+    out = {}
+    async for key in client.scan_iter(count=1000):
+        kind = (await client.type(key)).decode()
+        if kind == "hash":
+            out[key] = await client.hgetall(key)
+        elif kind == "string":
+            out[key] = await client.get(key)
+        elif kind == "zset":
+            out[key] = await client.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            out[key] = [(i, f) for i, f in await client.xrange(key)]
+        else:
+            out[key] = kind
+    return out
+
+
+async def read_and_apply_twice(backend, settings, raws):
+    """Deliver entries once, apply them twice (as after a redelivery): the second apply changes nothing."""
+    await control.ensure_groups(backend.aio, settings)
+    publish(backend.sync, raws, settings)
+    keys = Keys(settings.namespace, settings.partitions)
+    scripts = Scripts(backend.aio)
+    calls = []
+    for part in keys.all_partitions():
+        await backend.aio.set(part.key("lease"), "me")
+        reply = await backend.aio.xreadgroup(settings.group, "me", {part.clicks: ">"}, count=10_000)
+        if not reply:
+            continue
+        d = decode_entries(reply[0][1], part.p, time.time_ns() // 1000, settings)
+        s = settings
+        args = ["me", s.group, time.time_ns() // 1000, s.session_gap_ms * 1000, s.out_of_order_ms * 1000,
+                s.events_per_minute_threshold, s.state_ttl_ms, s.output_maxlen, "ss:alerts", d.count, *d.args]
+        calls.append((part, args))
+    first = [await scripts.call("apply_batch", part.apply_keys(), args) for part, args in calls]
+    before = await dump(backend.aio)
+    second = [await scripts.call("apply_batch", part.apply_keys(), args) for part, args in calls]
+    after = await dump(backend.aio)
+    return first, second, before, after
+
+
+async def test_applying_the_same_entries_twice_changes_nothing(backend, settings):
+    raws = [event("bot", T0 + i * 1000) for i in range(150)] + [event(f"u{i}", T0 + i) for i in range(40)]
+    first, second, before, after = await read_and_apply_twice(backend, settings, raws)
+    assert sum(r[0] for r in first) == 190 and sum(r[1] for r in first) == 0
+    assert sum(r[0] for r in second) == 0 and sum(r[1] for r in second) == 190
+    for state in (before, after):   # only the duplicates counter may move
+        for key, value in state.items():
+            if key.endswith(b":state"):
+                value.pop(b"duplicates", None)
+    assert before == after
+
+
+async def test_bad_records_go_to_the_dead_letter_stream_and_good_ones_flow(backend, settings):
+    bad = [b"not json", b'{"user_id": "u1"}', b'{"user_id": "", "event_type": "x", "timestamp": 1}',
+           b'{"user_id": "u1", "event_type": "x", "timestamp": "2999-01-01T00:00:00Z"}',
+           b'{"user_id": "u1", "event_type": "x", "timestamp": "2026-02-30T00:00:00Z"}',
+           b'{"user_id": "' + b"x" * 300 + b'", "event_type": "x", "timestamp": 1}', b"\xff\xfe", b"[]", b"null"]
+    good = [event("u1", T0), event("u1", T0 + 1000)]
+    out = await run_events(backend, settings, bad + good)
+    assert len(out.dlq) == len(bad)
+    assert {d["record"] for d in out.dlq} == {b.decode("utf-8", "replace") for b in bad}
+    assert all(d["reason"] for d in out.dlq)
+    assert [s["event_count"] for s in out.sessions] == [2]
+
+
+async def test_a_consumer_without_the_lease_cannot_apply(backend, settings):
+    await control.ensure_groups(backend.aio, settings)
+    part = Keys(settings.namespace, settings.partitions).partition(0)
+    await backend.aio.set(part.key("lease"), "someone-else")
+    with pytest.raises(NotOwner):
+        try:
+            await Scripts(backend.aio).call("apply_batch", part.apply_keys(),
+                                            ["me", settings.group, 0, 1, 1, 100, 1000, 1000, "ch", 0])
+        except ResponseError as exc:
+            raise translate(exc) from None
+    assert await backend.aio.exists(part.key("state")) == 0
+
+
+async def test_every_state_key_has_a_ttl(backend, settings):
+    await run_events(backend, settings, [event(f"u{i}", T0 + i * 1000) for i in range(30)]
+                     + [event("bot", T0 + i * 1000) for i in range(120)], flush=False)
+    ttl_kinds = (b":user:", b":count:", b":hll:", b":fired:")
+    keys = [k async for k in backend.aio.scan_iter(count=1000)]
+    per_user = [k for k in keys if any(t in k for t in ttl_kinds)]
+    assert per_user and any(b":fired:" in k for k in per_user)
+    for key in per_user:
+        assert 0 < await backend.aio.pttl(key) <= settings.state_ttl_ms, key
+
+
+async def test_flush_removes_all_per_user_state(backend, settings):
+    await run_events(backend, settings, [event(f"u{i}", T0 + i * 1000) for i in range(30)])
+    keys = [k async for k in backend.aio.scan_iter(count=1000)]
+    assert not [k for k in keys if b":user:" in k or b":count:" in k or b":hll:" in k]
+    for part in Keys(settings.namespace, settings.partitions).all_partitions():
+        assert await backend.aio.zcard(part.key("open")) == 0
+
+
+async def test_entries_left_pending_by_a_dead_consumer_are_reclaimed(real, settings):
+    """A consumer reads a batch and dies before applying it: the next owner applies it, once."""
+    await control.ensure_groups(real.aio, settings)
+    publish(real.sync, [event(f"u{i}", T0 + i * 1000) for i in range(50)], settings)
+    keys = Keys(settings.namespace, settings.partitions)
+    for part in keys.all_partitions():       # the dead consumer: read everything, apply nothing
+        await real.aio.xreadgroup(settings.group, "dead", {part.clicks: ">"}, count=1000)
+        await real.aio.set(part.key("lease"), "dead", px=300)
+    assert (await control.group_state(real.aio, settings, [0]))[0][0] > 0
+    await consume_all(real, settings, consumers=2)
+    await control.flush(real.aio, settings)
+    out = await export.collect(real.aio, settings)
+    assert sorted(s["user_id"] for s in out.sessions) == sorted(f"u{i}" for i in range(50))
+    assert await control.drained(real.aio, settings)
+
+
+async def test_consumers_split_the_partitions_and_hand_them_over(real, settings):
+    """Two consumers own disjoint partitions; when one leaves, the other takes all of them."""
+    settings = settings.replace(partitions=8)
+    await control.ensure_groups(real.aio, settings)
+    a = Consumer(real.aio, settings, "a", idle_advance=False)
+    b = Consumer(real.aio, settings, "b", idle_advance=False)
+    ta, tb = asyncio.create_task(a.run()), asyncio.create_task(b.run())
+
+    async def until(cond, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, "condition not met in time"
+            await asyncio.sleep(0.02)
+
+    await until(lambda: len(a.leases.owned) == 4 and len(b.leases.owned) == 4)
+    assert a.leases.owned.isdisjoint(b.leases.owned)
+    b.stop()
+    await tb
+    await until(lambda: len(a.leases.owned) == 8)
+    publish(real.sync, [event(f"u{i}", T0 + i) for i in range(20)], settings)
+    await until(lambda: a.metrics.events.labels("applied")._value.get() == 20)
+    a.stop()
+    await ta
+
+
+async def test_consumer_metrics_are_exported(backend, settings):
+    registry = CollectorRegistry()
+    metrics = ConsumerMetrics(registry)
+    await control.ensure_groups(backend.aio, settings)
+    publish(backend.sync, [event("bot", T0 + i * 1000) for i in range(120)] + [b"junk"], settings)
+    consumer = Consumer(backend.aio, settings, "m", metrics=metrics, until_idle=True, idle_advance=False)
+    await asyncio.wait_for(consumer.run(), 30)
+    text = generate_latest(registry).decode()
+    assert 'shopstream_events_total{outcome="applied"} 120.0' in text
+    assert 'shopstream_events_total{outcome="dead_letter"} 1.0' in text
+    assert 'shopstream_alerts_total{rule="events_per_minute"} 1.0' in text
+    assert "shopstream_detection_latency_seconds_count 1.0" in text
+    assert "shopstream_batch_duration_seconds_count" in text
+
+
+def test_user_ids_cannot_escape_their_partition(settings):
+    """Whatever the id, its state key starts with its own partition's tag."""
+    for user in ["{0}", "x}{1}", "ss:{2}:state", "*", "\n"]:
+        p = partition_of(user, settings.partitions)
+        key = Keys("ss", settings.partitions).partition(p).user(user)
+        assert key.startswith(f"ss:{{{p}}}:user:") and key.endswith(user)

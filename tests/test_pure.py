@@ -1,0 +1,153 @@
+"""Pure logic: tables of input -> expected output (no Redis)."""
+
+from __future__ import annotations
+
+import pytest
+from redis.crc import key_slot
+
+from engine.assignment import assigned
+from engine.batch import decode_entries
+from engine.eventtime import BadTimestamp, format_us, parse_timestamp
+from engine.keys import Keys
+from engine.partitioning import partition_of
+from engine.schema import BadRecord, parse_click, type_name, type_token
+from engine.settings import Settings, load_settings
+
+NOW = parse_timestamp("2026-11-25T12:00:00Z")
+DAY = 86_400_000_000
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-11-01T10:30:00Z", "2026-11-01T10:30:00.000Z"),
+    ("2026-11-01T10:30:00.123Z", "2026-11-01T10:30:00.123Z"),
+    ("2026-11-01T10:30:00.123456Z", "2026-11-01T10:30:00.123Z"),
+    ("2026-11-01T12:30:00+02:00", "2026-11-01T10:30:00.000Z"),
+    ("2026-11-01T05:30:00.5-05:00", "2026-11-01T10:30:00.500Z"),
+    ("2026-11-01 10:30:00", "2026-11-01T10:30:00.000Z"),           # naive, space: UTC
+    ("2026-11-01T10:30:00", "2026-11-01T10:30:00.000Z"),
+    ("2026-11-01T00:30:00+01:00", "2026-10-31T23:30:00.000Z"),     # crosses midnight backwards
+    ("2026-11-01T10:30", "2026-11-01T10:30:00.000Z"),              # slow path (no seconds)
+    ("2026-11-01T10:30:00.123456789Z", "2026-11-01T10:30:00.123Z"),
+    (1793529000123, "2026-11-01T10:30:00.123Z"),                   # epoch ms
+])
+def test_timestamps(text, expected):
+    assert format_us(parse_timestamp(text)) == expected
+
+
+def test_microseconds_are_kept():
+    assert parse_timestamp("2026-11-01T10:30:00.000001Z") - parse_timestamp("2026-11-01T10:30:00Z") == 1
+
+
+@pytest.mark.parametrize("bad", ["", "yesterday", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z",
+                                 "2026-11-01T25:00:00Z", "1969-12-31T23:59:59Z", -5, 1.5, None, True,
+                                 "2200-01-01T00:00:00Z"])
+def test_bad_timestamps(bad):
+    with pytest.raises(BadTimestamp):
+        parse_timestamp(bad)
+
+
+def click(**fields) -> bytes:
+    import msgspec
+    base = {"user_id": "u1", "event_type": "page_view", "timestamp": "2026-11-25T11:00:00Z"}
+    base.update(fields)
+    return msgspec.json.encode({k: v for k, v in base.items() if v is not ...})
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"not json", "not valid JSON"),
+    (click(user_id=...), "missing required field `user_id`"),
+    (click(user_id=""), "user_id is empty"),
+    (click(user_id="x" * 257), "longer than 256 bytes"),
+    (click(user_id=None), "at `$.user_id`"),
+    (click(event_type=42), "at `$.event_type`"),
+    (click(event_type=""), "event_type is empty"),
+    (click(timestamp="2026-11-27T12:00:00Z"), "ahead of the wall clock"),
+    (click(timestamp="soon"), "not ISO-8601"),
+    (click(device=5), "at `$.device`"),
+    (click(schema_version=9), "unsupported schema_version 9"),
+    (b"[1,2]", "Expected `object`"),
+])
+def test_bad_records_have_readable_reasons(raw, reason):
+    with pytest.raises(BadRecord, match=None) as exc:
+        parse_click(raw, NOW, DAY, 256)
+    assert reason in str(exc.value)
+
+
+@pytest.mark.parametrize("raw, user, etype", [
+    (click(), "u1", "page_view"),
+    (click(user_id=" u1"), " u1", "page_view"),                    # byte-exact ids
+    (click(user_id=12345), "12345", "page_view"),
+    (click(user_id="{7}:ü\n*?"), "{7}:ü\n*?", "page_view"),
+    (click(event_type="brand new type!"), "u1", "brand new type!"),  # unknown types are processed
+    (click(extra_field={"nested": [1]}, properties={"a": 1}), "u1", "page_view"),  # unknown fields ignored
+])
+def test_good_records(raw, user, etype):
+    c = parse_click(raw, NOW, DAY, 256)
+    assert (c.user_id, type_name(c.type_token)) == (user, etype)
+    assert all(ch not in c.type_token for ch in " ,:|")
+
+
+@pytest.mark.parametrize("etype", ["a:b", "a,b", "a|b", "a b", "50%", "ü", "page_view"])
+def test_type_tokens_round_trip(etype):
+    assert type_name(type_token(etype)) == etype
+
+
+@pytest.mark.parametrize("user, crc", [("123456789", 0xCBF43926),   # the CRC-32/IEEE check value
+                                       ("alice", 0x278EBC47), ("ü-0042", 0x937DDD95)])
+def test_partition_function_is_crc32_ieee_of_utf8_mod_n(user, crc):
+    assert [partition_of(user, n) for n in (1, 16, 64)] == [0, crc % 16, crc % 64]
+
+
+def test_partitions_are_all_used():
+    assert {partition_of(f"u{i}", 16) for i in range(200)} == set(range(16))
+
+
+@pytest.mark.parametrize("user", ["alice", "{0}", "}{", "a:{1}:b", " ", "ü\n", "x" * 256])
+def test_every_key_of_one_script_call_is_in_the_partitions_slot(user):
+    keys = Keys("ss", 16)
+    p = keys.partition(partition_of(user, 16))
+    derived = [p.user(user), p.count(29_000_000), p.hll(29_000_000), p.prefix + f"fired:29000000:{user}"]
+    slots = {key_slot(k.encode()) for k in p.apply_keys() + derived}
+    assert slots == {key_slot(f"{{{p.p}}}".encode())}
+    assert all(k.startswith("ss:{") for k in p.apply_keys() + derived)
+
+
+@pytest.mark.parametrize("members, me, n, expected", [
+    ([], "a", 4, {0, 1, 2, 3}),
+    (["a", "b"], "a", 4, {0, 2}),
+    (["a", "b"], "b", 4, {1, 3}),
+    (["c", "a", "b"], "c", 4, {2}),
+    (["a", "b", "c", "d", "e"], "e", 4, set()),                   # more consumers than partitions
+])
+def test_assignment(members, me, n, expected):
+    assert assigned(members, me, n) == expected
+
+
+def test_assignment_covers_every_partition_once():
+    members = ["x", "y", "z"]
+    owned = [assigned(members, m, 16) for m in members]
+    assert sorted(p for s in owned for p in s) == list(range(16))
+
+
+def test_decode_entries_routes_bad_and_foreign_records_to_dead_letters():
+    settings = Settings(partitions=4)
+    home = partition_of("u1", 4)
+    other = next(u for u in (f"v{i}" for i in range(50)) if partition_of(u, 4) != home)
+    entries = [(b"1-0", {b"e": click()}), (b"2-0", {b"e": b"{"}), (b"3-0", None), (b"4-0", {b"x": b"1"}),
+               (b"5-0", {b"e": click(user_id=other)})]
+    d = decode_entries(entries, home, NOW, settings)
+    assert d.count == 1 and d.args[:2] == [b"1-0", "u1"]
+    reasons = [x.reason for x in d.dead]
+    assert [x.entry_id for x in d.dead] == [b"2-0", b"3-0", b"4-0", b"5-0"]
+    assert "not valid JSON" in reasons[0] and "trimmed" in reasons[1] and "no 'e' field" in reasons[2]
+    assert "belongs to partition" in reasons[3]
+
+
+def test_settings_precedence(tmp_path):
+    toml = tmp_path / "s.toml"
+    toml.write_text("partitions = 8\nnamespace = 'fromfile'\nbatch_size = 10\n")
+    s = load_settings({"namespace": "fromflag"}, env={"SHOPSTREAM_PARTITIONS": "32", "REDIS_URL": "redis://h:1"},
+                      config_file=str(toml))
+    assert (s.partitions, s.namespace, s.batch_size, s.redis_url) == (32, "fromflag", 10, "redis://h:1")
+    with pytest.raises(Exception):
+        load_settings(env={"SHOPSTREAM_PARTITIONS": "many"})
