@@ -1,0 +1,37 @@
+# The two commands: `make demo` runs the main job, `make test` runs the whole test suite.
+# Each sets itself up: a virtualenv in .venv with the project and its test dependencies, and
+# redis-server (installed with apt-get when it is missing and we are root).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench redis-server clean
+
+demo: $(VENV)/.installed redis-server
+	$(BIN)/shopstream demo
+
+test: $(VENV)/.installed redis-server
+	$(BIN)/pytest
+
+bench: $(VENV)/.installed redis-server
+	$(BIN)/shopstream bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+redis-server:
+	@if [ -z "$$REDIS_URL" ] && ! command -v redis-server >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "redis-server is missing: installing it with apt-get"; \
+	    apt-get install -y -q redis-server >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }; \
+	  else \
+	    echo "redis-server is missing. Install it (Debian/Ubuntu: sudo apt-get install -y redis-server;"; \
+	    echo "macOS: brew install redis), or set REDIS_URL to a Redis you run."; exit 1; \
+	  fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) out *.egg-info
