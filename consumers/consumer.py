@@ -137,7 +137,7 @@ class Consumer:
             await self.dead_letter(p, decoded.dead)
         if decoded.count:
             part = self.parts[p]
-            args = [self.name, self.settings.group, now_us, *self._fixed_args, decoded.count, *decoded.args]
+            args = [self.name, self.settings.group, now_us, *self._fixed_args, decoded.events]
             try:
                 reply = await self.scripts.call("apply_batch", part.apply_keys(), args)
             except ResponseError as exc:

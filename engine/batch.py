@@ -1,18 +1,21 @@
 """Turn one partition's stream entries into the apply script's arguments (pure: no I/O).
 
-Good entries become ``(entry_id, user_id, ts_us, type_token)`` quadruples in stream order;
+Good entries become ``(entry_id, user_id, ts_us, event_type)`` quadruples in stream order;
 bad ones become dead-letter records carrying the original payload and a readable reason.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
+
+import msgspec
 
 from .partitioning import partition_of
 from .schema import BadRecord, parse_click
 from .settings import Settings
 
 PAYLOAD_FIELD = b"e"
+_encode = msgspec.json.Encoder().encode
 
 
 class DeadLetter(NamedTuple):
@@ -22,8 +25,8 @@ class DeadLetter(NamedTuple):
 
 
 class Decoded(NamedTuple):
-    args: list[Any]            # flat (entry_id, user_id, ts_us, type_token) * n
-    count: int                 # n
+    events: bytes              # JSON array of [entry_id, user_id, ts_us, event_type], stream order
+    count: int
     dead: list[DeadLetter]
 
 
@@ -34,7 +37,7 @@ def decode_entries(entries: Sequence[tuple[bytes, dict | None]], partition: int,
     parts = settings.partitions
     max_future = settings.max_future_ms * 1000
     max_id = settings.max_id_bytes
-    args: list[Any] = []
+    good: list[tuple[str, str, int, str]] = []
     dead: list[DeadLetter] = []
     for entry_id, fields in entries:
         if not fields:
@@ -56,5 +59,5 @@ def decode_entries(entries: Sequence[tuple[bytes, dict | None]], partition: int,
             dead.append(DeadLetter(entry_id, raw, f"user_id belongs to partition {home}, not {partition}:"
                                                   " the producer used another partition function or count"))
             continue
-        args += (entry_id, click.user_id, click.ts_us, click.type_token)
-    return Decoded(args, len(args) // 4, dead)
+        good.append((entry_id.decode(), click.user_id, click.ts_us, click.event_type))
+    return Decoded(_encode(good), len(good), dead)

@@ -17,7 +17,6 @@ import msgspec
 
 from .eventtime import format_us
 from .keys import ALERTS, LATE, MINUTES, SESSIONS, Keys
-from .schema import type_name
 from .settings import Settings
 
 PAGE = 5000
@@ -38,19 +37,13 @@ def _s(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
-def _types(encoded: bytes) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in _s(encoded).split(","):
-        if item:
-            tok, _, n = item.rpartition(":")
-            counts[type_name(tok)] = int(n)
-    return counts
+_counts = msgspec.json.Decoder(dict[str, int])
 
 
 def session_record(f: dict[bytes, bytes]) -> dict:
     return {"user_id": _s(f[b"user_id"]), "session_id": _s(f[b"session_id"]),
             "start": format_us(int(f[b"start"])), "end": format_us(int(f[b"end"])),
-            "event_count": int(f[b"event_count"]), "counts": _types(f[b"types"])}
+            "event_count": int(f[b"event_count"]), "counts": _counts.decode(f[b"types"])}
 
 
 def alert_record(f: dict[bytes, bytes]) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,11 @@ def print_live_minutes(client: Any, settings: Settings, last: int) -> None:
 def print_user_sessions(client: Any, settings: Settings, user: str) -> None:
     from .partitioning import partition_of
     part = Keys(settings.namespace, settings.partitions).partition(partition_of(user, settings.partitions))
-    state = client.hgetall(part.user(user))
+    state = client.get(part.user(user))
     print(f"user {user!r} lives in partition {part.p} ({part.user(user)})")
     if state:
-        for chunk in state.get(b"sessions", b"").decode().split("|"):
-            start, last, n, types = (chunk.split(" ", 3) + [""])[:4]
-            print(f"  open   {format_us(int(start))} .. {format_us(int(last))}  {n} events  {types}")
+        for start, last, n, types in json.loads(state)["s"]:
+            print(f"  open   {format_us(int(start))} .. {format_us(int(last))}  {n} events  {json.dumps(types)}")
     for _, f in client.xrange(part.key(SESSIONS)):
         if f[b"user_id"].decode() == user:
             print(f"  closed {format_us(int(f[b'start']))} .. {format_us(int(f[b'end']))}  "

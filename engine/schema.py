@@ -7,9 +7,7 @@ ignored; unknown ``event_type`` values are processed; a breaking change gets a n
 
 from __future__ import annotations
 
-import re
 from typing import Any, NamedTuple
-from urllib.parse import quote, unquote
 
 import msgspec
 
@@ -47,30 +45,12 @@ class Click(NamedTuple):
 
     user_id: str
     ts_us: int
-    type_token: str   # event_type, percent-encoded if it has characters outside [A-Za-z0-9_.-]
+    event_type: str
     event_id: str | None
 
 
 _version_decoder = msgspec.json.Decoder(_Version)
 _DECODERS = {1: msgspec.json.Decoder(ClickEventV1)}
-_SAFE_TYPE = re.compile(r"[A-Za-z0-9_.\-]+")
-_type_tokens: dict[str, str] = {}
-
-
-def type_token(event_type: str) -> str:
-    """A token without separators for the Lua state encoding; ``type_name`` inverts it."""
-    token = _type_tokens.get(event_type)
-    if token is None:
-        token = event_type if _SAFE_TYPE.fullmatch(event_type) else quote(event_type, safe="")
-        if len(_type_tokens) < 10_000:
-            _type_tokens[event_type] = token
-    return token
-
-
-def type_name(token: str) -> str:
-    return unquote(token) if "%" in token else token
-
-
 def _decode(raw: bytes) -> ClickEventV1:
     try:
         return _DECODERS[1].decode(raw)
@@ -117,7 +97,7 @@ def parse_click(raw: bytes, now_us: int, max_future_us: int, max_id_bytes: int) 
             f"timestamp {ev.timestamp!r} is more than {max_future_us // 3_600_000_000} h ahead of the wall clock"
             " - at `$.timestamp`")
     event_id = ev.event_id if ev.event_id is None or isinstance(ev.event_id, str) else str(ev.event_id)
-    return Click(user_id, ts_us, type_token(ev.event_type), event_id)
+    return Click(user_id, ts_us, ev.event_type, event_id)
 
 
 class Routing(msgspec.Struct):

@@ -10,8 +10,8 @@
   KEYS[8]  ss:{p}:late       STREAM  late events (out)
   KEYS[9]  ss:{p}:minutes    STREAM  finalized minutes (out)
   KEYS[10] ss:{p}:lease      STRING  name of the owning consumer
-  ARGV  consumer, group, now_us, gap_us, ooo_us, threshold, ttl_ms, maxlen, channel, n,
-        then n x (entry_id, user_id, ts_us, type_token)
+  ARGV  consumer, group, now_us, gap_us, ooo_us, threshold, ttl_ms, maxlen, channel,
+        events: JSON array of [entry_id, user_id, ts_us, event_type] in stream order
   Returns {applied, duplicates, late, sessions_closed, minutes_finalized, watermark_us,
            then per alert: entry_id, user_id, window_start_us}
   Errors  SS_NOT_OWNER when KEYS[10] does not hold ARGV[1]; nothing is changed.
@@ -26,7 +26,6 @@
 local consumer, group = ARGV[1], ARGV[2]
 local now, gap, ooo = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local threshold, ttl, maxlen, channel = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
-local n = tonumber(ARGV[10])
 
 if rcall('GET', KEYS[10]) ~= consumer then
   return redis.error_reply('SS_NOT_OWNER ' .. KEYS[10] .. ' is not held by ' .. consumer)
@@ -38,8 +37,8 @@ local applied, dups, late = 0, 0, 0
 local alerts = {}
 local mcount, musers, mseen = {}, {}, {}
 
-for i = 11, 10 + 4 * n, 4 do
-  local id, uid, ts, tok = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+for _, ev in ipairs(cjson.decode(ARGV[10])) do
+  local id, uid, ts, etype = ev[1], ev[2], ev[3], ev[4]
   if rcall('XACK', ctx.stream, group, id) == 0 then
     dups = dups + 1
   elseif ts + gap < wm then
@@ -66,14 +65,14 @@ for i = 11, 10 + 4 * n, 4 do
       end
     end
     if not hit then
-      st.sessions[#st.sessions + 1] = {s = ts, l = ts, n = 1, t = {[tok] = 1}}
+      st.sessions[#st.sessions + 1] = {s = ts, l = ts, n = 1, t = {[etype] = 1}}
     elseif not many then
       if ts < hit.s then hit.s = ts end
       if ts > hit.l then hit.l = ts end
       hit.n = hit.n + 1
-      hit.t[tok] = (hit.t[tok] or 0) + 1
+      hit.t[etype] = (hit.t[etype] or 0) + 1
     else
-      local merged, keep = {s = ts, l = ts, n = 1, t = {[tok] = 1}}, {}
+      local merged, keep = {s = ts, l = ts, n = 1, t = {[etype] = 1}}, {}
       for _, se in ipairs(st.sessions) do
         if ts >= se.s - gap and ts <= se.l + gap then
           if se.s < merged.s then merged.s = se.s end

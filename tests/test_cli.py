@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.generate import GeneratorConfig, write_all
-from engine.schema import BadRecord, parse_click, type_name
+from engine.schema import BadRecord, parse_click
 
 from . import reference as ref
 
@@ -47,7 +47,7 @@ def reference_inputs(path: Path, late_records: set[str]):
             c = parse_click(line, now, 86_400_000_000, 256)
         except BadRecord:
             continue
-        events.append((c.user_id, c.ts_us, type_name(c.type_token)))
+        events.append((c.user_id, c.ts_us, c.event_type))
     return events
 
 

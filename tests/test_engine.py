@@ -56,7 +56,7 @@ async def read_and_apply_twice(backend, settings, raws):
         d = decode_entries(reply[0][1], part.p, time.time_ns() // 1000, settings)
         s = settings
         args = ["me", s.group, time.time_ns() // 1000, s.session_gap_ms * 1000, s.out_of_order_ms * 1000,
-                s.events_per_minute_threshold, s.state_ttl_ms, s.output_maxlen, "ss:alerts", d.count, *d.args]
+                s.events_per_minute_threshold, s.state_ttl_ms, s.output_maxlen, "ss:alerts", d.events]
         calls.append((part, args))
     first = [await scripts.call("apply_batch", part.apply_keys(), args) for part, args in calls]
     before = await dump(backend.aio)
@@ -97,7 +97,7 @@ async def test_a_consumer_without_the_lease_cannot_apply(backend, settings):
     with pytest.raises(NotOwner):
         try:
             await Scripts(backend.aio).call("apply_batch", part.apply_keys(),
-                                            ["me", settings.group, 0, 1, 1, 100, 1000, 1000, "ch", 0])
+                                            ["me", settings.group, 0, 1, 1, 100, 1000, 1000, "ch", "[]"])
         except ResponseError as exc:
             raise translate(exc) from None
     assert await backend.aio.exists(part.key("state")) == 0

@@ -1,12 +1,15 @@
 --[[ partition_state: shared helpers for the scripts that change a partition's state.
   Included (inlined by engine/scripts.py) by apply_batch.lua and advance_watermark.lua.
   Times are integer microseconds since the epoch, carried in Lua doubles (exact below 2^53);
-  fmt() prints them without an exponent.
+  fmt() prints them without an exponent, and they are kept as strings inside JSON (cjson
+  prints numbers with 14 significant digits only).
 
-  Per-user state, HASH <prefix>user:<user_id>:
-    sessions  open sessions "start last n types|start last n types", types "tok:count,tok:count"
-    minutes   per-user event counts of minutes that can still change, "minute:count,..."
-    due       score of the user in <prefix>open: a lower bound of its earliest close time
+  Per-user state, STRING <prefix>user:<user_id>, JSON (GET it with redis-cli):
+    {"s": [ ["<start us>", last - start, events, {event_type: count}], ... ]   open sessions
+     "m": [minute, count, ...]   per-user counts of the minutes that can still change (rule 1)
+     "d": due - start of the first session}   due = the user's score in <prefix>open, a lower
+                                              bound of its earliest close time
+  Only the start is a string: offsets, counts and minute numbers stay exact as JSON numbers.
   A session [start, last] is closed (emitted, deleted) once watermark > last + gap: no event
   that is not late can reach it any more.
 ]]
@@ -16,49 +19,6 @@ local NEG_INF = -9007199254740992
 
 local function fmt(x)
   return string.format('%.0f', x)
-end
-
-local function decode_sessions(str)
-  local list = {}
-  if not str then return list end
-  for chunk in string.gmatch(str, '[^|]+') do
-    local s, l, n, types = string.match(chunk, '^(%-?%d+) (%-?%d+) (%d+) ?(.*)$')
-    local t = {}
-    for tok, c in string.gmatch(types, '([^,:]+):(%d+)') do t[tok] = tonumber(c) end
-    list[#list + 1] = {s = tonumber(s), l = tonumber(l), n = tonumber(n), t = t}
-  end
-  return list
-end
-
-local function encode_types(t)
-  local parts = {}
-  for tok, c in pairs(t) do parts[#parts + 1] = tok .. ':' .. c end
-  table.sort(parts)
-  return table.concat(parts, ',')
-end
-
-local function encode_sessions(list)
-  local parts = {}
-  for i, se in ipairs(list) do
-    parts[i] = fmt(se.s) .. ' ' .. fmt(se.l) .. ' ' .. se.n .. ' ' .. encode_types(se.t)
-  end
-  return table.concat(parts, '|')
-end
-
-local function decode_minutes(str)
-  local m = {}
-  if not str then return m end
-  for k, c in string.gmatch(str, '(%-?%d+):(%d+)') do m[tonumber(k)] = tonumber(c) end
-  return m
-end
-
--- Minutes that can no longer receive an event that is not late are dropped.
-local function encode_minutes(minutes, wm, gap)
-  local parts = {}
-  for m, c in pairs(minutes) do
-    if (m + 1) * US_PER_MIN + gap > wm then parts[#parts + 1] = fmt(m) .. ':' .. c end
-  end
-  return table.concat(parts, ',')
 end
 
 local function new_ctx(keys, gap, ttl, maxlen)
@@ -72,8 +32,18 @@ end
 local function load_user(ctx, uid)
   local st = ctx.users[uid]
   if st then return st end
-  local v = rcall('HMGET', ctx.prefix .. 'user:' .. uid, 'sessions', 'minutes', 'due')
-  st = {sessions = decode_sessions(v[1]), minutes = decode_minutes(v[2]), due = tonumber(v[3])}
+  local raw = rcall('GET', ctx.prefix .. 'user:' .. uid)
+  st = {sessions = {}, minutes = {}}
+  if raw then
+    local doc = cjson.decode(raw)
+    for i, se in ipairs(doc.s) do
+      local start = tonumber(se[1])
+      st.sessions[i] = {s = start, l = start + se[2], n = se[3], t = se[4]}
+    end
+    local m = doc.m
+    for i = 1, #m, 2 do st.minutes[m[i]] = m[i + 1] end
+    st.due = st.sessions[1].s + doc.d
+  end
   ctx.users[uid] = st
   return st
 end
@@ -86,7 +56,7 @@ local function close_due(ctx, uid, st, wm)
       keep = keep or {}
       rcall('XADD', ctx.sessions, 'MAXLEN', '~', ctx.maxlen, '*',
         'user_id', uid, 'session_id', string.format('%x', se.s), 'start', fmt(se.s), 'end', fmt(se.l),
-        'event_count', se.n, 'types', encode_types(se.t))
+        'event_count', se.n, 'types', cjson.encode(se.t))
       ctx.closed = ctx.closed + 1
     end
   end
@@ -116,9 +86,13 @@ local function save_users(ctx, wm)
         rcall('ZADD', ctx.open, fmt(due), uid)
         st.due = due
       end
-      rcall('HSET', key, 'sessions', encode_sessions(st.sessions),
-        'minutes', encode_minutes(st.minutes, wm, gap), 'due', fmt(st.due))
-      rcall('PEXPIRE', key, ctx.ttl)
+      local ms = {}
+      for m, c in pairs(st.minutes) do   -- minutes no event that is not late can reach are dropped
+        if (m + 1) * US_PER_MIN + gap > wm then ms[#ms + 1] = m; ms[#ms + 1] = c end
+      end
+      local doc = {s = {}, m = ms, d = st.due - st.sessions[1].s}
+      for i, se in ipairs(st.sessions) do doc.s[i] = {fmt(se.s), se.l - se.s, se.n, se.t} end
+      rcall('SET', key, cjson.encode(doc), 'PX', ctx.ttl)
     end
   end
 end
