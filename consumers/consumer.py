@@ -7,6 +7,7 @@ one consumer holding its lease (consumers/leases.py), in stream order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -26,6 +27,7 @@ from .leases import Leases
 log = logging.getLogger("shopstream.consumer")
 
 STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in other consumers' lists
+MAX_FAILURES_UNTIL_IDLE = 20  # a bounded run gives up (exit 1) instead of retrying a broken apply forever
 
 
 class Consumer:
@@ -44,6 +46,8 @@ class Consumer:
         self.last_input: dict[int, float] = {}     # partition -> monotonic time of its last entry
         self.last_idle_tick: dict[int, float] = {}
         self.has_data: set[int] = set()
+        self.failures = 0                           # consecutive failed apply calls
+        self.closing = False
         s = settings
         self._fixed_args = [s.session_gap_ms * 1000, s.out_of_order_ms * 1000, s.events_per_minute_threshold,
                             s.state_ttl_ms, s.output_maxlen, self.keys.channel(s.alerts_channel)]
@@ -67,7 +71,10 @@ class Consumer:
                     log.info("all partitions drained; exiting")
                     break
         finally:
+            self.closing = True          # the heartbeat loop also ends by itself at its next turn
             beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
             try:
                 await self.leases.leave()
             except (RedisConnectionError, RedisTimeoutError):
@@ -79,7 +86,7 @@ class Consumer:
 
     async def _heartbeat_loop(self) -> None:
         beats = 0
-        while True:
+        while not self.closing:
             await asyncio.sleep(self.settings.heartbeat_ms / 1000)
             try:
                 await self.leases.heartbeat()
@@ -148,10 +155,14 @@ class Consumer:
                     self.leases.recovering.discard(p)
                     return
                 self.metrics.errors.inc()
+                self.failures += 1
+                if self.until_idle and self.failures >= MAX_FAILURES_UNTIL_IDLE:
+                    raise RuntimeError(f"partition {p}: apply failed {self.failures} times in a row: {error}")
                 self.leases.recovering.add(p)      # retry from the pending list
                 log.error("partition %d: apply failed, will retry: %s", p, error)
                 await asyncio.sleep(0.5)
                 return
+            self.failures = 0
             self.record(p, reply)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_events.observe(len(entries))

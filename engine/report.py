@@ -92,9 +92,12 @@ def print_user_sessions(client: Any, settings: Settings, user: str) -> None:
     state = client.get(part.user(user))
     print(f"user {user!r} lives in partition {part.p} ({part.user(user)})")
     if state:
-        for start, last, n, types in json.loads(state)["s"]:
-            print(f"  open   {format_us(int(start))} .. {format_us(int(last))}  {n} events  {json.dumps(types)}")
+        for start, offset, n, types in json.loads(state)["s"]:
+            start = int(start)
+            print(f"  open   {format_us(start)} .. {format_us(start + offset)}  {n} events  {json.dumps(types)}")
     for _, f in client.xrange(part.key(SESSIONS)):
         if f[b"user_id"].decode() == user:
             print(f"  closed {format_us(int(f[b'start']))} .. {format_us(int(f[b'end']))}  "
                   f"{int(f[b'event_count'])} events  {f[b'types'].decode()}")
+    if not state:
+        print("  no open session")

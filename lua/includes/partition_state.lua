@@ -68,11 +68,13 @@ local function close_due(ctx, uid, st, wm)
   end
 end
 
--- Write every user loaded in this call back (or delete it when it has no open session).
+-- Close what is due at the final watermark, then write every user loaded in this call back
+-- (or delete it when it has no open session left).
 local function save_users(ctx, wm)
   local gap = ctx.gap
   for uid, st in pairs(ctx.users) do
     local key = ctx.prefix .. 'user:' .. uid
+    close_due(ctx, uid, st, wm)
     if #st.sessions == 0 then
       rcall('DEL', key)
       rcall('ZREM', ctx.open, uid)
@@ -97,14 +99,11 @@ local function save_users(ctx, wm)
   end
 end
 
--- Close the sessions of users whose due time is behind the watermark (at most limit users).
+-- Load the users whose due time is behind the watermark (at most limit users).
 -- Returns true when more users may be due.
 local function sweep(ctx, wm, limit)
   local due = rcall('ZRANGEBYSCORE', ctx.open, '-inf', '(' .. fmt(wm), 'LIMIT', 0, limit)
-  for _, uid in ipairs(due) do
-    local st = load_user(ctx, uid)
-    close_due(ctx, uid, st, wm)
-  end
+  for _, uid in ipairs(due) do load_user(ctx, uid) end   -- save_users closes and writes them
   return #due == limit
 end
 
