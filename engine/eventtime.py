@@ -2,8 +2,11 @@
 the Unix epoch, UTC (exact in a Lua double: 2^53 µs is in the year 2255).
 
 Accepted inputs (DESIGN §2): ISO-8601 with an offset (converted to UTC) or ``Z``; naive
-ISO-8601 (read as UTC); ``T`` or a space between date and time; any number of fraction
-digits (beyond microseconds they are truncated); integers = epoch milliseconds.
+ISO-8601 (read as UTC); ``T`` or a space between date and time; a trailing `` UTC`` / ``GMT``
+(as in warehouse exports); any number of fraction digits (beyond microseconds they are
+truncated).  Numbers (and strings of digits) are epoch time, their unit read from their
+magnitude: below 1e11 seconds, below 1e14 milliseconds (the documented unit; 1e11 ms is
+1973-03-03), otherwise microseconds.
 """
 
 from __future__ import annotations
@@ -79,24 +82,44 @@ def _fast_iso(s: str) -> int | None:
     return base + sec * 1_000_000 + frac - offset_us
 
 
+def _slow_iso(value: str) -> int:
+    text = value.strip()
+    for suffix in (" UTC", "UTC", " GMT", "GMT"):
+        if text.endswith(suffix):
+            text = text[: -len(suffix)] + "+00:00"
+            break
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadTimestamp(f"timestamp {value[:64]!r} is not ISO-8601") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return (dt - _EPOCH) // _ONE_US
+
+
+def _epoch_us(value: int | float) -> int:
+    size = abs(value)
+    if size < 1e11:
+        return int(round(value * 1_000_000))
+    if size < 1e14:
+        return int(round(value * US_PER_MS))
+    if size < 2**62:
+        return int(value)
+    raise BadTimestamp(f"timestamp {value} is out of range")
+
+
 def parse_timestamp(value: object) -> int:
     """Event time in epoch µs (UTC). Raises BadTimestamp with a readable reason."""
     if isinstance(value, str):
         us = _fast_iso(value)
         if us is None:
-            try:
-                dt = datetime.fromisoformat(value)
-            except ValueError:
-                raise BadTimestamp(f"timestamp {value[:64]!r} is not ISO-8601") from None
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=timezone.utc)
-            us = (dt - _EPOCH) // _ONE_US
-    elif isinstance(value, int) and not isinstance(value, bool):
-        if not -(2**53) < value < 2**53:
-            raise BadTimestamp(f"timestamp {value} ms is out of range")
-        us = value * US_PER_MS
+            us = _epoch_us(int(value)) if value.isascii() and value.isdigit() else _slow_iso(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise BadTimestamp(f"timestamp {value} is not a number")
+        us = _epoch_us(value)
     else:
-        raise BadTimestamp(f"timestamp must be an ISO-8601 string or epoch milliseconds, got {type(value).__name__}")
+        raise BadTimestamp(f"timestamp must be an ISO-8601 string or epoch time, got {type(value).__name__}")
     if us < MIN_US:
         raise BadTimestamp(f"timestamp {value!r} is before 1970-01-01T00:00:00Z")
     if us > MAX_US:

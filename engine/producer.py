@@ -22,6 +22,7 @@ from .schema import routing_decoder
 from .settings import Settings
 
 PIPELINE_SIZE = 1000
+BOM = b"\xef\xbb\xbf"
 _encoder = msgspec.json.Encoder()
 
 
@@ -71,18 +72,18 @@ def read_events(path: str | Path) -> Iterator[bytes]:
     """Raw records of a clickstream file: JSON Lines, or one JSON array."""
     path = Path(path)
     with path.open("rb") as fh:
-        head = fh.read(4096).lstrip()
+        head = fh.read(4096).removeprefix(BOM).lstrip()
     if head.startswith(b"["):
         try:
-            items = msgspec.json.decode(path.read_bytes(), type=list[msgspec.Raw])
+            items = msgspec.json.decode(path.read_bytes().removeprefix(BOM), type=list[msgspec.Raw])
         except msgspec.DecodeError as exc:
             raise ValueError(f"{path}: starts like a JSON array but is not valid JSON ({exc})") from None
         for item in items:
             yield bytes(item)
         return
     with path.open("rb") as fh:
-        for line in fh:
-            line = line.strip()
+        for n, line in enumerate(fh):
+            line = (line.removeprefix(BOM) if n == 0 else line).strip()
             if line:
                 yield line
 

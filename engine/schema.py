@@ -19,7 +19,7 @@ MAX_TYPE_LEN = 128
 class ClickEventV1(msgspec.Struct, kw_only=True, frozen=True):
     user_id: str | int
     event_type: str
-    timestamp: str | int          # ISO-8601 (offset, Z or naive = UTC) or epoch milliseconds
+    timestamp: str | int | float  # ISO-8601 (offset, Z or naive = UTC) or epoch time (see eventtime)
     schema_version: int = 1
     event_id: str | int | None = None
     session_id: str | int | None = None   # the app's own session id; sessions are recomputed

@@ -30,6 +30,16 @@ DAY = 86_400_000_000
     ("2026-11-01T10:30", "2026-11-01T10:30:00.000Z"),              # slow path (no seconds)
     ("2026-11-01T10:30:00.123456789Z", "2026-11-01T10:30:00.123Z"),
     (1793529000123, "2026-11-01T10:30:00.123Z"),                   # epoch ms
+    (1793529000123.5, "2026-11-01T10:30:00.123Z"),
+    ("1793529000123", "2026-11-01T10:30:00.123Z"),                 # digits in a string
+    (1793529000, "2026-11-01T10:30:00.000Z"),                      # epoch seconds (by magnitude)
+    (1793529000.25, "2026-11-01T10:30:00.250Z"),
+    (1793529000123456, "2026-11-01T10:30:00.123Z"),                # epoch microseconds
+    ("2026-11-01 10:30:00 UTC", "2026-11-01T10:30:00.000Z"),       # warehouse exports
+    ("2026-11-01 10:30:00.5UTC", "2026-11-01T10:30:00.500Z"),
+    ("2026-11-01T10:30:00+0000", "2026-11-01T10:30:00.000Z"),
+    ("20261101T103000Z", "2026-11-01T10:30:00.000Z"),
+    ("2026-11-01T16:00:00.123+05:30", "2026-11-01T10:30:00.123Z"),
 ])
 def test_timestamps(text, expected):
     assert format_us(parse_timestamp(text)) == expected
@@ -37,11 +47,12 @@ def test_timestamps(text, expected):
 
 def test_microseconds_are_kept():
     assert parse_timestamp("2026-11-01T10:30:00.000001Z") - parse_timestamp("2026-11-01T10:30:00Z") == 1
+    assert parse_timestamp(1793529000123457) - parse_timestamp(1793529000123456) == 1
 
 
 @pytest.mark.parametrize("bad", ["", "yesterday", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z",
-                                 "2026-11-01T25:00:00Z", "1969-12-31T23:59:59Z", -5, 1.5, None, True,
-                                 "2200-01-01T00:00:00Z"])
+                                 "2026-11-01T25:00:00Z", "1969-12-31T23:59:59Z", -5, None, True,
+                                 "2200-01-01T00:00:00Z", float("nan"), float("inf"), 10**30, [1], "12ab"])
 def test_bad_timestamps(bad):
     with pytest.raises(BadTimestamp):
         parse_timestamp(bad)
@@ -146,3 +157,16 @@ def test_settings_precedence(tmp_path):
     assert (s.partitions, s.namespace, s.batch_size, s.redis_url) == (32, "fromflag", 10, "redis://h:1")
     with pytest.raises(Exception):
         load_settings(env={"SHOPSTREAM_PARTITIONS": "many"})
+
+
+@pytest.mark.parametrize("content", [
+    b'{"a": 1}\n\n{"a": 2}\n',                          # JSON Lines with a blank line
+    b'\xef\xbb\xbf{"a": 1}\r\n{"a": 2}',               # BOM, CRLF, no final newline
+    b'  [ {"a": 1},\n {"a": 2} ]\n',                    # one JSON array
+    b'\xef\xbb\xbf[{"a": 1}, {"a": 2}]',
+])
+def test_input_files_as_json_lines_or_array(tmp_path, content):
+    from engine.producer import read_events
+    path = tmp_path / "events.json"
+    path.write_bytes(content)
+    assert [msgspec.json.decode(r) for r in read_events(path)] == [{"a": 1}, {"a": 2}]

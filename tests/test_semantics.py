@@ -110,3 +110,19 @@ async def test_open_minute_is_readable_before_it_is_final(backend, settings):
     parts = {partition_of(user, settings.partitions) for user in ("a", "b")}
     assert sum(backend.sync.pfcount(keys.partition(p).hll(m)) for p in parts) == 2
     assert sum(int(backend.sync.get(keys.partition(p).count(m)) or 0) for p in parts) == 2
+
+
+async def test_third_party_export_shape(backend, settings):
+    """No optional fields, numeric ids, unknown event types, µs and warehouse-style timestamps."""
+    import msgspec
+    rows, events = [], []
+    for i in range(400):
+        user, ts = 1000 + i % 7, T0 + i * 17_000_123          # µs steps, not whole ms
+        etype = ["view", "cart", "remove_from_cart", "purchase"][i % 4]
+        stamp = [ts, format_us(ts)[:-1].replace("T", " ") + f"{ts % 1000:03d} UTC", ts // 1000][i % 3]
+        if i % 3 == 2:
+            ts = ts // 1000 * 1000                               # epoch ms loses the µs
+        rows.append(msgspec.json.encode({"user_id": user, "event_type": etype, "timestamp": stamp}))
+        events.append((str(user), ts, etype))
+    out = await run_events(backend, settings, rows)
+    check_against_reference(out, events)
