@@ -84,7 +84,13 @@ def cmd_consume(args, settings):
             await consumer.run()
         finally:
             await client.aclose()
-    _run(main())
+    if args.profile:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.runcall(_run, main())
+        profiler.dump_stats(args.profile)
+    else:
+        _run(main())
 
 
 def cmd_flush(args, settings):
@@ -136,6 +142,16 @@ def cmd_demo(args, settings):
     with _redis_for_run(settings) as s:
         result = _run(run_file(path, args.out, s, consumers=args.consumers, reset=args.reset))
     print_run(result, args.out, detailed=True)
+
+
+def cmd_bench(args, settings):
+    from .bench import run
+    run(args.events, args.users, args.runs, [int(x) for x in args.consumers.split(",")],
+        [int(x) for x in args.scale_partitions.split(",")], args.rate, args.json, args.profile, args.growth)
+    if args.profile:
+        import pstats
+        print(f"\nprofile of one engine consumer ({args.profile}):")
+        pstats.Stats(args.profile).sort_stats("tottime").print_stats(15)
 
 
 def cmd_tail(args, settings):
@@ -195,7 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("consume", help="run one consumer of the group (run several side by side)")
     p.add_argument("--until-idle", action="store_true", help="exit once every partition is drained")
+    p.add_argument("--profile", help="write cProfile stats of this consumer to FILE at exit")
     p.set_defaults(fn=cmd_consume)
+
+    p = sub.add_parser("bench", help="throughput, Redis cost, latency and memory vs the raw transport")
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--runs", type=int, default=3, help="transport/engine pairs; medians are reported")
+    p.add_argument("--consumers", default="1,2,4", help="consumer counts to scale over (the middle one is the default)")
+    p.add_argument("--scale-partitions", default="1,8,32", help="partition counts to scale over")
+    p.add_argument("--rate", type=float, default=16_667, help="offered load for the latency stage, events/s")
+    p.add_argument("--growth", action="store_true", help="also run 5x the events (throughput must not fall)")
+    p.add_argument("--json", help="write the full report here")
+    p.add_argument("--profile", help="cProfile one engine consumer; top functions printed, stats saved here")
+    p.set_defaults(fn=cmd_bench)
 
     sub.add_parser("flush", help="end of input: close every open session and minute").set_defaults(fn=cmd_flush)
 

@@ -1,0 +1,293 @@
+"""``shopstream bench``: the engine against the raw transport, on a redis-server it starts.
+
+Every stage runs the same producer (this process, pipelined XADD) concurrently with N
+consumer *processes*; the transport stage's consumers only XREADGROUP + XACK, the engine
+stage's are ``shopstream consume``.  A subscriber process timestamps every alert it receives
+(detection latency = received - entry appended).  Redis CPU comes from INFO deltas, consumer
+CPU from /proc.  Ratios measured in the same run are what to compare on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import redis
+
+from .benchdata import generate
+from .connection import embedded_redis, wait_for_redis
+from .keys import Keys
+from .pipeline import settings_env
+from .producer import publish
+from .settings import Settings, load_settings
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Stage:
+    name: str
+    consumers: int
+    partitions: int
+    events: int
+    seconds: float = 0.0
+    events_per_s: float = 0.0
+    redis_cpu_us_per_event: float = 0.0
+    consumer_cpu_us_per_event: float = 0.0
+    producer_cpu_us_per_event: float = 0.0
+    lua_calls: int = 0
+    lua_us_per_call: float = 0.0
+    alerts: int = 0
+    latency_ms: dict = field(default_factory=dict)
+
+
+def _proc_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError):
+        return 0.0
+
+
+def _redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return info["used_cpu_sys"] + info["used_cpu_user"]
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {}
+    values = sorted(values)
+    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+    return {"p50": pick(0.50), "p99": pick(0.99), "max": values[-1], "n": len(values)}
+
+
+def _drained(client: redis.Redis, keys: Keys, group: str, total: int) -> bool:
+    done = 0
+    for part in keys.all_partitions():
+        for g in client.xinfo_groups(part.clicks):
+            if g["name"] == group.encode():
+                done += (g.get("entries-read") or 0) - g["pending"]
+    return done >= total
+
+
+def run_stage(url: str, base: Settings, payloads: list[bytes], name: str, consumers: int, partitions: int,
+              rate: float | None = None, profile: str | None = None) -> Stage:
+    settings = base.replace(redis_url=url, partitions=partitions, namespace=f"b{int(time.time() * 1000) % 10**8}")
+    keys = Keys(settings.namespace, partitions)
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    for part in keys.all_partitions():
+        client.xgroup_create(part.clicks, settings.group, id="0", mkstream=True)
+    env = {**os.environ, **settings_env(settings), "SHOPSTREAM_METRICS_PORT": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0"}
+    lat_file = tempfile.NamedTemporaryFile(prefix="shopstream-lat-", delete=False).name
+    subscriber = subprocess.Popen([sys.executable, "-m", "engine.bench", "_subscribe", url,
+                                   keys.channel(settings.alerts_channel), lat_file], env=env)
+    workers = []
+    for i in range(consumers):
+        if name == "transport":
+            cmd = [sys.executable, "-m", "engine.bench", "_transport", str(i), str(consumers)]
+        else:
+            cmd = [sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume"]
+            if profile and i == 0:
+                cmd += ["--profile", profile]
+        workers.append(subprocess.Popen(cmd, env=env))
+    time.sleep(0.5)                      # consumers joined and hold their leases
+    client.config_resetstat()
+    cpu0 = _redis_cpu(client)
+    start = time.perf_counter()
+    p0 = time.process_time()
+    chunk = 1000 if not rate else max(1, int(rate / 100))
+    for i in range(0, len(payloads), chunk):
+        publish(client, payloads[i:i + chunk], settings)
+        if rate:
+            ahead = (i + chunk) / rate - (time.perf_counter() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+    producer_cpu = time.process_time() - p0
+    while not _drained(client, keys, settings.group, len(payloads)):
+        time.sleep(0.005)
+    seconds = time.perf_counter() - start
+    redis_cpu = _redis_cpu(client) - cpu0
+    consumer_cpu = sum(_proc_cpu(w.pid) for w in workers)
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    for w in workers + [subscriber]:
+        w.send_signal(signal.SIGTERM)
+    for w in workers + [subscriber]:
+        w.wait(timeout=30)
+    latencies = [float(x) for x in Path(lat_file).read_text().split()]
+    os.unlink(lat_file)
+    n = len(payloads)
+    return Stage(name, consumers, partitions, n, seconds, n / seconds, redis_cpu / n * 1e6, consumer_cpu / n * 1e6,
+                 producer_cpu / n * 1e6, stats.get("calls", 0), stats.get("usec_per_call", 0.0), len(latencies),
+                 _percentiles(latencies))
+
+
+def memory_profile(url: str, base: Settings, payloads: list[bytes]) -> dict:
+    """Bytes per open session, per open minute (count + HLL), per retained input entry."""
+    settings = base.replace(redis_url=url, namespace="mem")
+    keys = Keys(settings.namespace, settings.partitions)
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    env = {**os.environ, **settings_env(settings), "SHOPSTREAM_METRICS_PORT": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0"}
+    for part in keys.all_partitions():
+        client.xgroup_create(part.clicks, settings.group, id="0", mkstream=True)
+    publish(client, payloads, settings)
+    subprocess.run([sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume", "--until-idle"],
+                   env=env, check=True)
+    users = sessions = 0
+    user_bytes = open_bytes = minute_bytes = minutes = stream_bytes = entries = 0
+    for part in keys.all_partitions():
+        for key in client.scan_iter(match=part.prefix + "user:*", count=1000):
+            user_bytes += client.memory_usage(key, samples=0) or 0
+            sessions += len(json.loads(client.get(key))["s"])
+            users += 1
+        open_bytes += client.memory_usage(part.key("open"), samples=0) or 0
+        for m in client.zrange(part.key("mopen"), 0, -1):
+            minute_bytes += (client.memory_usage(part.count(int(m))) or 0) + (client.memory_usage(part.hll(int(m))) or 0)
+            minutes += 1
+        stream_bytes += client.memory_usage(part.clicks, samples=0) or 0
+        entries += client.xlen(part.clicks)
+    return {"open_sessions": sessions, "bytes_per_open_session": (user_bytes + open_bytes) / max(sessions, 1),
+            "open_partition_minutes": minutes, "bytes_per_partition_minute": minute_bytes / max(minutes, 1),
+            "bytes_per_input_entry": stream_bytes / max(entries, 1)}
+
+
+def _transport_worker(index: int, count: int) -> None:
+    """Consume with no processing: XREADGROUP COUNT 1000 + XACK on partitions p % count == index."""
+    settings = load_settings()
+    keys = Keys(settings.namespace, settings.partitions)
+    client = redis.Redis.from_url(settings.redis_url)
+    streams = {p.clicks: ">" for p in keys.all_partitions() if p.p % count == index}
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    while not stop:
+        reply = client.xreadgroup(settings.group, f"t{index}", streams, count=settings.batch_size, block=100)
+        if reply:
+            pipe = client.pipeline(transaction=False)
+            for stream, entries in reply:
+                pipe.xack(stream, settings.group, *[e[0] for e in entries])
+            pipe.execute()
+
+
+def _subscriber(url: str, channel: str, out: str) -> None:
+    client = redis.Redis.from_url(url)
+    pubsub = client.pubsub()
+    pubsub.subscribe(channel)
+    latencies = []
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    while not stop:
+        msg = pubsub.get_message(timeout=0.1)
+        if msg and msg["type"] == "message":
+            now_ms = time.time() * 1000
+            entry_ms = int(json.loads(msg["data"])["entry_id"].split("-")[0])
+            latencies.append(now_ms - entry_ms)
+    Path(out).write_text("\n".join(f"{x:.3f}" for x in latencies))
+
+
+def run(events: int, users: int, runs: int, consumers: list[int], partitions: list[int], rate: float,
+        json_out: str | None, profile: str | None, growth: bool) -> dict:
+    print(f"generating {events:,} events ({users:,} users, bots, 2 % out of order)...", flush=True)
+    payloads = generate(events, users=users)
+    base = Settings(metrics_port=None, idle_timeout_ms=0)
+    report: dict = {"machine": _machine(), "events": events, "runs": runs, "stages": []}
+    with embedded_redis("--appendonly", "yes", "--appendfsync", "everysec") as url:
+        wait_for_redis(url)
+        default_c, default_p = consumers[len(consumers) // 2], base.partitions
+        pairs = []
+        for r in range(runs):
+            t = run_stage(url, base, payloads, "transport", default_c, default_p)
+            e = run_stage(url, base, payloads, "engine", default_c, default_p, profile=profile if r == 0 else None)
+            pairs.append((t, e))
+            print(f"run {r + 1}/{runs}: transport {t.events_per_s:,.0f}/s  engine {e.events_per_s:,.0f}/s "
+                  f"(ratio {e.events_per_s / t.events_per_s:.2f})", flush=True)
+            report["stages"] += [asdict(t), asdict(e)]
+        med = lambda xs: statistics.median(xs)  # noqa: E731
+        summary = {
+            "transport_events_per_s": med([t.events_per_s for t, _ in pairs]),
+            "engine_events_per_s": med([e.events_per_s for _, e in pairs]),
+            "ratio": med([e.events_per_s / t.events_per_s for t, e in pairs]),
+            "redis_cpu_us_per_event": med([e.redis_cpu_us_per_event for _, e in pairs]),
+            "lua_us_per_call": med([e.lua_us_per_call for _, e in pairs]),
+            "consumer_cpu_us_per_event": med([e.consumer_cpu_us_per_event for _, e in pairs]),
+            "producer_cpu_us_per_event": med([e.producer_cpu_us_per_event for _, e in pairs]),
+            "saturation_latency_ms": pairs[len(pairs) // 2][1].latency_ms,
+        }
+        fixed = run_stage(url, base, payloads[: max(int(rate * 20), 1000)], "engine@rate", default_c, default_p,
+                          rate=rate)
+        summary["fixed_rate_events_per_s"] = rate
+        summary["fixed_rate_latency_ms"] = fixed.latency_ms
+        report["stages"].append(asdict(fixed))
+        scaling = []
+        for c in consumers:
+            s = run_stage(url, base, payloads, "engine", c, default_p)
+            scaling.append({"consumers": c, "partitions": default_p, "events_per_s": s.events_per_s})
+        for p in partitions:
+            s = run_stage(url, base, payloads, "engine", default_c, p)
+            scaling.append({"consumers": default_c, "partitions": p, "events_per_s": s.events_per_s})
+        summary["scaling"] = scaling
+        if growth:
+            big = generate(events * 5, users=users * 5, seed=2)
+            g = run_stage(url, base, big, "engine", default_c, default_p)
+            summary["growth_5x_events_per_s"] = g.events_per_s
+        summary["memory"] = memory_profile(url, base, payloads)
+    report["summary"] = summary
+    print_table(report)
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=1))
+        print(f"\nwrote {json_out}")
+    return report
+
+
+def _machine() -> dict:
+    import platform
+    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "redis": next((w[2:] for w in out if w.startswith("v=")), "?"),
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+def print_table(report: dict) -> None:
+    s = report["summary"]
+    m = report["machine"]
+    lat = lambda d: f"p50 {d.get('p50', 0):.1f} / p99 {d.get('p99', 0):.1f} / max {d.get('max', 0):.1f} ms (n={d.get('n', 0)})"  # noqa: E731
+    rows = [
+        ("transport ceiling (XADD -> XREADGROUP -> XACK)", f"{s['transport_events_per_s']:,.0f} events/s", ""),
+        ("engine end to end", f"{s['engine_events_per_s']:,.0f} events/s", ">= 80,000"),
+        ("engine / transport", f"{s['ratio']:.2f}", ">= 0.5"),
+        ("Redis CPU per event", f"{s['redis_cpu_us_per_event']:.2f} us", "<= 6"),
+        ("Redis time per apply call", f"{s['lua_us_per_call']:,.0f} us", ""),
+        ("consumer (Python) CPU per event", f"{s['consumer_cpu_us_per_event']:.2f} us", ""),
+        ("producer (Python) CPU per event", f"{s['producer_cpu_us_per_event']:.2f} us", ""),
+        (f"detection latency at {s['fixed_rate_events_per_s']:,.0f} events/s", lat(s["fixed_rate_latency_ms"]),
+         "p99 <= 50 ms"),
+        ("detection latency at saturation", lat(s["saturation_latency_ms"]), "p99 < 1000 ms"),
+        ("open session state", f"{s['memory']['bytes_per_open_session']:.0f} bytes/session", "<= 300"),
+        ("per-minute metrics", f"{s['memory']['bytes_per_partition_minute']:.0f} bytes/minute/partition", "<= 16 KB"),
+        ("retained input entry", f"{s['memory']['bytes_per_input_entry']:.0f} bytes", ""),
+    ]
+    if "growth_5x_events_per_s" in s:
+        rows.append(("engine, 5x the input", f"{s['growth_5x_events_per_s']:,.0f} events/s", "within 10 %"))
+    print(f"\nShopStream bench - {report['events']:,} events, {m['cpus']} CPUs, redis {m['redis']}, "
+          f"Python {m['python']}, {m['date']} (medians of {report['runs']} runs)")
+    width = max(len(r[0]) for r in rows)
+    for label, value, target in rows:
+        print(f"  {label:<{width}}  {value:<44} {('target ' + target) if target else ''}")
+    print("  scaling: " + ", ".join(f"{x['consumers']}c/{x['partitions']}p {x['events_per_s']:,.0f}/s"
+                                    for x in s["scaling"]))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "_transport":
+        _transport_worker(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1] == "_subscribe":
+        _subscriber(sys.argv[2], sys.argv[3], sys.argv[4])
