@@ -6,7 +6,8 @@
 
   Per-user state, STRING <prefix>user:<user_id>, JSON (GET it with redis-cli):
     {"s": [ ["<start us>", last - start, events, {event_type: count}], ... ]   open sessions
-     "m": [minute, count, ...]   per-user counts of the minutes that can still change (rule 1)
+     "m": [minute, count, ...]   per-user counts of minutes that end after the watermark (rule 1;
+                                 exact for events within the bound B, like the sessions)
      "d": due - start of the first session}   due = the user's score in <prefix>open, a lower
                                               bound of its earliest close time
   Only the start is a string: offsets, counts and minute numbers stay exact as JSON numbers.
@@ -89,8 +90,8 @@ local function save_users(ctx, wm)
         st.due = due
       end
       local ms = {}
-      for m, c in pairs(st.minutes) do   -- minutes no event that is not late can reach are dropped
-        if (m + 1) * US_PER_MIN + gap > wm then ms[#ms + 1] = m; ms[#ms + 1] = c end
+      for m, c in pairs(st.minutes) do   -- kept while events within the bound B can reach them
+        if (m + 1) * US_PER_MIN > wm then ms[#ms + 1] = m; ms[#ms + 1] = c end
       end
       local doc = {s = {}, m = ms, d = st.due - st.sessions[1].s}
       for i, se in ipairs(st.sessions) do doc.s[i] = {fmt(se.s), se.l - se.s, se.n, se.t} end
