@@ -30,6 +30,13 @@ STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in oth
 MAX_FAILURES_UNTIL_IDLE = 20  # a bounded run gives up (exit 1) instead of retrying a broken apply forever
 
 
+def _streams(reply) -> list:
+    """A raw XREADGROUP reply as (stream, entries) pairs: a map under RESP3, a list under RESP2."""
+    if not reply:
+        return []
+    return list(reply.items()) if isinstance(reply, dict) else reply
+
+
 class Consumer:
     def __init__(self, client: Any, settings: Settings, name: str, *, metrics: ConsumerMetrics | None = None,
                  until_idle: bool = False, idle_advance: bool = True):
@@ -41,6 +48,9 @@ class Consumer:
         self.parts = self.keys.all_partitions()
         self.stream_partition = {p.clicks.encode(): p.p for p in self.parts}
         self.scripts = Scripts(client)
+        # reads skip redis-py's per-entry dict building: entries stay [id, [field, value, ...]]
+        self.reader = type(client)(connection_pool=client.connection_pool)
+        self.reader.set_response_callback("XREADGROUP", lambda response, **_: response)
         self.leases = Leases(client, self.scripts, settings, name)
         self.stopping = asyncio.Event()
         self.last_input: dict[int, float] = {}     # partition -> monotonic time of its last entry
@@ -121,8 +131,8 @@ class Consumer:
         recovering = [p for p in owned if p in self.leases.recovering]
         if recovering:
             streams = {self.parts[p].clicks: "0" for p in recovering}
-            reply = await self.client.xreadgroup(s.group, self.name, streams, count=s.batch_size)
-            got = [(self.stream_partition[stream], entries, True) for stream, entries in reply]
+            reply = await self.reader.xreadgroup(s.group, self.name, streams, count=s.batch_size)
+            got = [(self.stream_partition[stream], entries, True) for stream, entries in _streams(reply)]
             # a partition with nothing pending any more is recovered
             seen = {p for p, _, _ in got}
             for p in recovering:
@@ -130,8 +140,8 @@ class Consumer:
                     self.leases.recovering.discard(p)
             return got
         streams = {self.parts[p].clicks: ">" for p in owned}
-        reply = await self.client.xreadgroup(s.group, self.name, streams, count=s.batch_size, block=s.block_ms)
-        return [(self.stream_partition[stream], entries, False) for stream, entries in reply or []]
+        reply = await self.reader.xreadgroup(s.group, self.name, streams, count=s.batch_size, block=s.block_ms)
+        return [(self.stream_partition[stream], entries, False) for stream, entries in _streams(reply)]
 
     async def process(self, p: int, entries: list) -> None:
         started = time.perf_counter()

@@ -30,7 +30,7 @@ class Decoded(NamedTuple):
     dead: list[DeadLetter]
 
 
-def decode_entries(entries: Sequence[tuple[bytes, dict | None]], partition: int, now_us: int,
+def decode_entries(entries: Sequence[tuple[bytes, dict | list | None]], partition: int, now_us: int,
                    settings: Settings) -> Decoded:
     """Entries of one partition's stream; a user of another partition is bad input too (its state
     lives elsewhere, so applying it here would split the user)."""
@@ -44,7 +44,13 @@ def decode_entries(entries: Sequence[tuple[bytes, dict | None]], partition: int,
             dead.append(DeadLetter(entry_id, b"", "entry was trimmed from the stream before it was processed"
                                                   " (raise input_maxlen)"))
             continue
-        raw = fields.get(PAYLOAD_FIELD)
+        if isinstance(fields, dict):
+            raw = fields.get(PAYLOAD_FIELD)
+        elif len(fields) == 2 and fields[0] == PAYLOAD_FIELD:     # raw reply: [field, value, ...]
+            raw = fields[1]
+        else:
+            fields = dict(zip(fields[::2], fields[1::2]))
+            raw = fields.get(PAYLOAD_FIELD)
         if raw is None:
             dead.append(DeadLetter(entry_id, repr(fields).encode()[:4096],
                                    "entry has no 'e' field (expected the event JSON in field 'e')"))

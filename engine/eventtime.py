@@ -11,6 +11,7 @@ magnitude: below 1e11 seconds, below 1e14 milliseconds (the documented unit; 1e1
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 US_PER_MS = 1_000
@@ -20,66 +21,53 @@ MAX_US = 4_102_444_800_000_000              # 2100-01-01T00:00:00Z (µs stay exa
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_US = timedelta(microseconds=1)
-_DIGITS = frozenset("0123456789")
-_minute_cache: dict[str, int] = {}
+_second_cache: dict[str, int | None] = {}
+# after "YYYY-MM-DD?HH:MM:SS": optional fraction, then Z / ±HH:MM / nothing (naive = UTC)
+_SUFFIX = re.compile(r"(?:\.(\d+))?(?:([Zz])|([+-])(\d\d):(\d\d))?")
 
 
 class BadTimestamp(ValueError):
     pass
 
 
-def _minute_us(prefix: str) -> int:
-    """Epoch µs of 'YYYY-MM-DDTHH:MM' (UTC), memoized: events share few distinct minutes."""
-    us = _minute_cache.get(prefix)
-    if us is None:
-        dt = datetime(int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10]),
-                      int(prefix[11:13]), int(prefix[14:16]), tzinfo=timezone.utc)
-        us = (dt - _EPOCH) // _ONE_US
-        if len(_minute_cache) > 100_000:
-            _minute_cache.clear()
-        _minute_cache[prefix] = us
+def _second_us(prefix: str) -> int | None:
+    """Epoch µs of 'YYYY-MM-DD[T ]HH:MM:SS' read as UTC, or None if not exactly that; memoized
+    (events share few distinct seconds, so the strict checks run once per second of data)."""
+    if prefix in _second_cache:
+        return _second_cache[prefix]
+    us = None
+    if (len(prefix) == 19 and prefix[4] == "-" and prefix[7] == "-" and prefix[10] in "Tt "
+            and prefix[13] == ":" and prefix[16] == ":"):
+        digits = prefix[0:4] + prefix[5:7] + prefix[8:10] + prefix[11:13] + prefix[14:16] + prefix[17:19]
+        if digits.isascii() and digits.isdigit():
+            try:
+                dt = datetime(int(digits[0:4]), int(digits[4:6]), int(digits[6:8]), int(digits[8:10]),
+                              int(digits[10:12]), int(digits[12:14]), tzinfo=timezone.utc)
+                us = (dt - _EPOCH) // _ONE_US
+            except ValueError:        # month 13, February 30th, second 60 ...
+                us = None
+    if len(_second_cache) > 200_000:
+        _second_cache.clear()
+    _second_cache[prefix] = us
     return us
-
 
 
 def _fast_iso(s: str) -> int | None:
     """YYYY-MM-DD[T ]HH:MM:SS[.f+][Z|±HH:MM] without datetime objects; None if not that shape."""
-    n = len(s)
-    if n < 19 or s[4] != "-" or s[7] != "-" or s[10] not in "Tt " or s[13] != ":" or s[16] != ":":
+    base = _second_us(s[:19])
+    if base is None:
         return None
-    date_time = s[0:4] + s[5:7] + s[8:10] + s[11:13] + s[14:16] + s[17:19]
-    if not _DIGITS.issuperset(date_time):
+    m = _SUFFIX.fullmatch(s, 19)
+    if m is None:
         return None
-    sec = int(s[17:19])
-    if sec > 59 or int(s[5:7]) - 1 not in range(12) or int(s[11:13]) > 23 or int(s[14:16]) > 59:
-        return None
-    i = 19
-    frac = 0
-    if i < n and s[i] == ".":
-        j = i + 1
-        while j < n and s[j] in _DIGITS:
-            j += 1
-        digits = s[i + 1:j]
-        if not digits:
+    frac, _z, sign, hh, mm = m.groups()
+    us = base + (int((frac + "00000")[:6]) if frac else 0)
+    if sign:
+        h, mi = int(hh), int(mm)
+        if h > 23 or mi > 59:
             return None
-        frac = int((digits + "000000")[:6])
-        i = j
-    offset_us = 0
-    rest = s[i:]
-    if rest in ("Z", "z", ""):
-        pass
-    elif len(rest) == 6 and rest[0] in "+-" and rest[3] == ":" and _DIGITS.issuperset(rest[1:3] + rest[4:6]):
-        hh, mm = int(rest[1:3]), int(rest[4:6])
-        if hh > 23 or mm > 59:
-            return None
-        offset_us = (hh * 60 + mm) * US_PER_MINUTE * (1 if rest[0] == "+" else -1)
-    else:
-        return None
-    try:
-        base = _minute_us(s[0:16])
-    except ValueError:  # e.g. February 30th
-        return None
-    return base + sec * 1_000_000 + frac - offset_us
+        us -= (h * 60 + mi) * US_PER_MINUTE * (1 if sign == "+" else -1)
+    return us
 
 
 def _slow_iso(value: str) -> int:

@@ -77,12 +77,7 @@ def parse_click(raw: bytes, now_us: int, max_future_us: int, max_id_bytes: int) 
     user_id = ev.user_id if isinstance(ev.user_id, str) else str(ev.user_id)
     if not user_id:
         raise BadRecord("user_id is empty - at `$.user_id`")
-    try:
-        id_bytes = len(user_id.encode("utf-8"))
-        ev.event_type.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRecord("user_id or event_type is not valid unicode (lone surrogate)") from None
-    if id_bytes > max_id_bytes:
+    if len(user_id) * 4 > max_id_bytes and len(user_id.encode("utf-8")) > max_id_bytes:
         raise BadRecord(f"user_id is longer than {max_id_bytes} bytes - at `$.user_id`")
     if not ev.event_type:
         raise BadRecord("event_type is empty - at `$.event_type`")

@@ -78,6 +78,7 @@ def click(**fields) -> bytes:
     (click(device=5), "at `$.device`"),
     (click(schema_version=9), "unsupported schema_version 9"),
     (b"[1,2]", "Expected `object`"),
+    (b'{"user_id": "\\ud800", "event_type": "x", "timestamp": 1}', "not valid JSON"),   # lone surrogate
 ])
 def test_bad_records_have_readable_reasons(raw, reason):
     with pytest.raises(BadRecord, match=None) as exc:
@@ -139,7 +140,7 @@ def test_decode_entries_routes_bad_and_foreign_records_to_dead_letters():
     settings = Settings(partitions=4)
     home = partition_of("u1", 4)
     other = next(u for u in (f"v{i}" for i in range(50)) if partition_of(u, 4) != home)
-    entries = [(b"1-0", {b"e": click()}), (b"2-0", {b"e": b"{"}), (b"3-0", None), (b"4-0", {b"x": b"1"}),
+    entries = [(b"1-0", {b"e": click()}), (b"2-0", [b"e", b"{"]), (b"3-0", None), (b"4-0", [b"x", b"1", b"y", b"2"]),
                (b"5-0", {b"e": click(user_id=other)})]
     d = decode_entries(entries, home, NOW, settings)
     assert d.count == 1 and msgspec.json.decode(d.events)[0][:2] == ["1-0", "u1"]
