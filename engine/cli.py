@@ -147,7 +147,8 @@ def cmd_demo(args, settings):
 def cmd_bench(args, settings):
     from .bench import run
     run(args.events, args.users, args.runs, [int(x) for x in args.consumers.split(",")],
-        [int(x) for x in args.scale_partitions.split(",")], args.rate, args.json, args.profile, args.growth)
+        [int(x) for x in args.scale_partitions.split(",")], args.rate, args.json, args.profile, args.growth,
+        args.appendfsync)
     if args.profile:
         import pstats
         print(f"\nprofile of one engine consumer ({args.profile}):")
@@ -222,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-partitions", default="1,8,32", help="partition counts to scale over")
     p.add_argument("--rate", type=float, default=16_667, help="offered load for the latency stage, events/s")
     p.add_argument("--growth", action="store_true", help="also run 5x the events (throughput must not fall)")
+    p.add_argument("--appendfsync", default="everysec", choices=["everysec", "always", "no"],
+                   help="Redis durability during the bench (no = AOF off)")
     p.add_argument("--json", help="write the full report here")
     p.add_argument("--profile", help="cProfile one engine consumer; top functions printed, stats saved here")
     p.set_defaults(fn=cmd_bench)
