@@ -118,13 +118,21 @@ class Consumer:
             await asyncio.sleep(self.settings.block_ms / 1000)
             return False
         batches = await self.read(owned)
+        # Partitions are independent: while Redis runs one partition's apply script, the next
+        # partition's batch is decoded (each process() decodes, then awaits its script call).
+        await asyncio.gather(*(self.process(p, entries) for p, entries, _ in batches))
         for p, entries, from_pending in batches:
-            await self.process(p, entries)
             if from_pending and len(entries) < self.settings.batch_size:
                 self.leases.recovering.discard(p)
         if self.idle_advance:
             await self.advance_idle(owned)
-        return any(entries for _, entries, _ in batches)
+        read = sum(len(entries) for _, entries, _ in batches)
+        if 0 < read < self.settings.batch_size and self.settings.linger_ms:
+            # a thin read: let entries accumulate a moment (like Kafka's fetch.min.bytes / linger.ms):
+            # the apply cost per event falls steeply with batch size (a user's state is loaded once
+            # per batch), for at most linger_ms of extra latency.
+            await asyncio.sleep(self.settings.linger_ms / 1000)
+        return read > 0
 
     async def read(self, owned: list[int]) -> list[tuple[int, list, bool]]:
         s = self.settings

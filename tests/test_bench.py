@@ -1,0 +1,32 @@
+"""The benchmark runs (tiny, so CI checks it works; its numbers are not asserted: never timed tests)."""
+
+from __future__ import annotations
+
+import json
+
+from engine.benchdata import generate
+from engine.schema import parse_click
+
+from .test_cli import shopstream
+
+
+def test_bench_data_is_valid_and_has_bots_and_disorder():
+    raws = generate(5000, users=200)
+    clicks = [parse_click(r, 1_900_000_000_000_000, 86_400_000_000, 256) for r in raws]
+    assert len(clicks) == 5000
+    assert any(c.user_id.startswith("bot") for c in clicks)
+    assert any(b.ts_us < a.ts_us for a, b in zip(clicks, clicks[1:]))          # out of order
+    assert all(b.ts_us >= a.ts_us - 300_000_000 for a, b in zip(clicks, clicks[1:]))  # within B
+
+
+def test_bench_runs_and_reports(tmp_path):
+    out = tmp_path / "bench.json"
+    stdout = shopstream("bench", "--events", "20000", "--users", "2000", "--runs", "1", "--consumers", "1",
+                        "--scale-partitions", "4", "--rate", "2000", "--json", str(out), timeout=600)
+    assert "transport ceiling" in stdout and "engine end to end" in stdout
+    report = json.loads(out.read_text())
+    summary = report["summary"]
+    assert summary["transport_events_per_s"] > 0 and summary["engine_events_per_s"] > 0
+    assert summary["fixed_rate_latency_ms"]["n"] > 0            # alerts were detected and timed
+    assert summary["memory"]["open_sessions"] > 0
+    assert {s["name"] for s in report["stages"]} >= {"transport", "engine", "engine@rate", "engine@capacity"}
