@@ -1,0 +1,86 @@
+"""GDPR erasure of one user: state, per-user keys, retained stream entries, emitted outputs.
+
+Order matters: the tombstone goes first, so events of the user that arrive while (or after)
+we erase are dropped by the apply script instead of re-creating state.  The tombstone
+(``<ns>:{p}:tomb:<user_id>``) keeps the id only for ``tombstone_ttl_ms`` — as long as late
+events of the user can still arrive; the audit record keeps only a SHA-256 of the id.
+Aggregates (per-minute counts, HyperLogLogs) are anonymous and stay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import msgspec
+
+from .keys import ALERTS, LATE, SESSIONS, Keys
+from .partitioning import partition_of
+from .settings import Settings
+
+PAGE = 5000
+_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+_user_of = msgspec.json.Decoder(dict)
+
+
+def subject_hash(user_id: str) -> str:
+    return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
+
+
+def _payload_user(raw: bytes) -> str | None:
+    try:
+        doc = _user_of.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    user = doc.get("user_id") if isinstance(doc, dict) else None
+    return user if isinstance(user, str) else (str(user) if isinstance(user, int) else None)
+
+
+async def _delete_entries(client: Any, stream: str, match) -> int:
+    """XDEL every entry of ``stream`` for which match(fields) is true; returns how many."""
+    removed, start = 0, "-"
+    while True:
+        page = await client.xrange(stream, min=start, max="+", count=PAGE)
+        doomed = [entry_id for entry_id, fields in page if match(fields)]
+        if doomed:
+            removed += await client.xdel(stream, *doomed)
+        if len(page) < PAGE:
+            return removed
+        start = "(" + page[-1][0].decode()
+
+
+async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]:
+    keys = Keys(settings.namespace, settings.partitions)
+    part = keys.partition(partition_of(user_id, settings.partitions))
+    uid = user_id.encode("utf-8")
+    await client.set(part.key("tomb:") + user_id, 1, px=settings.tombstone_ttl_ms)
+
+    report = {"state_keys": 0, "alert_markers": 0, "input_entries": 0, "sessions": 0, "alerts": 0,
+              "late_entries": 0, "dead_letters": 0}
+    report["state_keys"] = await client.delete(part.user(user_id))
+    await client.zrem(part.key("open"), user_id)
+    pattern = f"{part.prefix}fired:*:{user_id.translate(_GLOB_SPECIAL)}"
+    markers = [k async for k in client.scan_iter(match=pattern, count=1000)]
+    if markers:
+        report["alert_markers"] = await client.delete(*markers)
+
+    by_field = lambda f: f.get(b"user_id") == uid  # noqa: E731
+    report["input_entries"] = await _delete_entries(
+        client, part.clicks, lambda f: f.get(b"e") is not None and _payload_user(f[b"e"]) == user_id)
+    report["sessions"] = await _delete_entries(client, part.key(SESSIONS), by_field)
+    report["alerts"] = await _delete_entries(client, part.key(ALERTS), by_field)
+    report["late_entries"] = await _delete_entries(client, part.key(LATE), by_field)
+    quoted = msgspec.json.encode(user_id)
+
+    def dead_letter_of_user(fields) -> bool:
+        payload = fields.get(b"payload", b"")
+        owner = _payload_user(payload)
+        return owner == user_id if owner is not None else quoted in payload   # unparseable: by the quoted id
+
+    report["dead_letters"] = await _delete_entries(client, keys.dlq, dead_letter_of_user)
+
+    await client.xadd(keys.audit, {"action": "erase", "subject_sha256": subject_hash(user_id),
+                                   "partition": part.p, "at_ms": int(time.time() * 1000),
+                                   **{k: v for k, v in report.items()}})
+    return report
