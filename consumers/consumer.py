@@ -186,9 +186,10 @@ class Consumer:
         self.metrics.batch_events.observe(len(entries))
 
     def record(self, p: int, reply: list) -> None:
-        applied, dups, late, closed, finalized, wm = reply[:6]
+        applied, dups, late, closed, finalized, wm, erased = reply[:7]
         m = self.metrics
         m.events.labels("applied").inc(applied)
+        m.events.labels("erased").inc(erased)
         m.events.labels("duplicate").inc(dups)
         m.events.labels("late").inc(late)
         m.sessions.inc(closed)
@@ -196,7 +197,7 @@ class Consumer:
         m.watermark.labels(str(p)).set(int(wm) / 1e6)
         if applied:
             self.has_data.add(p)
-        alerts = reply[6:]
+        alerts = reply[7:]
         if alerts:
             now_ms = time.time() * 1000
             for i in range(0, len(alerts), 3):

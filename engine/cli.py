@@ -116,6 +116,20 @@ def cmd_export(args, settings):
         print(f"{count:>8,} {name:<9} -> {Path(args.out) / (name + '.jsonl')}")
 
 
+def cmd_erase(args, settings):
+    from .erase import erase
+
+    async def main():
+        client = async_client(_need_url(settings))
+        try:
+            return await erase(client, settings, args.user)
+        finally:
+            await client.aclose()
+    report = _run(main())
+    print(f"erased {args.user!r}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.items()))
+    print("a tombstone drops the user's later events; the audit stream keeps only a SHA-256 of the id")
+
+
 def cmd_reset(args, settings):
     async def main():
         client = async_client(_need_url(settings))
@@ -257,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sessions", help="a user's open and closed sessions")
     p.add_argument("user")
     p.set_defaults(fn=cmd_sessions)
+    p = sub.add_parser("erase", help="GDPR: remove everything of one user, drop their later events")
+    p.add_argument("user")
+    p.set_defaults(fn=cmd_erase)
     sub.add_parser("reset", help="delete every key of the namespace").set_defaults(fn=cmd_reset)
     for p in sub.choices.values():
         _common(p, top=False)

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from .keys import ALERTS, LATE, SESSIONS, Keys
+from .keys import ALERTS, LATE, SESSIONS, TOMB, Keys, Partition
 from .partitioning import partition_of
 from .settings import Settings
 
@@ -50,11 +50,20 @@ async def _delete_entries(client: Any, stream: str, match) -> int:
         start = "(" + page[-1][0].decode()
 
 
+async def _extend_tombstone_horizon(client: Any, part: Partition, until_us: int) -> None:
+    current = await client.hget(part.key("state"), "tombs_until")
+    if current is None or int(current) < until_us:
+        await client.hset(part.key("state"), "tombs_until", until_us)
+
+
 async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]:
     keys = Keys(settings.namespace, settings.partitions)
     part = keys.partition(partition_of(user_id, settings.partitions))
     uid = user_id.encode("utf-8")
-    await client.set(part.key("tomb:") + user_id, 1, px=settings.tombstone_ttl_ms)
+    until_us = (int(time.time() * 1000) + settings.tombstone_ttl_ms) * 1000
+    await client.set(part.key(TOMB) + user_id, 1, px=settings.tombstone_ttl_ms)
+    # the apply script looks tombstones up only while a partition has one that may be alive
+    await _extend_tombstone_horizon(client, part, until_us)
 
     report = {"state_keys": 0, "alert_markers": 0, "input_entries": 0, "sessions": 0, "alerts": 0,
               "late_entries": 0, "dead_letters": 0}

@@ -25,6 +25,7 @@ USER = "user:"           # HASH    user:<user_id> open sessions + per-minute cou
 COUNT = "count:"         # STRING  count:<minute> events in that minute
 HLL = "hll:"             # HLL     hll:<minute> users in that minute
 FIRED = "fired:"         # STRING  fired:<minute>:<user_id> an alert was emitted (at most once)
+TOMB = "tomb:"           # STRING  tomb:<user_id> the user was erased: drop their events (PX tombstone_ttl)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,11 @@ class Keys:
     def consumers(self) -> str:
         """ZSET of live consumers, score = heartbeat expiry (ms)."""
         return f"{self.ns}:consumers"
+
+    @property
+    def audit(self) -> str:
+        """STREAM of erasures: subject_sha256 and what was removed (never the id itself)."""
+        return f"{self.ns}:audit"
 
     @property
     def meta(self) -> str:

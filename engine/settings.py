@@ -26,6 +26,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_future_ms: int = 86_400_000       # events further ahead of the wall clock are bad input
     max_id_bytes: int = 256               # longer user ids are bad input
     state_ttl_ms: int = 86_400_000        # every per-user / per-minute key expires after this much inactivity
+    tombstone_ttl_ms: int = 30 * 86_400_000  # an erased user's events are dropped for this long
 
     events_per_minute_threshold: int = 100  # rule 1 fires on the (threshold + 1)-th event of a user-minute
     alerts_channel: str = "alerts"        # pub/sub channel (namespaced: <namespace>:alerts)

@@ -1,8 +1,8 @@
 --[[ apply_batch: apply one partition's decoded click events atomically, in stream order.
-  KEYS[1]  ss:{p}:           PREFIX  derived here: user:<id> HASH, count:<m> STRING, hll:<m> HLL,
-                                     fired:<m>:<id> STRING (same hash tag, so same slot)
+  KEYS[1]  ss:{p}:           PREFIX  derived here: user:<id> STRING, count:<m> STRING, hll:<m> HLL,
+                                     fired:<m>:<id> STRING, tomb:<id> STRING (same hash tag, same slot)
   KEYS[2]  ss:{p}:clicks     STREAM  input (XACK target; XRANGE of a late entry's payload)
-  KEYS[3]  ss:{p}:state      HASH    wm, max, applied, duplicates, late
+  KEYS[3]  ss:{p}:state      HASH    wm, max, tombs_until, applied, duplicates, late, erased
   KEYS[4]  ss:{p}:open       ZSET    user -> due (earliest close time, lower bound)
   KEYS[5]  ss:{p}:mopen      ZSET    minutes not yet finalized
   KEYS[6]  ss:{p}:sessions   STREAM  closed sessions (out)
@@ -12,8 +12,10 @@
   KEYS[10] ss:{p}:lease      STRING  name of the owning consumer
   ARGV  consumer, group, now_us, gap_us, ooo_us, threshold, ttl_ms, maxlen, channel,
         events: JSON array of [entry_id, user_id, ts_us, event_type] in stream order
-  Returns {applied, duplicates, late, sessions_closed, minutes_finalized, watermark_us,
+  Returns {applied, duplicates, late, sessions_closed, minutes_finalized, watermark_us, erased,
            then per alert: entry_id, user_id, window_start_us}
+  Erased users (KEYS[1] tomb:<id>, looked up only while KEYS[3].tombs_until > now): their
+  events are acknowledged, deleted from the input stream and counted as erased, nothing else.
   Errors  SS_NOT_OWNER when KEYS[10] does not hold ARGV[1]; nothing is changed.
   Idempotent: yes - an entry is applied only if its XACK returned 1.
   Semantics (DESIGN §3): watermark W = max event time - ooo, never decreasing; an event is late
@@ -32,8 +34,9 @@ if rcall('GET', KEYS[10]) ~= consumer then
 end
 
 local ctx = new_ctx(KEYS, gap, ttl, maxlen)
-local wm, maxts = read_watermark(ctx)
-local applied, dups, late = 0, 0, 0
+local wm, maxts, tombs_until = read_watermark(ctx)
+local check_tombs = tombs_until > now
+local applied, dups, late, dropped = 0, 0, 0, 0
 local alerts = {}
 local mcount, musers, mseen = {}, {}, {}
 
@@ -41,6 +44,9 @@ for _, ev in ipairs(cjson.decode(ARGV[10])) do
   local id, uid, ts, etype = ev[1], ev[2], ev[3], ev[4]
   if rcall('XACK', ctx.stream, group, id) == 0 then
     dups = dups + 1
+  elseif check_tombs and erased(ctx, uid) then
+    dropped = dropped + 1
+    rcall('XDEL', ctx.stream, id)
   elseif ts + gap < wm then
     late = late + 1
     local entry = rcall('XRANGE', ctx.stream, id, id)[1]
@@ -131,7 +137,8 @@ rcall('HSET', ctx.state, 'wm', fmt(wm), 'max', fmt(maxts))
 if applied > 0 then rcall('HINCRBY', ctx.state, 'applied', applied) end
 if dups > 0 then rcall('HINCRBY', ctx.state, 'duplicates', dups) end
 if late > 0 then rcall('HINCRBY', ctx.state, 'late', late) end
+if dropped > 0 then rcall('HINCRBY', ctx.state, 'erased', dropped) end
 
-local reply = {applied, dups, late, ctx.closed, ctx.finalized, fmt(wm)}
+local reply = {applied, dups, late, ctx.closed, ctx.finalized, fmt(wm), dropped}
 for _, v in ipairs(alerts) do reply[#reply + 1] = v end
 return reply

@@ -26,7 +26,7 @@ local function new_ctx(keys, gap, ttl, maxlen)
   return {
     prefix = keys[1], stream = keys[2], state = keys[3], open = keys[4], mopen = keys[5],
     sessions = keys[6], alerts = keys[7], late = keys[8], minutes = keys[9], lease = keys[10],
-    gap = gap, ttl = ttl, maxlen = maxlen, users = {}, closed = 0, finalized = 0,
+    gap = gap, ttl = ttl, maxlen = maxlen, users = {}, tombs = {}, closed = 0, finalized = 0,
   }
 end
 
@@ -124,6 +124,16 @@ local function finalize_minutes(ctx, wm, limit)
 end
 
 local function read_watermark(ctx)
-  local v = rcall('HMGET', ctx.state, 'wm', 'max')
-  return tonumber(v[1]) or NEG_INF, tonumber(v[2]) or NEG_INF
+  local v = rcall('HMGET', ctx.state, 'wm', 'max', 'tombs_until')
+  return tonumber(v[1]) or NEG_INF, tonumber(v[2]) or NEG_INF, tonumber(v[3]) or NEG_INF
+end
+
+-- Was the user erased (GDPR)? Looked up only while the partition may hold a live tombstone.
+local function erased(ctx, uid)
+  local hit = ctx.tombs[uid]
+  if hit == nil then
+    hit = rcall('EXISTS', ctx.prefix .. 'tomb:' .. uid) == 1
+    ctx.tombs[uid] = hit
+  end
+  return hit
 end
