@@ -30,6 +30,12 @@ STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in oth
 MAX_FAILURES_UNTIL_IDLE = 20  # a bounded run gives up (exit 1) instead of retrying a broken apply forever
 
 
+def _payload(fields) -> bytes:
+    if isinstance(fields, dict):
+        return fields.get(b"e", b"")
+    return fields[1] if fields and len(fields) >= 2 else b""
+
+
 def _streams(reply) -> list:
     """A raw XREADGROUP reply as (stream, entries) pairs: a map under RESP3, a list under RESP2."""
     if not reply:
@@ -182,6 +188,11 @@ class Consumer:
                 return
             self.failures = 0
             self.record(p, reply)
+            poison = reply[8]
+            if poison:
+                payloads = {entry_id: fields for entry_id, fields in entries}
+                await self.dead_letter(p, [DeadLetter(poison[i], _payload(payloads.get(poison[i])), poison[i + 1].decode())
+                                           for i in range(0, len(poison), 2)])
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_events.observe(len(entries))
 
@@ -197,7 +208,7 @@ class Consumer:
         m.watermark.labels(str(p)).set(int(wm) / 1e6)
         if applied:
             self.has_data.add(p)
-        alerts = reply[7:]
+        alerts = reply[7]
         if alerts:
             now_ms = time.time() * 1000
             for i in range(0, len(alerts), 3):

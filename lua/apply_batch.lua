@@ -13,7 +13,9 @@
   ARGV  consumer, group, now_us, gap_us, ooo_us, threshold, ttl_ms, maxlen, channel,
         events: JSON array of [entry_id, user_id, ts_us, event_type] in stream order
   Returns {applied, duplicates, late, sessions_closed, minutes_finalized, watermark_us, erased,
-           then per alert: entry_id, user_id, window_start_us}
+           alerts {entry_id, user_id, window_start_us, ...}, poison {entry_id, reason, ...}}
+  Poison: events of a user whose state key cannot be read are neither applied nor acknowledged;
+  the caller moves them to the dead-letter stream.
   Erased users (KEYS[1] tomb:<id>, looked up only while KEYS[3].tombs_until > now): their
   events are acknowledged, deleted from the input stream and counted as erased, nothing else.
   Errors  SS_NOT_OWNER when KEYS[10] does not hold ARGV[1]; nothing is changed.
@@ -37,12 +39,17 @@ local ctx = new_ctx(KEYS, gap, ttl, maxlen)
 local wm, maxts, tombs_until = read_watermark(ctx)
 local check_tombs = tombs_until > now
 local applied, dups, late, dropped = 0, 0, 0, 0
-local alerts = {}
+local alerts, poison = {}, {}
 local mcount, musers, mseen = {}, {}, {}
 
 for _, ev in ipairs(cjson.decode(ARGV[10])) do
   local id, uid, ts, etype = ev[1], ev[2], ev[3], ev[4]
-  if rcall('XACK', ctx.stream, group, id) == 0 then
+  local st, unreadable = nil, nil
+  if ts + gap >= wm then st, unreadable = load_user(ctx, uid) end
+  if unreadable then
+    poison[#poison + 1] = id            -- not acknowledged: the caller dead-letters it
+    poison[#poison + 1] = unreadable
+  elseif rcall('XACK', ctx.stream, group, id) == 0 then
     dups = dups + 1
   elseif check_tombs and erased(ctx, uid) then
     dropped = dropped + 1
@@ -60,7 +67,6 @@ for _, ev in ipairs(cjson.decode(ARGV[10])) do
       maxts = ts
       if ts - ooo > wm then wm = ts - ooo end
     end
-    local st = load_user(ctx, uid)
     if #st.sessions > 0 then close_due(ctx, uid, st, wm) end
 
     -- sessions: merge the event into every open session it is within gap of
@@ -139,6 +145,4 @@ if dups > 0 then rcall('HINCRBY', ctx.state, 'duplicates', dups) end
 if late > 0 then rcall('HINCRBY', ctx.state, 'late', late) end
 if dropped > 0 then rcall('HINCRBY', ctx.state, 'erased', dropped) end
 
-local reply = {applied, dups, late, ctx.closed, ctx.finalized, fmt(wm), dropped}
-for _, v in ipairs(alerts) do reply[#reply + 1] = v end
-return reply
+return {applied, dups, late, ctx.closed, ctx.finalized, fmt(wm), dropped, alerts, poison}

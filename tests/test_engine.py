@@ -184,3 +184,20 @@ def test_user_ids_cannot_escape_their_partition(settings):
         p = partition_of(user, settings.partitions)
         key = Keys("ss", settings.partitions).partition(p).user(user)
         assert key.startswith(f"ss:{{{p}}}:user:") and key.endswith(user)
+
+
+@pytest.mark.parametrize("corrupt", ["hash", "garbage"])
+async def test_unreadable_user_state_is_poison_not_a_half_applied_batch(backend, settings, corrupt):
+    """A user whose state key cannot be read: its events go to the DLQ, everyone else flows."""
+    keys = Keys(settings.namespace, settings.partitions)
+    bad = keys.partition(partition_of("u1", settings.partitions)).user("u1")
+    if corrupt == "hash":
+        await backend.aio.hset(bad, "x", "1")
+    else:
+        await backend.aio.set(bad, "not json")
+    raws = [event("u2", T0), event("u1", T0 + 1), event("u2", T0 + 2), event("u1", T0 + 3), event("u3", T0 + 4)]
+    out = await run_events(backend, settings, raws)
+    assert sorted((s["user_id"], s["event_count"]) for s in out.sessions) == [("u2", 2), ("u3", 1)]
+    assert len(out.dlq) == 2 and all("u1" in d["record"] and "state" in d["reason"] for d in out.dlq)
+    state = await control.group_state(backend.aio, settings, list(range(settings.partitions)))
+    assert all(pending == 0 for pending, _ in state.values())

@@ -30,13 +30,22 @@ local function new_ctx(keys, gap, ttl, maxlen)
   }
 end
 
+-- The user's state, or nil and a reason when it cannot be read (a key of another type, or not
+-- our JSON): such a user's events are returned as poison instead of being applied, so a bad key
+-- can never make the script fail half-way (Redis does not roll a script back).
 local function load_user(ctx, uid)
   local st = ctx.users[uid]
   if st then return st end
-  local raw = rcall('GET', ctx.prefix .. 'user:' .. uid)
+  local raw = redis.pcall('GET', ctx.prefix .. 'user:' .. uid)
+  if type(raw) == 'table' then
+    return nil, 'state key of the user is unreadable: ' .. tostring(raw.err)
+  end
   st = {sessions = {}, minutes = {}}
   if raw then
-    local doc = cjson.decode(raw)
+    local ok, doc = pcall(cjson.decode, raw)
+    if not ok or type(doc) ~= 'table' or type(doc.s) ~= 'table' or #doc.s == 0 or type(doc.m) ~= 'table' then
+      return nil, 'state of the user is not valid engine JSON'
+    end
     for i, se in ipairs(doc.s) do
       local start = tonumber(se[1])
       st.sessions[i] = {s = start, l = start + se[2], n = se[3], t = se[4]}
@@ -104,7 +113,9 @@ end
 -- Returns true when more users may be due.
 local function sweep(ctx, wm, limit)
   local due = rcall('ZRANGEBYSCORE', ctx.open, '-inf', '(' .. fmt(wm), 'LIMIT', 0, limit)
-  for _, uid in ipairs(due) do load_user(ctx, uid) end   -- save_users closes and writes them
+  for _, uid in ipairs(due) do   -- save_users closes and writes them
+    if not load_user(ctx, uid) then rcall('ZREM', ctx.open, uid) end   -- unreadable: left for inspection
+  end
   return #due == limit
 end
 
