@@ -15,7 +15,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 
-from engine.batch import DeadLetter, decode_entries
+from engine.batch import DeadLetter, decode_entries, payload_of
 from engine.control import advance, drained, ensure_groups, group_state
 from engine.keys import Keys
 from engine.metrics import ConsumerMetrics
@@ -28,12 +28,6 @@ log = logging.getLogger("shopstream.consumer")
 
 STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in other consumers' lists
 MAX_FAILURES_UNTIL_IDLE = 20  # a bounded run gives up (exit 1) instead of retrying a broken apply forever
-
-
-def _payload(fields) -> bytes:
-    if isinstance(fields, dict):
-        return fields.get(b"e", b"")
-    return fields[1] if fields and len(fields) >= 2 else b""
 
 
 def _streams(reply) -> list:
@@ -191,8 +185,8 @@ class Consumer:
             poison = reply[8]
             if poison:
                 payloads = {entry_id: fields for entry_id, fields in entries}
-                await self.dead_letter(p, [DeadLetter(poison[i], _payload(payloads.get(poison[i])), poison[i + 1].decode())
-                                           for i in range(0, len(poison), 2)])
+                await self.dead_letter(p, [DeadLetter(poison[i], payload_of(payloads[poison[i]]) or b"",
+                                                      poison[i + 1].decode()) for i in range(0, len(poison), 2)])
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_events.observe(len(entries))
 

@@ -30,6 +30,15 @@ class Decoded(NamedTuple):
     dead: list[DeadLetter]
 
 
+def payload_of(fields: dict | list) -> bytes | None:
+    """The event JSON of an entry's fields, parsed ({field: value}) or raw ([field, value, ...])."""
+    if isinstance(fields, dict):
+        return fields.get(PAYLOAD_FIELD)
+    if len(fields) == 2 and fields[0] == PAYLOAD_FIELD:
+        return fields[1]
+    return dict(zip(fields[::2], fields[1::2])).get(PAYLOAD_FIELD)
+
+
 def decode_entries(entries: Sequence[tuple[bytes, dict | list | None]], partition: int, now_us: int,
                    settings: Settings) -> Decoded:
     """Entries of one partition's stream; a user of another partition is bad input too (its state
@@ -44,13 +53,7 @@ def decode_entries(entries: Sequence[tuple[bytes, dict | list | None]], partitio
             dead.append(DeadLetter(entry_id, b"", "entry was trimmed from the stream before it was processed"
                                                   " (raise input_maxlen)"))
             continue
-        if isinstance(fields, dict):
-            raw = fields.get(PAYLOAD_FIELD)
-        elif len(fields) == 2 and fields[0] == PAYLOAD_FIELD:     # raw reply: [field, value, ...]
-            raw = fields[1]
-        else:
-            fields = dict(zip(fields[::2], fields[1::2]))
-            raw = fields.get(PAYLOAD_FIELD)
+        raw = payload_of(fields)
         if raw is None:
             dead.append(DeadLetter(entry_id, repr(fields).encode()[:4096],
                                    "entry has no 'e' field (expected the event JSON in field 'e')"))

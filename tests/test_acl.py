@@ -1,0 +1,77 @@
+"""Least privilege: the ACL users of ops/redis/users.acl, on a real server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from engine.connection import free_port, redis_server_binary, wait_for_redis
+
+from .test_cli import REPO
+
+ACL = REPO / "ops" / "redis" / "users.acl"
+EVENT = b'{"user_id": "u1", "event_type": "page_view", "timestamp": "2026-11-02T10:00:00Z"}'
+
+
+@pytest.fixture
+def acl_server(tmp_path):
+    port = free_port()
+    acl = tmp_path / "users.acl"
+    acl.write_text(ACL.read_text())
+    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--dir", str(tmp_path), "--aclfile", str(acl)], stdout=subprocess.DEVNULL)
+    url = lambda user, pw: f"redis://{user}:{pw}@127.0.0.1:{port}/0"  # noqa: E731
+    try:
+        wait_for_redis(url("shopstream-operator", "change-me-operator"), proc)
+        yield url
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "REDIS_URL": url, "SHOPSTREAM_METRICS_PORT": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0",
+           "SHOPSTREAM_HEARTBEAT_MS": "100"}
+    return subprocess.run([sys.executable, "-m", "engine.cli", "--log-level", "warning", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_each_role_can_do_its_job_and_nothing_more(acl_server, tmp_path):
+    producer = acl_server("shopstream-producer", "change-me-producer")
+    consumer = acl_server("shopstream-consumer", "change-me-consumer")
+    operator = acl_server("shopstream-operator", "change-me-operator")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(acl_server("shopstream-producer", "wrong")).ping()
+    with pytest.raises((redis.ResponseError, redis.AuthenticationError)):      # default user is off
+        redis.Redis(port=int(producer.rsplit(":", 1)[1].split("/")[0])).ping()
+
+    data = tmp_path / "events.json"
+    data.write_bytes(EVENT + b"\n" + b"not json\n")
+    assert cli(producer, "replay", str(data)).returncode == 0
+    p = redis.Redis.from_url(producer)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        p.xadd("ss:{0}:sessions", {"x": 1})                                   # outputs are not the producer's
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        p.xrange("ss:{0}:clicks")                                             # nor reading
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        p.eval("return 1", 0)
+
+    consumed = cli(consumer, "consume", "--until-idle")
+    assert consumed.returncode == 0, consumed.stderr[-2000:]
+    c = redis.Redis.from_url(consumer)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        c.set("other:key", 1)                                                 # outside the namespace
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        c.flushall()
+
+    assert cli(operator, "flush").returncode == 0
+    exported = cli(operator, "export", "--out", str(tmp_path / "out"))
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (tmp_path / "out" / "sessions.jsonl").read_text().count("u1") == 1
+    assert "not json" in (tmp_path / "out" / "dlq.jsonl").read_text()
+    assert cli(operator, "erase", "u1").returncode == 0
