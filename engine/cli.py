@@ -39,6 +39,17 @@ def _need_url(settings: Settings) -> str:
     return settings.redis_url
 
 
+def _call(settings: Settings, fn, *args):
+    """Run ``await fn(client, settings, *args)`` with an asyncio client of REDIS_URL."""
+    async def main():
+        client = async_client(_need_url(settings))
+        try:
+            return await fn(client, settings, *args)
+        finally:
+            await client.aclose()
+    return _run(main())
+
+
 @contextlib.contextmanager
 def _redis_for_run(settings: Settings):
     """REDIS_URL when given; otherwise a private redis-server for the run (the embedded default)."""
@@ -94,50 +105,25 @@ def cmd_consume(args, settings):
 
 
 def cmd_flush(args, settings):
-    async def main():
-        client = async_client(_need_url(settings))
-        try:
-            return await control.flush(client, settings)
-        finally:
-            await client.aclose()
-    closed, finalized = _run(main())
+    closed, finalized = _call(settings, control.flush)
     print(f"flushed: {closed:,} sessions closed, {finalized:,} minutes finalized")
 
 
 def cmd_export(args, settings):
-    async def main():
-        client = async_client(_need_url(settings))
-        try:
-            return export.write(await export.collect(client, settings), args.out)
-        finally:
-            await client.aclose()
-    written = _run(main())
+    written = export.write(_call(settings, export.collect), args.out)
     for name, count in written.items():
         print(f"{count:>8,} {name:<9} -> {Path(args.out) / (name + '.jsonl')}")
 
 
 def cmd_erase(args, settings):
     from .erase import erase
-
-    async def main():
-        client = async_client(_need_url(settings))
-        try:
-            return await erase(client, settings, args.user)
-        finally:
-            await client.aclose()
-    report = _run(main())
+    report = _call(settings, erase, args.user)
     print(f"erased {args.user!r}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.items()))
     print("a tombstone drops the user's later events; the audit stream keeps only a SHA-256 of the id")
 
 
 def cmd_reset(args, settings):
-    async def main():
-        client = async_client(_need_url(settings))
-        try:
-            return await control.reset(client, settings)
-        finally:
-            await client.aclose()
-    print(f"deleted {_run(main()):,} keys of namespace {settings.namespace!r}")
+    print(f"deleted {_call(settings, control.reset):,} keys of namespace {settings.namespace!r}")
 
 
 def cmd_run(args, settings):
