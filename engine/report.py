@@ -62,6 +62,9 @@ def print_run(result: Any, out_dir: str | Path, detailed: bool) -> None:
             print(f"  {n:>4} x {reason[:110]}")
         print(f"Late events: {len(o.late):,} (more than the session gap behind the watermark; kept in the late stream)")
     print(f"\nExport: {Path(out_dir).resolve()}/  " + ", ".join(f"{k}.jsonl ({v:,})" for k, v in result.written.items()))
+    if detailed:
+        print("\nNext: run the pieces against your own Redis and look inside with redis-cli (README), "
+              "or measure with `make bench`.")
 
 
 def print_live_minutes(client: Any, settings: Settings, last: int) -> None:
