@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from . import control, export, logs
 from .connection import RedisServerMissing, async_client, consumer_name, embedded_redis, sync_client
+from .pipeline import NamespaceInUse
 from .settings import Settings, load_settings
 
 log = logging.getLogger("shopstream")
@@ -129,6 +132,8 @@ def cmd_reset(args, settings):
 def cmd_run(args, settings):
     from .pipeline import run_file
     from .report import print_run
+    if not Path(args.file).is_file():
+        sys.exit(f"error: no such file: {args.file}")
     with _redis_for_run(settings) as s:
         result = _run(run_file(args.file, args.out, s, consumers=args.consumers, rate=args.rate, reset=args.reset))
     print_run(result, args.out, detailed=False)
@@ -272,8 +277,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = _settings(args)
     try:
         args.fn(args, settings)
-    except RedisServerMissing as exc:
+    except (RedisServerMissing, NamespaceInUse, OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
+    except redis.ConnectionError as exc:
+        sys.exit(f"error: cannot reach Redis at {settings.redis_url}: {exc}")
 
 
 if __name__ == "__main__":
