@@ -30,6 +30,12 @@ STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in oth
 MAX_FAILURES_UNTIL_IDLE = 20  # a bounded run gives up (exit 1) instead of retrying a broken apply forever
 
 
+def _is_script_error(error: Exception) -> bool:
+    """A failure of the script on this data (worth isolating), not of Redis (OOM, LOADING, ...)."""
+    text = str(error)
+    return "user_script" in text or "Error running script" in text
+
+
 def _streams(reply) -> list:
     """A raw XREADGROUP reply as (stream, entries) pairs: a map under RESP3, a list under RESP2."""
     if not reply:
@@ -57,6 +63,7 @@ class Consumer:
         self.last_idle_tick: dict[int, float] = {}
         self.has_data: set[int] = set()
         self.failures = 0                           # consecutive failed apply calls
+        self.batch_failures: dict[tuple[int, bytes], int] = {}   # (partition, first entry) -> failures
         self.closing = False
         s = settings
         self._fixed_args = [s.session_gap_ms * 1000, s.out_of_order_ms * 1000, s.events_per_minute_threshold,
@@ -153,42 +160,74 @@ class Consumer:
 
     async def process(self, p: int, entries: list) -> None:
         started = time.perf_counter()
-        now_us = time.time_ns() // 1000
         self.last_input[p] = time.monotonic()
         if not entries:
             return
+        error = await self.apply(p, entries)
+        if error is not None:
+            self.metrics.errors.inc()
+            self.failures += 1
+            key = (p, entries[0][0])
+            self.batch_failures[key] = self.batch_failures.get(key, 0) + 1
+            if _is_script_error(error) and self.batch_failures[key] >= self.settings.max_deliveries:
+                del self.batch_failures[key]
+                await self.isolate_poison(p, entries, error)
+                return
+            if self.until_idle and self.failures >= MAX_FAILURES_UNTIL_IDLE:
+                raise RuntimeError(f"partition {p}: apply failed {self.failures} times in a row: {error}")
+            self.leases.recovering.add(p)      # retry from the pending list
+            log.error("partition %d: apply failed (%d), will retry: %s", p, self.batch_failures.get(key, 0), error)
+            await asyncio.sleep(0.5)
+            return
+        self.failures = 0
+        self.batch_failures.pop((p, entries[0][0]), None)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_events.observe(len(entries))
+
+    async def apply(self, p: int, entries: list) -> Exception | None:
+        """Decode, dead-letter the bad records, apply the rest in one script call.
+        Returns the script's error (None when applied; a lost lease is handled here)."""
+        now_us = time.time_ns() // 1000
         decoded = decode_entries(entries, p, now_us, self.settings)
         if decoded.dead:
             await self.dead_letter(p, decoded.dead)
-        if decoded.count:
-            part = self.parts[p]
-            args = [self.name, self.settings.group, now_us, *self._fixed_args, decoded.events]
-            try:
-                reply = await self.scripts.call("apply_batch", part.apply_keys(), args)
-            except ResponseError as exc:
-                error = translate(exc)
-                if isinstance(error, NotOwner):
-                    log.warning("partition %d: lease lost before apply; its new owner takes the batch", p)
-                    self.leases.owned.discard(p)
-                    self.leases.recovering.discard(p)
-                    return
-                self.metrics.errors.inc()
-                self.failures += 1
-                if self.until_idle and self.failures >= MAX_FAILURES_UNTIL_IDLE:
-                    raise RuntimeError(f"partition {p}: apply failed {self.failures} times in a row: {error}")
-                self.leases.recovering.add(p)      # retry from the pending list
-                log.error("partition %d: apply failed, will retry: %s", p, error)
-                await asyncio.sleep(0.5)
-                return
-            self.failures = 0
-            self.record(p, reply)
-            poison = reply[8]
-            if poison:
-                payloads = {entry_id: fields for entry_id, fields in entries}
-                await self.dead_letter(p, [DeadLetter(poison[i], payload_of(payloads[poison[i]]) or b"",
-                                                      poison[i + 1].decode()) for i in range(0, len(poison), 2)])
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_events.observe(len(entries))
+        if not decoded.count:
+            return None
+        args = [self.name, self.settings.group, now_us, *self._fixed_args, decoded.events]
+        try:
+            reply = await self.scripts.call("apply_batch", self.parts[p].apply_keys(), args)
+        except ResponseError as exc:
+            error = translate(exc)
+            if isinstance(error, NotOwner):
+                log.warning("partition %d: lease lost before apply; its new owner takes the batch", p)
+                self.leases.owned.discard(p)
+                self.leases.recovering.discard(p)
+                return None
+            return error
+        self.record(p, reply)
+        poison = reply[8]
+        if poison:
+            payloads = {entry_id: fields for entry_id, fields in entries}
+            await self.dead_letter(p, [DeadLetter(poison[i], payload_of(payloads[poison[i]]) or b"",
+                                                  poison[i + 1].decode()) for i in range(0, len(poison), 2)])
+        return None
+
+    async def isolate_poison(self, p: int, entries: list, error: Exception) -> None:
+        """A batch failed max_deliveries times: apply its entries one by one; each one that still
+        fails goes to the dead-letter stream with the error and its delivery count."""
+        stream = self.parts[p].clicks
+        log.warning("partition %d: batch failed %d times (%s); isolating the poison entry",
+                    p, self.settings.max_deliveries, error)
+        for entry in entries:
+            single_error = await self.apply(p, [entry])
+            if single_error is None:
+                continue
+            pending = await self.client.xpending_range(stream, self.settings.group, min=entry[0], max=entry[0],
+                                                       count=1)
+            deliveries = pending[0]["times_delivered"] if pending else 0
+            await self.dead_letter(p, [DeadLetter(entry[0], (entry[1] and payload_of(entry[1])) or b"",
+                                                  f"apply failed {self.settings.max_deliveries} times "
+                                                  f"(delivered {deliveries} times): {single_error}")])
 
     def record(self, p: int, reply: list) -> None:
         applied, dups, late, closed, finalized, wm, erased = reply[:7]

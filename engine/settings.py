@@ -37,6 +37,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     input_maxlen: int = 2_000_000         # MAXLEN ~ per input stream partition
     output_maxlen: int = 1_000_000        # MAXLEN ~ per output stream partition
     lease_ttl_ms: int = 5_000             # a dead consumer's partitions are free again after this
+    max_deliveries: int = 5               # a batch whose script fails this often is split; failing entries -> DLQ
     heartbeat_ms: int = 1_000             # membership + lease renewal period
     metrics_port: int | None = 9108       # /metrics; 0 = any free port; None = off
 

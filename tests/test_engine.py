@@ -186,7 +186,8 @@ def test_user_ids_cannot_escape_their_partition(settings):
         assert key.startswith(f"ss:{{{p}}}:user:") and key.endswith(user)
 
 
-@pytest.mark.parametrize("corrupt", ["hash", "garbage"])
+@pytest.mark.parametrize("corrupt", ["hash", "garbage", '{"s":[["x",1,1,{}]],"m":[],"d":0}',
+                                     '{"s":[["1",1,1,{}]],"m":["a",1],"d":0}', '{"s":[],"m":[],"d":0}'])
 async def test_unreadable_user_state_is_poison_not_a_half_applied_batch(backend, settings, corrupt):
     """A user whose state key cannot be read: its events go to the DLQ, everyone else flows."""
     keys = Keys(settings.namespace, settings.partitions)
@@ -194,10 +195,33 @@ async def test_unreadable_user_state_is_poison_not_a_half_applied_batch(backend,
     if corrupt == "hash":
         await backend.aio.hset(bad, "x", "1")
     else:
-        await backend.aio.set(bad, "not json")
+        await backend.aio.set(bad, corrupt)
     raws = [event("u2", T0), event("u1", T0 + 1), event("u2", T0 + 2), event("u1", T0 + 3), event("u3", T0 + 4)]
     out = await run_events(backend, settings, raws)
     assert sorted((s["user_id"], s["event_count"]) for s in out.sessions) == [("u2", 2), ("u3", 1)]
     assert len(out.dlq) == 2 and all("u1" in d["record"] and "state" in d["reason"] for d in out.dlq)
     state = await control.group_state(backend.aio, settings, list(range(settings.partitions)))
     assert all(pending == 0 for pending, _ in state.values())
+
+
+async def test_an_entry_whose_apply_keeps_failing_goes_to_the_dlq_and_the_partition_flows(backend, settings):
+    """A script error on one entry (simulated): after max_deliveries failures of its batch the
+    batch is split, that entry is dead-lettered with the error and its delivery count."""
+    settings = settings.replace(max_deliveries=2)
+    await control.ensure_groups(backend.aio, settings)
+    publish(backend.sync, [event("good", T0), event("poison", T0 + 1), event("good", T0 + 2)], settings)
+    consumer = Consumer(backend.aio, settings, "c", until_idle=True, idle_advance=False)
+    real_call = consumer.scripts.call
+
+    def failing_call(name, keys, args, client=None):
+        if name == "apply_batch" and b'"poison"' in args[-1]:
+            raise ResponseError("ERR user_script:42: attempt to index a nil value script: abc, on @user_script:42.")
+        return real_call(name, keys, args, client)
+    consumer.scripts.call = failing_call
+    await asyncio.wait_for(consumer.run(), 60)
+    await control.flush(backend.aio, settings)
+    out = await export.collect(backend.aio, settings)
+    assert [(s["user_id"], s["event_count"]) for s in out.sessions] == [("good", 2)]
+    assert len(out.dlq) == 1 and '"poison"' in out.dlq[0]["record"]
+    assert "apply failed 2 times" in out.dlq[0]["reason"] and "delivered" in out.dlq[0]["reason"]
+    assert "attempt to index a nil value" in out.dlq[0]["reason"]

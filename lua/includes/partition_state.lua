@@ -43,15 +43,24 @@ local function load_user(ctx, uid)
   st = {sessions = {}, minutes = {}}
   if raw then
     local ok, doc = pcall(cjson.decode, raw)
-    if not ok or type(doc) ~= 'table' or type(doc.s) ~= 'table' or #doc.s == 0 or type(doc.m) ~= 'table' then
+    if not ok or type(doc) ~= 'table' or type(doc.s) ~= 'table' or #doc.s == 0 or type(doc.m) ~= 'table'
+        or type(doc.d) ~= 'number' then
       return nil, 'state of the user is not valid engine JSON'
     end
     for i, se in ipairs(doc.s) do
-      local start = tonumber(se[1])
+      local start = type(se) == 'table' and tonumber(se[1])
+      if not start or type(se[2]) ~= 'number' or type(se[3]) ~= 'number' or type(se[4]) ~= 'table' then
+        return nil, 'state of the user is not valid engine JSON (session ' .. i .. ')'
+      end
       st.sessions[i] = {s = start, l = start + se[2], n = se[3], t = se[4]}
     end
     local m = doc.m
-    for i = 1, #m, 2 do st.minutes[m[i]] = m[i + 1] end
+    for i = 1, #m, 2 do
+      if type(m[i]) ~= 'number' or type(m[i + 1]) ~= 'number' then
+        return nil, 'state of the user is not valid engine JSON (minutes)'
+      end
+      st.minutes[m[i]] = m[i + 1]
+    end
     st.due = st.sessions[1].s + doc.d
   end
   ctx.users[uid] = st
