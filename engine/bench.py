@@ -143,7 +143,7 @@ def memory_profile(url: str, base: Settings, users: int = 20_000) -> dict:
     for part in keys.all_partitions():
         client.xgroup_create(part.clicks, settings.group, id="0", mkstream=True)
     t0 = 1_793_520_000_000                         # one event per user, all within one minute
-    rows = [json.dumps({"user_id": f"user{i:06d}", "event_type": "page_view",
+    rows = [json.dumps({"event_id": f"e{i}", "user_id": f"user{i:06d}", "event_type": "page_view",
                         "timestamp": t0 + i * 50_000 // users}).encode() for i in range(users)]
     publish(client, rows, settings)
     subprocess.run([sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume", "--until-idle"],

@@ -11,7 +11,9 @@
   KEYS[9]  ss:{p}:minutes    STREAM  finalized minutes (out)
   KEYS[10] ss:{p}:lease      STRING  name of the owning consumer
   ARGV  consumer, group, now_us, gap_us, ooo_us, threshold, ttl_ms, maxlen, channel,
-        events: JSON array of [entry_id, user_id, ts_us, event_type] in stream order
+        events: JSON array of [entry_id, user_id, ts_us, event_type, fingerprint] in stream order
+        (fingerprint of the producer's event_id, 0 if none: a retry seen among the user's last
+        16 events while the user has an open session is acknowledged and counted as a duplicate)
   Returns {applied, duplicates, late, sessions_closed, minutes_finalized, watermark_us, erased,
            alerts {entry_id, user_id, window_start_us, ...}, poison {entry_id, reason, ...}}
   Poison: events of a user whose state key cannot be read are neither applied nor acknowledged;
@@ -43,7 +45,7 @@ local alerts, poison = {}, {}
 local mcount, musers, mseen = {}, {}, {}
 
 for _, ev in ipairs(cjson.decode(ARGV[10])) do
-  local id, uid, ts, etype = ev[1], ev[2], ev[3], ev[4]
+  local id, uid, ts, etype, fp = ev[1], ev[2], ev[3], ev[4], ev[5]
   local st, unreadable = nil, nil
   if ts + gap >= wm then st, unreadable = load_user(ctx, uid) end
   if unreadable then
@@ -61,6 +63,8 @@ for _, ev in ipairs(cjson.decode(ARGV[10])) do
     rcall('XADD', ctx.late, 'MAXLEN', '~', maxlen, '*', 'entry_id', id, 'user_id', uid, 'ts', fmt(ts),
       'watermark', fmt(wm), 'reason', 'late: event time + session gap is behind the partition watermark',
       'payload', payload)
+  elseif fp ~= 0 and seen_before(st, fp) then
+    dups = dups + 1                     -- a producer retry of an event applied already
   else
     applied = applied + 1
     if ts > maxts then

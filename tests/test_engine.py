@@ -225,3 +225,19 @@ async def test_an_entry_whose_apply_keeps_failing_goes_to_the_dlq_and_the_partit
     assert len(out.dlq) == 1 and '"poison"' in out.dlq[0]["record"]
     assert "apply failed 2 times" in out.dlq[0]["reason"] and "delivered" in out.dlq[0]["reason"]
     assert "attempt to index a nil value" in out.dlq[0]["reason"]
+
+
+async def test_a_producer_retry_of_the_same_event_id_is_applied_once(backend, settings):
+    first = event("u1", T0, event_id="e-1")
+    raws = [first, event("u1", T0 + 1000, event_id="e-2"), first,          # e-1 retried
+            event("u2", T0, "page_view"), event("u2", T0, "page_view")]       # no event_id: no dedup
+    out = await run_events(backend, settings, raws)
+    assert sorted((s["user_id"], s["event_count"]) for s in out.sessions) == [("u1", 2), ("u2", 2)]
+    assert sum(m["events"] for m in out.minutes) == 4
+
+
+async def test_retry_dedup_horizon_is_the_users_last_16_events(backend, settings):
+    raws = [event("u1", T0 + i * 1000, event_id=f"e{i}") for i in range(20)]
+    raws += [event("u1", T0 + 19 * 1000, event_id="e19"), event("u1", T0, event_id="e0")]  # e0 is out of the horizon
+    out = await run_events(backend, settings, raws)
+    assert [s["event_count"] for s in out.sessions] == [21]

@@ -8,8 +8,9 @@
     {"s": [ ["<start us>", last - start, events, {event_type: count}], ... ]   open sessions
      "m": [minute, count, ...]   per-user counts of minutes that end after the watermark (rule 1;
                                  exact for events within the bound B, like the sessions)
-     "d": due - start of the first session}   due = the user's score in <prefix>open, a lower
+     "d": due - start of the first session,   due = the user's score in <prefix>open, a lower
                                               bound of its earliest close time
+     "i": [fingerprint, ...]}    the user's last RECENT_IDS event_id fingerprints (producer retries)
   Only the start is a string: offsets, counts and minute numbers stay exact as JSON numbers.
   A session [start, last] is closed (emitted, deleted) once watermark > last + gap: no event
   that is not late can reach it any more.
@@ -17,6 +18,7 @@
 local rcall = redis.call
 local US_PER_MIN = 60000000
 local NEG_INF = -9007199254740992
+local RECENT_IDS = 16
 
 local function fmt(x)
   return string.format('%.0f', x)
@@ -62,9 +64,27 @@ local function load_user(ctx, uid)
       st.minutes[m[i]] = m[i + 1]
     end
     st.due = st.sessions[1].s + doc.d
+    if type(doc.i) == 'table' then st.ids = doc.i end
   end
+  st.ids = st.ids or {}
   ctx.users[uid] = st
   return st
+end
+
+-- Was this event_id fingerprint among the user's last RECENT_IDS? Remembers it if not.
+local function seen_before(st, fp)
+  local set = st.idset
+  if not set then
+    set = {}
+    for _, x in ipairs(st.ids) do set[x] = true end
+    st.idset = set
+  end
+  if set[fp] then return true end
+  set[fp] = true
+  local ids = st.ids
+  ids[#ids + 1] = fp
+  if #ids > RECENT_IDS then set[table.remove(ids, 1)] = nil end
+  return false
 end
 
 -- Emit and forget every session of the user with last + gap < wm.
@@ -112,6 +132,7 @@ local function save_users(ctx, wm)
         if (m + 1) * US_PER_MIN > wm then ms[#ms + 1] = m; ms[#ms + 1] = c end
       end
       local doc = {s = {}, m = ms, d = st.due - st.sessions[1].s}
+      if #st.ids > 0 then doc.i = st.ids end
       for i, se in ipairs(st.sessions) do doc.s[i] = {fmt(se.s), se.l - se.s, se.n, se.t} end
       rcall('SET', key, cjson.encode(doc), 'PX', ctx.ttl)
     end
