@@ -75,3 +75,49 @@ def test_each_role_can_do_its_job_and_nothing_more(acl_server, tmp_path):
     assert (tmp_path / "out" / "sessions.jsonl").read_text().count("u1") == 1
     assert "not json" in (tmp_path / "out" / "dlq.jsonl").read_text()
     assert cli(operator, "erase", "u1").returncode == 0
+
+
+def test_logs_carry_no_secret_and_no_payload(acl_server, tmp_path):
+    consumer = acl_server("shopstream-consumer", "change-me-consumer")
+    producer = acl_server("shopstream-producer", "change-me-producer")
+    data = tmp_path / "events.json"
+    data.write_bytes(b'{"user_id": "u1", "event_type": "x", "timestamp": "bad", "card": "4111111111111111"}\n'
+                     + EVENT + b"\n")
+    assert cli(producer, "replay", str(data)).returncode == 0
+    env = {**os.environ, "REDIS_URL": consumer, "SHOPSTREAM_METRICS_PORT": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0"}
+    run = subprocess.run([sys.executable, "-m", "engine.cli", "--log-level", "debug", "consume", "--until-idle"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "dead-letter" in run.stderr                       # the event that matters is logged...
+    assert "change-me-consumer" not in run.stderr            # ...without the password
+    assert "4111111111111111" not in run.stderr              # ...or the payload
+
+
+def test_tls_with_rediss_url(tmp_path):
+    """rediss:// works end to end (server certificate checked against our CA)."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr")
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", "san.ext", "-out", "server.crt")
+    port = free_port()
+    proc = subprocess.Popen([redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--dir", str(tmp_path), "--tls-cert-file", "server.crt",
+                             "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
+                             "--tls-auth-clients", "no"], cwd=tmp_path, stdout=subprocess.DEVNULL)
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.crt'}"
+    try:
+        wait_for_redis(url, proc)
+        data = tmp_path / "events.json"
+        data.write_bytes(EVENT + b"\n")
+        for args in (("replay", str(data)), ("consume", "--until-idle"), ("flush",), ("export", "--out", str(tmp_path / "o"))):
+            done = cli(url, *args)
+            assert done.returncode == 0, done.stderr[-2000:]
+        assert "u1" in (tmp_path / "o" / "sessions.jsonl").read_text()
+    finally:
+        proc.kill()
+        proc.wait()
