@@ -119,7 +119,3 @@ def format_us(us: int) -> str:
     """ISO-8601 UTC with milliseconds and Z: 2026-11-01T10:30:00.123Z."""
     dt = _EPOCH + timedelta(microseconds=us - us % 1000)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def minute_of(us: int) -> int:
-    return us // US_PER_MINUTE

@@ -86,11 +86,6 @@ class Keys:
         """STREAM of erasures: subject_sha256 and what was removed (never the id itself)."""
         return f"{self.ns}:audit"
 
-    @property
-    def meta(self) -> str:
-        """HASH: partitions, created_at — guards against a partition count change."""
-        return f"{self.ns}:meta"
-
     def channel(self, name: str) -> str:
         return f"{self.ns}:{name}"
 
