@@ -122,19 +122,27 @@ async def test_flush_removes_all_per_user_state(backend, settings):
         assert await backend.aio.zcard(part.key("open")) == 0
 
 
-async def test_entries_left_pending_by_a_dead_consumer_are_reclaimed(real, settings):
-    """A consumer reads a batch and dies before applying it: the next owner applies it, once."""
+async def test_every_entry_delivered_twice_gives_the_reference_result(real, settings):
+    """A consumer reads every entry and dies before applying (first delivery); the next owners
+    reclaim them (second delivery) and apply: the result equals the batch reference."""
+    from . import reference as ref
+    from .helpers import generated_events
+    events = sorted(generated_events(seed=21, users=12), key=lambda e: e[1])
     await control.ensure_groups(real.aio, settings)
-    publish(real.sync, [event(f"u{i}", T0 + i * 1000) for i in range(50)], settings)
+    publish(real.sync, [event(*e) for e in events], settings)
     keys = Keys(settings.namespace, settings.partitions)
-    for part in keys.all_partitions():       # the dead consumer: read everything, apply nothing
-        await real.aio.xreadgroup(settings.group, "dead", {part.clicks: ">"}, count=1000)
+    for part in keys.all_partitions():                      # the dead consumer: reads all, applies nothing
+        await real.aio.xreadgroup(settings.group, "dead", {part.clicks: ">"}, count=100_000)
         await real.aio.set(part.key("lease"), "dead", px=300)
-    assert (await control.group_state(real.aio, settings, [0]))[0][0] > 0
+    state = await control.group_state(real.aio, settings, list(range(settings.partitions)))
+    assert sum(pending for pending, _ in state.values()) == len(events)
     await consume_all(real, settings, consumers=2)
     await control.flush(real.aio, settings)
     out = await export.collect(real.aio, settings)
-    assert sorted(s["user_id"] for s in out.sessions) == sorted(f"u{i}" for i in range(50))
+    assert [{k: s[k] for k in ("user_id", "start", "end", "event_count", "counts")} for s in out.sessions] \
+        == ref.sessions(events)
+    assert [(a["window_start"], a["user_id"]) for a in out.alerts] == ref.alerts(events)
+    assert sum(m["events"] for m in out.minutes) == len(events)
     assert await control.drained(real.aio, settings)
 
 
