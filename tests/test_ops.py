@@ -41,3 +41,58 @@ def test_alert_rules_use_metrics_the_consumer_exports():
                  "shopstream_detection_latency_seconds_bucket", "shopstream_apply_errors_total"):
         assert name in rules
         assert name.removesuffix("_bucket") in exported
+
+
+def test_a_real_prometheus_scrapes_a_running_consumer_and_evaluates_the_rules(real_redis_url, tmp_path, promtool):
+    """Start a consumer with /metrics, and a Prometheus scraping it with ops/prometheus/alerts.yml."""
+    import json
+    import sys
+    import time
+    import urllib.request
+
+    from engine.connection import free_port
+
+    prometheus = shutil.which("prometheus")
+    if not prometheus:
+        pytest.fail("the prometheus binary comes with promtool (apt-get install prometheus)")
+    metrics_port, prom_port = free_port(), free_port()
+    env = {**os.environ, "REDIS_URL": real_redis_url, "SHOPSTREAM_NAMESPACE": "prom",
+           "SHOPSTREAM_METRICS_PORT": str(metrics_port), "SHOPSTREAM_IDLE_TIMEOUT_MS": "0"}
+    consumer = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume"],
+                                cwd=REPO, env=env)
+    (tmp_path / "alerts.yml").write_text((PROM / "alerts.yml").read_text())
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "rule_files: [alerts.yml]\n"
+        "scrape_configs:\n"
+        "  - job_name: shopstream-consumer\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n")
+    prom = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def api(path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/api/v1/{path}", timeout=2) as r:
+                return json.load(r)["data"]
+        except OSError:
+            return None
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            targets = api("targets")
+            rules = api("rules")
+            up = bool(targets) and any(t["health"] == "up" for t in targets["activeTargets"])
+            evaluated = bool(rules) and all(r["health"] == "ok" and r.get("lastEvaluation", "").startswith("20")
+                                            for g in rules["groups"] for r in g["rules"])
+            if up and evaluated and rules["groups"]:
+                break
+            assert time.monotonic() < deadline, f"targets={targets} rules={rules}"
+            time.sleep(0.2)
+        series = api("query?query=shopstream_owned_partitions")
+        assert series and float(series["result"][0]["value"][1]) >= 0
+    finally:
+        for proc in (consumer, prom):
+            proc.terminate()
+            proc.wait(timeout=30)
