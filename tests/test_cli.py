@@ -100,3 +100,40 @@ def test_pieces_as_commands_replay_consume_flush_export(real_redis_url, dataset,
     assert "sessions" in shopstream("export", "--out", str(tmp_path), env=env)
     assert read_jsonl(tmp_path / "sessions.jsonl")
     assert "deleted" in shopstream("reset", env=env)
+
+
+def test_the_readme_redis_cli_walkthrough_shows_something(real_redis_url, tmp_path):
+    """Every `redis-cli …` command of the README's "Look inside" table, run after the README's
+    replay + consume on the sample data, answers with something (not nil, not empty)."""
+    import re
+    import shlex
+
+    import redis
+    env = {"REDIS_URL": real_redis_url, "SHOPSTREAM_METRICS_PORT": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0"}
+    client = redis.Redis.from_url(real_redis_url)
+    client.flushall()
+    shopstream("replay", str(REPO / "data" / "clickstream_events.json"), env=env)
+    consumer = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume"],
+                                cwd=REPO, env={**os.environ, **env})             # running, as in the README
+    try:
+        deadline = time.monotonic() + 60
+        def drained():
+            groups = [client.xinfo_groups(f"ss:{{{p}}}:clicks") for p in range(16)]
+            return all(len(g) == 1 and g[0]["pending"] == 0 and g[0]["lag"] == 0 for g in groups)
+        while not drained():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        commands = re.findall(r"^\| `redis-cli ([^`]+)` \|", (REPO / "README.md").read_text(), re.M)
+        assert len(commands) >= 10
+        for command in commands:
+            args = shlex.split(command)
+            if args[0] == "SUBSCRIBE":
+                continue
+            done = subprocess.run(["redis-cli", "-u", real_redis_url, *args], capture_output=True, text=True,
+                                  timeout=30)
+            shown = (done.stdout + done.stderr).strip()
+            assert shown and shown not in ("0", "(nil)", "(empty array)"), (command, shown)
+    finally:
+        consumer.terminate()
+        consumer.wait(timeout=30)
+        client.flushall()
