@@ -96,3 +96,52 @@ def test_a_real_prometheus_scrapes_a_running_consumer_and_evaluates_the_rules(re
         for proc in (consumer, prom):
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def _yaml(path):
+    import yaml
+    return yaml.safe_load(path.read_text())
+
+
+def test_compose_stack_structure_and_referenced_files():
+    compose = _yaml(REPO / "docker-compose.yml")
+    services = compose["services"]
+    assert {"redis", "consumer", "producer", "redis-exporter", "prometheus", "grafana", "tail"} <= set(services)
+    for name, svc in services.items():
+        image = svc.get("image")
+        assert image and ":" in image and not image.endswith(":latest"), f"{name}: pin the image"
+    assert "healthcheck" in services["redis"] and "healthcheck" in services["prometheus"]
+    assert {"redis-data", "prometheus-data"} <= set(compose["volumes"])
+    for svc in services.values():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (REPO / source).exists(), source
+    assert (REPO / services["consumer"]["build"]["dockerfile"]).exists()
+    assert services["consumer"]["stop_grace_period"]
+
+
+def test_grafana_dashboard_queries_exported_metrics():
+    import json
+    dash = json.loads((REPO / "ops" / "grafana" / "dashboards" / "shopstream.json").read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    for metric in ("shopstream_events_total", "shopstream_consumer_lag_entries", "shopstream_pending_entries",
+                   "shopstream_detection_latency_seconds_bucket", "shopstream_alerts_total", "redis_memory_used_bytes"):
+        assert metric in exprs
+    provider = _yaml(REPO / "ops" / "grafana" / "provisioning" / "dashboards" / "shopstream.yml")
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_k8s_manifests():
+    from engine.settings import Settings
+    deployment = _yaml(REPO / "ops" / "k8s" / "consumer-deployment.yaml")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/metrics"
+    assert container["readinessProbe"]
+    scaled = _yaml(REPO / "ops" / "k8s" / "keda-scaledobject.yaml")
+    partitions = Settings().partitions
+    streams = sorted(t["metadata"]["stream"] for t in scaled["spec"]["triggers"])
+    assert streams == sorted(f"ss:{{{p}}}:clicks" for p in range(partitions))
+    assert scaled["spec"]["maxReplicaCount"] == partitions
+    assert all(t["type"] == "redis-streams" and t["metadata"]["consumerGroup"] == "shopstream"
+               for t in scaled["spec"]["triggers"])
