@@ -71,6 +71,9 @@ def decode_entries(entries: Sequence[tuple[bytes, dict | list | None]], partitio
         except BadRecord as exc:
             dead.append(DeadLetter(entry_id, raw, str(exc)))
             continue
+        except Exception as exc:  # a validator bug must not stop the partition: the record is kept
+            dead.append(DeadLetter(entry_id, raw, f"unexpected validation error {type(exc).__name__}: {exc}"))
+            continue
         home = partition_of(click.user_id, parts)
         if home != partition:
             dead.append(DeadLetter(entry_id, raw, f"user_id belongs to partition {home}, not {partition}:"

@@ -171,3 +171,13 @@ def test_input_files_as_json_lines_or_array(tmp_path, content):
     path = tmp_path / "events.json"
     path.write_bytes(content)
     assert [msgspec.json.decode(r) for r in read_events(path)] == [{"a": 1}, {"a": 2}]
+
+
+def test_an_unexpected_validator_error_dead_letters_the_record(monkeypatch):
+    import engine.batch as batch
+
+    def broken(*_):
+        raise KeyError("bug")
+    monkeypatch.setattr(batch, "parse_click", broken)
+    d = batch.decode_entries([(b"1-0", {b"e": click()})], 0, NOW, Settings(partitions=1))
+    assert d.count == 0 and "unexpected validation error KeyError" in d.dead[0].reason
