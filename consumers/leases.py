@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from engine.assignment import assigned
-from engine.keys import Keys
+from engine.keys import LEASE, Keys
 from engine.scripts import Scripts
 from engine.settings import Settings
 
@@ -49,7 +49,7 @@ class Leases:
             if p in self.to_release:
                 continue
             part = self.keys.partition(p)
-            held = await self.scripts.call("claim_lease", [part.key("lease")], [self.name, s.lease_ttl_ms])
+            held = await self.scripts.call("claim_lease", [part.key(LEASE)], [self.name, s.lease_ttl_ms])
             if held and p not in self.owned:
                 await self.claim_pending(p)
                 self.owned.add(p)
@@ -76,7 +76,7 @@ class Leases:
 
     async def release(self, partitions: set[int]) -> None:
         for p in sorted(partitions):
-            await self.scripts.call("release_lease", [self.keys.partition(p).key("lease")], [self.name])
+            await self.scripts.call("release_lease", [self.keys.partition(p).key(LEASE)], [self.name])
             self.owned.discard(p)
             self.recovering.discard(p)
             log.info("released partition %d", p)

@@ -9,6 +9,7 @@ CPU from /proc.  Ratios measured in the same run are what to compare on a noisy 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import redis
 
+from . import control
 from .benchdata import generate
-from .connection import embedded_redis, wait_for_redis
-from .keys import Keys
-from .pipeline import settings_env
+from .connection import async_client, embedded_redis, wait_for_redis
+from .keys import OPEN, OPEN_MINUTES, Keys
+from .pipeline import child_env
 from .producer import publish
 from .settings import Settings, load_settings
 
@@ -48,6 +50,16 @@ class Stage:
     apply_us_per_event: float = 0.0
     alerts: int = 0
     latency_ms: dict = field(default_factory=dict)
+
+
+def _ensure_groups(url: str, settings: Settings) -> None:
+    async def create():
+        client = async_client(url)
+        try:
+            await control.ensure_groups(client, settings)
+        finally:
+            await client.aclose()
+    asyncio.run(create())
 
 
 def _proc_cpu(pid: int) -> float:
@@ -86,9 +98,8 @@ def run_stage(url: str, base: Settings, payloads: list[bytes], name: str, consum
     keys = Keys(settings.namespace, partitions)
     client = redis.Redis.from_url(url)
     client.flushall()
-    for part in keys.all_partitions():
-        client.xgroup_create(part.clicks, settings.group, id="0", mkstream=True)
-    env = {**os.environ, **settings_env(settings), "SHOPSTREAM_METRICS_PORT": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0"}
+    _ensure_groups(url, settings)
+    env = child_env(settings)
     lat_file = tempfile.NamedTemporaryFile(prefix="shopstream-lat-", delete=False).name
     subscriber = subprocess.Popen([sys.executable, "-m", "engine.bench", "_subscribe", url,
                                    keys.channel(settings.alerts_channel), lat_file], env=env)
@@ -139,9 +150,8 @@ def memory_profile(url: str, base: Settings, users: int = 20_000) -> dict:
     keys = Keys(settings.namespace, settings.partitions)
     client = redis.Redis.from_url(url)
     client.flushall()
-    env = {**os.environ, **settings_env(settings), "SHOPSTREAM_METRICS_PORT": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0"}
-    for part in keys.all_partitions():
-        client.xgroup_create(part.clicks, settings.group, id="0", mkstream=True)
+    env = child_env(settings)
+    _ensure_groups(url, settings)
     t0 = 1_793_520_000_000                         # one event per user, all within one minute
     rows = [json.dumps({"event_id": f"e{i}", "user_id": f"user{i:06d}", "event_type": "page_view",
                         "timestamp": t0 + i * 50_000 // users}).encode() for i in range(users)]
@@ -152,9 +162,9 @@ def memory_profile(url: str, base: Settings, users: int = 20_000) -> dict:
     for part in keys.all_partitions():
         for key in client.scan_iter(match=part.prefix + "user:*", count=1000):
             state_bytes += client.memory_usage(key, samples=0) or 0
-        sessions += client.zcard(part.key("open"))
-        state_bytes += client.memory_usage(part.key("open"), samples=0) or 0
-        for m in client.zrange(part.key("mopen"), 0, -1):
+        sessions += client.zcard(part.key(OPEN))
+        state_bytes += client.memory_usage(part.key(OPEN), samples=0) or 0
+        for m in client.zrange(part.key(OPEN_MINUTES), 0, -1):
             minute_bytes += (client.memory_usage(part.count(int(m))) or 0) + (client.memory_usage(part.hll(int(m))) or 0)
             minutes += 1
         stream_bytes += client.memory_usage(part.clicks, samples=0) or 0

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from .keys import ALERTS, LATE, SESSIONS, TOMB, Keys, Partition
+from .keys import ALERTS, LATE, OPEN, SESSIONS, STATE, TOMB, Keys, Partition
 from .partitioning import partition_of
 from .settings import Settings
 
@@ -51,9 +51,9 @@ async def _delete_entries(client: Any, stream: str, match) -> int:
 
 
 async def _extend_tombstone_horizon(client: Any, part: Partition, until_us: int) -> None:
-    current = await client.hget(part.key("state"), "tombs_until")
+    current = await client.hget(part.key(STATE), "tombs_until")
     if current is None or int(current) < until_us:
-        await client.hset(part.key("state"), "tombs_until", until_us)
+        await client.hset(part.key(STATE), "tombs_until", until_us)
 
 
 async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]:
@@ -68,7 +68,7 @@ async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]
     report = {"state_keys": 0, "alert_markers": 0, "input_entries": 0, "sessions": 0, "alerts": 0,
               "late_entries": 0, "dead_letters": 0}
     report["state_keys"] = await client.delete(part.user(user_id))
-    await client.zrem(part.key("open"), user_id)
+    await client.zrem(part.key(OPEN), user_id)
     pattern = f"{part.prefix}fired:*:{user_id.translate(_GLOB_SPECIAL)}"
     markers = [k async for k in client.scan_iter(match=pattern, count=1000)]
     if markers:

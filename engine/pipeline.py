@@ -14,7 +14,7 @@ import msgspec
 
 from . import control, export, producer
 from .connection import async_client, sync_client
-from .keys import Keys
+from .keys import STATE, Keys
 from .settings import Settings
 
 
@@ -22,20 +22,22 @@ class NamespaceInUse(RuntimeError):
     pass
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as SHOPSTREAM_* variables, so child processes see exactly the same ones."""
-    env = {}
+def child_env(settings: Settings) -> dict[str, str]:
+    """Environment for a child process (consumer, worker) that must see exactly these settings;
+    its /metrics goes on any free port, so several can run side by side."""
+    env = dict(os.environ)
     for name, value in msgspec.structs.asdict(settings).items():
         if name == "redis_url":
             if value:
                 env["REDIS_URL"] = value
         elif value is not None:
             env[f"SHOPSTREAM_{name.upper()}"] = str(value)
+    env["SHOPSTREAM_METRICS_PORT"] = "0"
     return env
 
 
 def start_consumers(settings: Settings, n: int) -> list[subprocess.Popen]:
-    env = {**os.environ, **settings_env(settings), "SHOPSTREAM_METRICS_PORT": "0"}
+    env = child_env(settings)
     cmd = [sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume", "--until-idle"]
     return [subprocess.Popen(cmd, env=env) for _ in range(n)]
 
@@ -54,7 +56,7 @@ class RunResult:
 async def partition_counters(client: Any, settings: Settings) -> dict[str, int]:
     totals = {"applied": 0, "duplicates": 0, "late": 0}
     for part in Keys(settings.namespace, settings.partitions).all_partitions():
-        values = await client.hmget(part.key("state"), *totals)
+        values = await client.hmget(part.key(STATE), *totals)
         for name, value in zip(list(totals), values):
             totals[name] += int(value or 0)
     return totals

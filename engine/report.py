@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .eventtime import US_PER_MINUTE, format_us
-from .keys import OPEN_MINUTES, SESSIONS, Keys
+from .keys import MINUTES, OPEN_MINUTES, SESSIONS, Keys
 from .settings import Settings
 
 
@@ -79,7 +79,7 @@ def print_live_minutes(client: Any, settings: Settings, last: int) -> None:
             acc[1] += client.pfcount(part.hll(m))
     done: dict[int, list[int]] = {}
     for part in keys.all_partitions():
-        for _, f in client.xrevrange(part.key("minutes"), count=last):
+        for _, f in client.xrevrange(part.key(MINUTES), count=last):
             acc = done.setdefault(int(f[b"minute"]) // US_PER_MINUTE, [0, 0])
             acc[0] += int(f[b"events"])
             acc[1] += int(f[b"unique_users"])
