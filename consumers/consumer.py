@@ -2,6 +2,13 @@
 
 Several consumers run side by side in one consumer group; each partition is applied by the
 one consumer holding its lease (consumers/leases.py), in stream order.
+
+On a single Redis, one XREADGROUP reads every owned partition and BLOCKs while all are empty.
+On a Redis Cluster the partitions' streams hash to different slots (one multi-stream read would
+be CROSSSLOT), so each partition is read on its own: the reads go out as one pipeline per master,
+the masters in parallel, without BLOCK (a blocked partition would hold up the round); a round that
+finds nothing pauses ``poll_ms`` (the latency cost: at most poll_ms for the first event after a
+quiet spell, nothing under load, when rounds are not empty).
 """
 
 from __future__ import annotations
@@ -12,10 +19,10 @@ import logging
 import time
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
 from engine.batch import DeadLetter, decode_entries, payload_of
+from engine.connection import UNAVAILABLE, is_cluster_client
 from engine.control import advance, drained, ensure_groups, group_state
 from engine.keys import Keys
 from engine.metrics import ConsumerMetrics
@@ -54,8 +61,11 @@ class Consumer:
         self.parts = self.keys.all_partitions()
         self.stream_partition = {p.clicks.encode(): p.p for p in self.parts}
         self.scripts = Scripts(client)
-        # reads skip redis-py's per-entry dict building: entries stay [id, [field, value, ...]]
-        self.reader = type(client)(connection_pool=client.connection_pool)
+        # reads skip redis-py's per-entry dict building: entries stay [id, [field, value, ...]]; on a
+        # single Redis through a second client sharing the pool; a RedisCluster has no pool to share
+        # (one per node), so the consumer's own cluster client gets the raw XREADGROUP callback
+        self.cluster = is_cluster_client(client)
+        self.reader = client if self.cluster else type(client)(connection_pool=client.connection_pool)
         self.reader.set_response_callback("XREADGROUP", lambda response, **_: response)
         self.leases = Leases(client, self.scripts, settings, name)
         self.stopping = asyncio.Event()
@@ -76,17 +86,19 @@ class Consumer:
         beat = asyncio.create_task(self._heartbeat_loop())
         try:
             while not self.stopping.is_set():
-                if self.leases.to_release:
-                    await self.leases.release(set(self.leases.to_release))
                 try:
+                    if self.leases.to_release:
+                        await self.leases.release(set(self.leases.to_release))
                     worked = await self.step()
-                except (RedisConnectionError, RedisTimeoutError) as exc:
-                    log.warning("redis unavailable (%s); retrying", exc)
+                    if not worked and self.until_idle and await drained(self.client, self.settings):
+                        log.info("all partitions drained; exiting")
+                        break
+                except UNAVAILABLE as exc:
+                    # a read or an apply may have been lost on the way (entries delivered to us, or
+                    # applied on a master that died before replicating): our pending entries first
+                    log.warning("redis unavailable (%s); retrying from our pending entries", exc)
+                    self.leases.recovering |= self.leases.owned
                     await asyncio.sleep(0.5)
-                    continue
-                if not worked and self.until_idle and await drained(self.client, self.settings):
-                    log.info("all partitions drained; exiting")
-                    break
         finally:
             self.closing = True          # the heartbeat loop also ends by itself at its next turn
             beat.cancel()
@@ -94,7 +106,7 @@ class Consumer:
                 await beat
             try:
                 await self.leases.leave()
-            except (RedisConnectionError, RedisTimeoutError):
+            except UNAVAILABLE:
                 pass
 
     def stop(self) -> None:
@@ -112,7 +124,7 @@ class Consumer:
                     for p in sorted(self.leases.owned):
                         await self.leases.claim_pending(p, min_idle_ms=2 * self.settings.lease_ttl_ms)
                 await self.observe_lag()
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except UNAVAILABLE as exc:
                 log.warning("heartbeat failed: %s", exc)
             except Exception:  # a heartbeat must never die silently
                 log.exception("heartbeat error")
@@ -127,7 +139,12 @@ class Consumer:
         batches = await self.read(owned)
         # Partitions are independent: while Redis runs one partition's apply script, the next
         # partition's batch is decoded (each process() decodes, then awaits its script call).
-        await asyncio.gather(*(self.process(p, entries) for p, entries, _ in batches))
+        # All of them finish before an error (e.g. Redis unavailable) goes up: no apply of this
+        # round can still be in flight when the next round reads.
+        for outcome in await asyncio.gather(*(self.process(p, entries) for p, entries, _ in batches),
+                                            return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
         for p, entries, from_pending in batches:
             if from_pending and len(entries) < self.settings.batch_size:
                 self.leases.recovering.discard(p)
@@ -142,21 +159,33 @@ class Consumer:
         return read > 0
 
     async def read(self, owned: list[int]) -> list[tuple[int, list, bool]]:
-        s = self.settings
         recovering = [p for p in owned if p in self.leases.recovering]
         if recovering:
-            streams = {self.parts[p].clicks: "0" for p in recovering}
-            reply = await self.reader.xreadgroup(s.group, self.name, streams, count=s.batch_size)
-            got = [(self.stream_partition[stream], entries, True) for stream, entries in _streams(reply)]
+            got = [(p, entries, True) for p, entries in await self.xreadgroup(recovering, "0")]
             # a partition with nothing pending any more is recovered
             seen = {p for p, _, _ in got}
             for p in recovering:
                 if p not in seen:
                     self.leases.recovering.discard(p)
             return got
-        streams = {self.parts[p].clicks: ">" for p in owned}
-        reply = await self.reader.xreadgroup(s.group, self.name, streams, count=s.batch_size, block=s.block_ms)
-        return [(self.stream_partition[stream], entries, False) for stream, entries in _streams(reply)]
+        return [(p, entries, False) for p, entries in await self.xreadgroup(owned, ">")]
+
+    async def xreadgroup(self, partitions: list[int], last_id: str) -> list[tuple[int, list]]:
+        """(partition, entries) of a read of the partitions' streams from last_id ("0": our pending
+        entries, ">": new ones; only a read of new ones waits when there is nothing)."""
+        s = self.settings
+        block = s.block_ms if last_id == ">" else None
+        if not self.cluster:
+            streams = {self.parts[p].clicks: last_id for p in partitions}
+            reply = await self.reader.xreadgroup(s.group, self.name, streams, count=s.batch_size, block=block)
+        else:
+            pipe = self.reader.pipeline(transaction=False)
+            for p in partitions:
+                pipe.xreadgroup(s.group, self.name, {self.parts[p].clicks: last_id}, count=s.batch_size)
+            reply = [pair for one in await pipe.execute() for pair in _streams(one)]
+            if not reply and block:
+                await asyncio.sleep(s.poll_ms / 1000)
+        return [(self.stream_partition[stream], entries) for stream, entries in _streams(reply)]
 
     async def process(self, p: int, entries: list) -> None:
         started = time.perf_counter()
@@ -196,6 +225,8 @@ class Consumer:
         args = [self.name, self.settings.group, now_us, *self._fixed_args, decoded.events]
         try:
             reply = await self.scripts.call("apply_batch", self.parts[p].apply_keys(), args)
+        except UNAVAILABLE:
+            raise                       # not a failure of this batch: run() waits and recovers
         except ResponseError as exc:
             error = translate(exc)
             if isinstance(error, NotOwner):
@@ -252,7 +283,9 @@ class Consumer:
                 log.info("alert events_per_minute user=%r window_start_us=%s", alerts[i + 1].decode(), alerts[i + 2].decode())
 
     async def dead_letter(self, p: int, dead: list[DeadLetter]) -> None:
-        """Bad records: to the dead-letter stream first, then acknowledged (at-least-once into the DLQ)."""
+        """Bad records: to the dead-letter stream first, then acknowledged (at-least-once into the DLQ).
+        Two round trips: on a cluster the DLQ and the partition live on different masters, and one
+        pipeline would send to both at once, so the XACK could land before the XADD."""
         s, stream = self.settings, self.parts[p].clicks
         pipe = self.client.pipeline(transaction=False)
         for d in dead:
@@ -260,8 +293,8 @@ class Consumer:
                                       "entry_id": d.entry_id, "partition": p,
                                       "at_ms": int(time.time() * 1000)},
                       maxlen=s.output_maxlen, approximate=True)
-        pipe.xack(stream, s.group, *[d.entry_id for d in dead])
         await pipe.execute()
+        await self.client.xack(stream, s.group, *[d.entry_id for d in dead])
         self.metrics.events.labels("dead_letter").inc(len(dead))
         for d in dead:
             log.info("dead-letter partition=%d entry=%s reason=%s", p, d.entry_id.decode(), d.reason)

@@ -1,4 +1,5 @@
-"""Redis clients from one URL, and the embedded (private) redis-server used when none is given."""
+"""Redis clients from one URL (a single Redis or any node of a Redis Cluster, detected from the
+server), and the embedded (private) redis-server or local Redis Cluster used when none is given."""
 
 from __future__ import annotations
 
@@ -9,18 +10,52 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import redis
 import redis.asyncio as aioredis
+from redis.exceptions import ClusterError, NoPermissionError, RedisClusterException, TryAgainError
+
+# Errors that mean "Redis, or the shard of a Redis Cluster, is not answering right now" (a restart,
+# a failover in progress: CLUSTERDOWN, TRYAGAIN, a slot not covered yet): wait and retry.
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, TryAgainError, RedisClusterException)
 
 
-def sync_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
+_OPTIONS = {"socket_keepalive": True, "health_check_interval": 30}
 
 
-def async_client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
+def is_cluster(url: str) -> bool:
+    """Is the server at ``url`` a Redis Cluster node?  ``INFO cluster`` (cluster_enabled:1), or
+    ``HELLO``'s mode for users without INFO (the producer and consumer roles of ops/redis/users.acl)."""
+    probe = redis.Redis.from_url(url)
+    try:
+        try:
+            return probe.info("cluster").get("cluster_enabled") == 1
+        except NoPermissionError:
+            hello = probe.execute_command("HELLO")
+            fields = hello if isinstance(hello, dict) else dict(zip(hello[::2], hello[1::2]))
+            return fields.get(b"mode", fields.get("mode")) in (b"cluster", "cluster")
+    finally:
+        probe.close()
+
+
+def sync_client(url: str) -> redis.Redis | redis.RedisCluster:
+    """A client of ``url``: a RedisCluster client when the server is a cluster node."""
+    if is_cluster(url):
+        return redis.RedisCluster.from_url(url, **_OPTIONS)
+    return redis.Redis.from_url(url, **_OPTIONS)
+
+
+def is_cluster_client(client: Any) -> bool:
+    return isinstance(client, (redis.RedisCluster, aioredis.RedisCluster))
+
+
+def async_client(url: str) -> aioredis.Redis | aioredis.RedisCluster:
+    """The asyncio twin of sync_client (the mode is probed once, synchronously, at creation)."""
+    if is_cluster(url):
+        return aioredis.RedisCluster.from_url(url, **_OPTIONS)
+    return aioredis.Redis.from_url(url, **_OPTIONS)
 
 
 def free_port() -> int:
@@ -85,3 +120,126 @@ def wait_for_redis(url: str, proc: subprocess.Popen | None = None, timeout: floa
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
+
+
+def redis_cli_binary() -> str:
+    path = shutil.which("redis-cli")
+    if not path:
+        raise RedisServerMissing("redis-cli is not installed (Debian/Ubuntu: it comes with redis-server, package"
+                                 " redis-tools; macOS: brew install redis)")
+    return path
+
+
+@dataclass
+class LocalNode:
+    """One redis-server process of an embedded cluster (its port, command line and process)."""
+
+    port: int
+    args: list[str]
+    proc: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+
+@dataclass
+class EmbeddedCluster:
+    nodes: list[LocalNode]
+
+    @property
+    def url(self) -> str:
+        """Any node will do: clients discover the others."""
+        return next(n for n in self.nodes if n.proc.poll() is None).url
+
+    def masters(self) -> list[LocalNode]:
+        return [n for n in self.nodes if n.proc.poll() is None and _role(n) == "master"]
+
+    def kill(self, node: LocalNode) -> None:
+        """SIGKILL a node (a crash: no shutdown, no final write)."""
+        node.proc.kill()
+        node.proc.wait()
+
+    def restart(self, node: LocalNode, timeout: float = 60.0) -> None:
+        """Start a stopped node again with its cluster config: it rejoins (a former master comes back
+        as a replica of the one promoted in its place) and resynchronizes."""
+        node.proc = subprocess.Popen(node.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_redis(node.url, node.proc)
+        wait_cluster_ready(self.nodes, timeout)
+
+
+def _role(node: LocalNode) -> str:
+    with node.client() as c:
+        return c.info("replication")["role"]
+
+
+def wait_cluster_ready(nodes: list[LocalNode], timeout: float = 60.0) -> None:
+    """Until every node says cluster_state:ok, knows every other one, and every replica is in sync."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = []
+        for node in nodes:
+            try:
+                with node.client() as c:
+                    info = c.cluster("info")
+                    repl = c.info("replication")
+            except redis.RedisError as exc:
+                problems.append(f"{node.port}: {exc}")
+                continue
+            if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != len(nodes):
+                problems.append(f"{node.port}: cluster_state {info.get('cluster_state')}, knows "
+                                f"{info.get('cluster_known_nodes')} of {len(nodes)} nodes")
+            elif repl["role"] == "slave" and (repl.get("master_link_status") != "up"
+                                              or repl.get("master_sync_in_progress")):
+                problems.append(f"{node.port}: replica not in sync")
+        if not problems:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the cluster did not become ready: " + "; ".join(problems))
+        time.sleep(0.05)
+
+
+@contextmanager
+def embedded_cluster(masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000, *extra_args: str,
+                     base_port: int | None = None) -> Iterator[EmbeddedCluster]:
+    """Start a Redis Cluster of masters x (1 + replicas) redis-server processes on loopback for the
+    block: ``redis-server --cluster-enabled yes`` each, joined by ``redis-cli --cluster create``.
+    Ports: free ones, or base_port, base_port + 1, ... (cluster bus: port + 10000)."""
+    binary, cli = redis_server_binary(), redis_cli_binary()
+    workdir = tempfile.mkdtemp(prefix="shopstream-cluster-")
+    cluster = EmbeddedCluster([])
+    try:
+        for i in range(masters * (1 + replicas)):
+            port = base_port + i if base_port else free_port()
+            bus = port + 10000 if base_port else free_port()
+            data = os.path.join(workdir, str(port))
+            os.mkdir(data)
+            args = [binary, "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1", "--dir", data,
+                    "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(node_timeout_ms),
+                    "--repl-diskless-sync-delay", "0",
+                    *extra_args]
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cluster.nodes.append(LocalNode(port, args, proc))
+        for node in cluster.nodes:
+            wait_for_redis(node.url, node.proc)
+        create = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
+                                 "--cluster-replicas", str(replicas), "--cluster-yes"],
+                                capture_output=True, text=True, timeout=120)
+        if create.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout[-2000:]}{create.stderr[-2000:]}")
+        wait_cluster_ready(cluster.nodes)
+        yield cluster
+    finally:
+        for node in cluster.nodes:
+            if node.proc.poll() is None:
+                node.proc.terminate()
+        for node in cluster.nodes:
+            try:
+                node.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
