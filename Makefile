@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench redis-server clean
+.PHONY: demo test bench cluster redis-server clean
 
 demo: $(VENV)/.installed redis-server
 	$(BIN)/shopstream demo
@@ -15,6 +15,11 @@ test: $(VENV)/.installed redis-server
 
 bench: $(VENV)/.installed redis-server
 	$(BIN)/shopstream bench
+
+# A local Redis Cluster (3 masters + 3 replicas on ports 7000-7005) in the foreground; it prints the
+# REDIS_URL to use with every other command. Ctrl-C stops it.
+cluster: $(VENV)/.installed redis-server
+	$(BIN)/shopstream cluster
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)

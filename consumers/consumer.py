@@ -81,8 +81,16 @@ class Consumer:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
-        await ensure_groups(self.client, self.settings)
-        await self.leases.heartbeat()
+        while True:                       # e.g. a cluster failing over as we start: join when it is back
+            try:
+                await ensure_groups(self.client, self.settings)
+                await self.leases.heartbeat()
+                break
+            except UNAVAILABLE as exc:
+                if self.stopping.is_set():
+                    return
+                log.warning("redis unavailable (%s); joining again", exc)
+                await asyncio.sleep(0.5)
         beat = asyncio.create_task(self._heartbeat_loop())
         try:
             while not self.stopping.is_set():
@@ -181,7 +189,11 @@ class Consumer:
         else:
             pipe = self.reader.pipeline(transaction=False)
             for p in partitions:
-                pipe.xreadgroup(s.group, self.name, {self.parts[p].clicks: last_id}, count=s.batch_size)
+                # XREADGROUP's keys are "movable": redis-py would ask a server (COMMAND GETKEYS, one
+                # more round trip) where each read goes; the stream's slot says it directly
+                stream = self.parts[p].clicks
+                pipe.execute_command("XREADGROUP", "GROUP", s.group, self.name, "COUNT", s.batch_size,
+                                     "STREAMS", stream, last_id, target_nodes=self.reader.get_node_from_key(stream))
             reply = [pair for one in await pipe.execute() for pair in _streams(one)]
             if not reply and block:
                 await asyncio.sleep(s.poll_ms / 1000)

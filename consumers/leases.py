@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from engine.assignment import assigned
+from engine.connection import UNAVAILABLE
 from engine.keys import LEASE, Keys
 from engine.scripts import Scripts
 from engine.settings import Settings
@@ -32,14 +33,24 @@ class Leases:
         self.members: list[str] = []
 
     async def heartbeat(self) -> None:
-        """Renew membership and leases; take free partitions assigned to us; mark the others to release."""
+        """Renew membership and leases; take free partitions assigned to us; mark the others to release.
+
+        On a Redis Cluster one shard failing over must not cost the leases kept on the others: the
+        membership keeps its last view while its own shard does not answer, and each lease is
+        renewed on its own (the error is raised once the others are renewed)."""
         s = self.settings
         now_ms = int(time.time() * 1000)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(self.keys.consumers, {self.name: now_ms + s.lease_ttl_ms})
-        pipe.zremrangebyscore(self.keys.consumers, "-inf", now_ms)
-        pipe.zrange(self.keys.consumers, 0, -1)
-        members = [m.decode() for m in (await pipe.execute())[2]]
+        unavailable: Exception | None = None
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(self.keys.consumers, {self.name: now_ms + s.lease_ttl_ms})
+            pipe.zremrangebyscore(self.keys.consumers, "-inf", now_ms)
+            pipe.zrange(self.keys.consumers, 0, -1)
+            members = [m.decode() for m in (await pipe.execute())[2]]
+        except UNAVAILABLE as exc:
+            if not self.members:
+                raise                        # no view of the group yet: take nothing
+            unavailable, members = exc, self.members
         if members != self.members:
             log.info("members now %d: %s", len(members), ", ".join(members))
             self.members = members
@@ -49,15 +60,21 @@ class Leases:
             if p in self.to_release:
                 continue
             part = self.keys.partition(p)
-            held = await self.scripts.call("claim_lease", [part.key(LEASE)], [self.name, s.lease_ttl_ms])
-            if held and p not in self.owned:
-                await self.claim_pending(p)
-                self.owned.add(p)
-                log.info("took partition %d", p)
-            elif not held and p in self.owned:
+            try:
+                held = await self.scripts.call("claim_lease", [part.key(LEASE)], [self.name, s.lease_ttl_ms])
+                if held and p not in self.owned:
+                    await self.claim_pending(p)
+                    self.owned.add(p)
+                    log.info("took partition %d", p)
+            except UNAVAILABLE as exc:
+                unavailable = exc
+                continue
+            if not held and p in self.owned:
                 self.owned.discard(p)
                 self.recovering.discard(p)
                 log.warning("lost partition %d (lease taken by another consumer)", p)
+        if unavailable is not None:
+            raise unavailable
 
     async def claim_pending(self, p: int, min_idle_ms: int = 0) -> int:
         """Move entries pending for other consumers of partition p to us; returns how many."""

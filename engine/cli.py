@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def cmd_consume(args, settings):
     url = _need_url(settings)
 
     async def main():
-        client = async_client(url)
+        client = async_client(url, retry=False)          # the consumer recovers on its own
         consumer = Consumer(client, settings, consumer_name(), until_idle=args.until_idle)
         if settings.metrics_port is not None:
             port = consumer.metrics.serve(settings.metrics_port)
@@ -158,6 +159,35 @@ def cmd_bench(args, settings):
         import pstats
         print(f"\nprofile of one engine consumer ({args.profile}):")
         pstats.Stats(args.profile).sort_stats("tottime").print_stats(15)
+
+
+def cmd_cluster(args, settings):
+    from .connection import embedded_cluster
+    from .keys import Keys
+    from .layout import describe, partitions_by_master
+    with embedded_cluster(args.masters, args.replicas, base_port=args.port or None) as cluster:
+        client = sync_client(cluster.url)
+        ports = ", ".join(str(n.port) for n in cluster.nodes)
+        print(f"Redis Cluster up: {args.masters} masters, {args.replicas} replica(s) each, on 127.0.0.1 ports "
+              f"{ports}\n\n  export REDIS_URL={cluster.url}\n\nany node's URL will do. {settings.partitions} "
+              f"partitions over the masters:")
+        print("\n".join(describe(partitions_by_master(client, Keys(settings.namespace, settings.partitions)))))
+        print("\nCtrl-C stops the cluster and deletes its data.", flush=True)
+        client.close()
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping the cluster")
+
+
+def cmd_layout(args, settings):
+    from .keys import Keys
+    from .layout import describe, partitions_by_master
+    client = sync_client(_need_url(settings))
+    print(f"{settings.partitions} partitions of namespace {settings.namespace!r}:")
+    print("\n".join(describe(partitions_by_master(client, Keys(settings.namespace, settings.partitions)))))
 
 
 def cmd_tail(args, settings):
@@ -256,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
 
     sub.add_parser("tail", help="print alerts as they are published").set_defaults(fn=cmd_tail)
+    p = sub.add_parser("cluster", help="run a local Redis Cluster in the foreground and print its REDIS_URL")
+    p.add_argument("--masters", type=int, default=3)
+    p.add_argument("--replicas", type=int, default=1, help="replicas per master")
+    p.add_argument("--port", type=int, default=7000, help="first port, the others follow (0 = any free ports)")
+    p.set_defaults(fn=cmd_cluster)
+    sub.add_parser("layout", help="which Redis Cluster master serves which partition").set_defaults(fn=cmd_layout)
     p = sub.add_parser("metrics", help="per-minute events and unique users, live")
     p.add_argument("--last", type=int, default=30, help="minutes to show")
     p.set_defaults(fn=cmd_metrics)

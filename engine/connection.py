@@ -11,10 +11,12 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ClusterError, NoPermissionError, RedisClusterException, TryAgainError
 
 # Errors that mean "Redis, or the shard of a Redis Cluster, is not answering right now" (a restart,
@@ -51,11 +53,15 @@ def is_cluster_client(client: Any) -> bool:
     return isinstance(client, (redis.RedisCluster, aioredis.RedisCluster))
 
 
-def async_client(url: str) -> aioredis.Redis | aioredis.RedisCluster:
-    """The asyncio twin of sync_client (the mode is probed once, synchronously, at creation)."""
+def async_client(url: str, retry: bool = True) -> aioredis.Redis | aioredis.RedisCluster:
+    """The asyncio twin of sync_client (the mode is probed once, synchronously, at creation).
+
+    ``retry=False``: errors surface at once instead of redis-py sending the command again (the
+    consumer: a read whose reply was lost has delivered entries; it must recover those first)."""
+    options = _OPTIONS if retry else {**_OPTIONS, "retry": Retry(NoBackoff(), 0)}
     if is_cluster(url):
-        return aioredis.RedisCluster.from_url(url, **_OPTIONS)
-    return aioredis.Redis.from_url(url, **_OPTIONS)
+        return aioredis.RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)
 
 
 def free_port() -> int:
@@ -130,6 +136,12 @@ def redis_cli_binary() -> str:
     return path
 
 
+def _redis_cli(*args: str) -> None:
+    done = subprocess.run([redis_cli_binary(), *args], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"redis-cli {' '.join(args[:2])} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+
 @dataclass
 class LocalNode:
     """One redis-server process of an embedded cluster (its port, command line and process)."""
@@ -137,6 +149,7 @@ class LocalNode:
     port: int
     args: list[str]
     proc: subprocess.Popen
+    node_id: str = ""
 
     @property
     def url(self) -> str:
@@ -163,12 +176,35 @@ class EmbeddedCluster:
         node.proc.kill()
         node.proc.wait()
 
-    def restart(self, node: LocalNode, timeout: float = 60.0) -> None:
-        """Start a stopped node again with its cluster config: it rejoins (a former master comes back
-        as a replica of the one promoted in its place) and resynchronizes."""
+    def replace(self, node: LocalNode, timeout: float = 60.0) -> None:
+        """Put a fresh, empty node in a dead one's place (same port), joined as a replica of the
+        master with the fewest replicas (the one promoted in the dead master's place), the dead
+        node forgotten: what an operator does for a failed machine.  (Restarting the old node with
+        its cluster config would let it serve its old slots, empty, until it learns it was replaced.)"""
+        live = [n for n in self.nodes if n is not node and n.proc.poll() is None]
+        masters = [n for n in live if _role(n) == "master"]
+        heir = min(masters, key=lambda m: sum(_master_port(n) == m.port for n in live))
+        for other in live:
+            with other.client() as c:
+                c.cluster("forget", node.node_id)
+        data = node.args[node.args.index("--dir") + 1]
+        os.remove(os.path.join(data, "nodes.conf"))
         node.proc = subprocess.Popen(node.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_redis(node.url, node.proc)
+        node.node_id = _node_id(node)
+        _redis_cli("--cluster", "add-node", f"127.0.0.1:{node.port}", f"127.0.0.1:{heir.port}", "--cluster-slave",
+                   "--cluster-master-id", heir.node_id)
         wait_cluster_ready(self.nodes, timeout)
+
+
+def _master_port(node: LocalNode) -> int | None:
+    with node.client() as c:
+        return c.info("replication").get("master_port")
+
+
+def _node_id(node: LocalNode) -> str:
+    with node.client() as c:
+        return c.cluster("myid").decode()
 
 
 def _role(node: LocalNode) -> str:
@@ -177,11 +213,15 @@ def _role(node: LocalNode) -> str:
 
 
 def wait_cluster_ready(nodes: list[LocalNode], timeout: float = 60.0) -> None:
-    """Until every node says cluster_state:ok, knows every other one, and every replica is in sync."""
+    """Until every node says cluster_state:ok and knows every other one, and every master's
+    replicas acknowledge a write (WAIT): a replica can report its link up while its master has
+    not started streaming to it yet, and writes of that moment would not survive a failover."""
     deadline = time.monotonic() + timeout
     while True:
         problems = []
-        for node in nodes:
+        live = [n for n in nodes if n.proc.poll() is None]
+        replicas_of: dict[int, int] = {}
+        for node in live:
             try:
                 with node.client() as c:
                     info = c.cluster("info")
@@ -192,9 +232,15 @@ def wait_cluster_ready(nodes: list[LocalNode], timeout: float = 60.0) -> None:
             if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != len(nodes):
                 problems.append(f"{node.port}: cluster_state {info.get('cluster_state')}, knows "
                                 f"{info.get('cluster_known_nodes')} of {len(nodes)} nodes")
-            elif repl["role"] == "slave" and (repl.get("master_link_status") != "up"
-                                              or repl.get("master_sync_in_progress")):
-                problems.append(f"{node.port}: replica not in sync")
+            elif repl["role"] == "slave":
+                replicas_of[repl["master_port"]] = replicas_of.get(repl["master_port"], 0) + 1
+        for port, count in replicas_of.items():
+            try:
+                streaming = not problems and _replicas_acknowledge(port, count)
+            except redis.RedisError:
+                streaming = False
+            if not streaming:
+                problems.append(f"{port}: {count} replica(s) not streaming yet")
         if not problems:
             return
         if time.monotonic() > deadline:
@@ -202,13 +248,30 @@ def wait_cluster_ready(nodes: list[LocalNode], timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def _replicas_acknowledge(port: int, count: int) -> bool:
+    """Write a key of one of the master's slots, WAIT for count replicas, delete it."""
+    with redis.Redis(port=port, socket_timeout=5) as c:
+        for i in range(10_000):
+            key = f"shopstream-ready:{i}"
+            try:
+                c.set(key, 1)
+            except redis.exceptions.MovedError:      # not this master's slot: try the next key
+                continue
+            acknowledged = c.wait(count, 100)
+            c.delete(key)
+            return acknowledged >= count
+    return False
+
+
 @contextmanager
-def embedded_cluster(masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000, *extra_args: str,
-                     base_port: int | None = None) -> Iterator[EmbeddedCluster]:
+def embedded_cluster(masters: int = 3, replicas: int = 1, *, node_timeout_ms: int = 2000,
+                     extra_args: Sequence[str] = (), base_port: int | None = None) -> Iterator[EmbeddedCluster]:
     """Start a Redis Cluster of masters x (1 + replicas) redis-server processes on loopback for the
     block: ``redis-server --cluster-enabled yes`` each, joined by ``redis-cli --cluster create``.
-    Ports: free ones, or base_port, base_port + 1, ... (cluster bus: port + 10000)."""
-    binary, cli = redis_server_binary(), redis_cli_binary()
+    Ports: free ones, or base_port, base_port + 1, ... (cluster bus: port + 10000).  A master is
+    declared failed after node_timeout_ms without an answer, then its replica takes over."""
+    binary = redis_server_binary()
+    redis_cli_binary()                                   # fail early when it is missing
     workdir = tempfile.mkdtemp(prefix="shopstream-cluster-")
     cluster = EmbeddedCluster([])
     try:
@@ -219,6 +282,7 @@ def embedded_cluster(masters: int = 3, replicas: int = 1, node_timeout_ms: int =
             os.mkdir(data)
             args = [binary, "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1", "--dir", data,
                     "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--cluster-enabled", "yes",
+                    "--logfile", os.path.join(data, "redis.log"),
                     "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(node_timeout_ms),
                     "--repl-diskless-sync-delay", "0",
                     *extra_args]
@@ -226,11 +290,10 @@ def embedded_cluster(masters: int = 3, replicas: int = 1, node_timeout_ms: int =
             cluster.nodes.append(LocalNode(port, args, proc))
         for node in cluster.nodes:
             wait_for_redis(node.url, node.proc)
-        create = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
-                                 "--cluster-replicas", str(replicas), "--cluster-yes"],
-                                capture_output=True, text=True, timeout=120)
-        if create.returncode != 0:
-            raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout[-2000:]}{create.stderr[-2000:]}")
+        _redis_cli("--cluster", "create", *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
+                   "--cluster-replicas", str(replicas), "--cluster-yes")
+        for node in cluster.nodes:
+            node.node_id = _node_id(node)
         wait_cluster_ready(cluster.nodes)
         yield cluster
     finally:

@@ -5,6 +5,12 @@ engine/partitioning.py), as one field ``e`` holding the event's JSON, byte for b
 producer reads only ``user_id``; validation happens in the consumer, so a record this
 producer cannot route (not JSON, no user id) still goes to a partition and from there to the
 dead-letter stream with its reason: one path for bad input, whatever wrote it.
+
+Replication is asynchronous: an XADD is acknowledged by the primary before its replicas have it,
+so a primary lost right after the reply loses it.  With ``wait_replicas`` = n, a batch counts as
+published only once n replicas of every primary that took a part of it confirm it (``WAIT n
+timeout`` on the connection that wrote); otherwise ``NotReplicated`` is raised and the caller
+retries the batch (events with an ``event_id`` are deduplicated by the consumers).
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import msgspec
+from redis.exceptions import MovedError
 
+from .connection import UNAVAILABLE, is_cluster_client
 from .keys import Keys
 from .partitioning import partition_of, partition_of_bytes
 from .schema import routing_decoder
 from .settings import Settings
 
 PIPELINE_SIZE = 1000
+MOVED_RETRIES = 3
 BOM = b"\xef\xbb\xbf"
 _encoder = msgspec.json.Encoder()
 
@@ -44,6 +53,11 @@ def route(raw: bytes, partitions: int) -> int:
     return partition_of(user_id if isinstance(user_id, str) else str(user_id), partitions)
 
 
+class NotReplicated(RuntimeError):
+    """Fewer than wait_replicas replicas confirmed a batch within wait_timeout_ms: it may be lost
+    if its primary fails now (it is written there; retrying it is safe with event ids)."""
+
+
 def publish(client: Any, events: Iterable[Any], settings: Settings) -> int:
     """Append events (dicts, Structs, JSON bytes or str) to their partitions. Returns the count.
 
@@ -51,22 +65,72 @@ def publish(client: Any, events: Iterable[Any], settings: Settings) -> int:
     """
     keys = Keys(settings.namespace, settings.partitions)
     streams = [p.clicks for p in keys.all_partitions()]
-    maxlen, parts = settings.input_maxlen, settings.partitions
-    pipe = client.pipeline(transaction=False)
-    pending = sent = 0
+    parts = settings.partitions
+    send = _send_replicated if settings.wait_replicas else _send
+    batch: list[tuple[str, bytes]] = []
+    sent = 0
     for event in events:
         raw = _as_bytes(event)
-        # execute_command skips xadd()'s argument handling: ~15 % of the producer's CPU per event
-        pipe.execute_command("XADD", streams[route(raw, parts)], "MAXLEN", "~", maxlen, "*", "e", raw)
-        pending += 1
-        if pending == PIPELINE_SIZE:
-            pipe.execute()
-            sent += pending
-            pending = 0
-    if pending:
-        pipe.execute()
-        sent += pending
+        batch.append((streams[route(raw, parts)], raw))
+        if len(batch) == PIPELINE_SIZE:
+            send(client, batch, settings)
+            sent += len(batch)
+            batch = []
+    if batch:
+        send(client, batch, settings)
+        sent += len(batch)
     return sent
+
+
+def _xadds(pipe: Any, batch: list[tuple[str, bytes]], maxlen: int) -> None:
+    for stream, raw in batch:
+        # execute_command skips xadd()'s argument handling: ~15 % of the producer's CPU per event
+        pipe.execute_command("XADD", stream, "MAXLEN", "~", maxlen, "*", "e", raw)
+
+
+def _send(client: Any, batch: list[tuple[str, bytes]], settings: Settings) -> None:
+    pipe = client.pipeline(transaction=False)
+    _xadds(pipe, batch, settings.input_maxlen)
+    pipe.execute()
+
+
+def _send_replicated(client: Any, batch: list[tuple[str, bytes]], settings: Settings) -> None:
+    """XADD + WAIT on one connection per primary.  On a cluster each primary's part goes through
+    that node's own client (the cluster pipeline would resend a failed part elsewhere and its WAIT
+    to another node, which could confirm writes it never saw); a part refused with MOVED (its slots
+    have a new primary: a failover) is sent again to the new one."""
+    if not is_cluster_client(client):
+        _xadds_and_wait(client, batch, settings)
+        return
+    todo = batch
+    for _ in range(MOVED_RETRIES):
+        by_node: dict[str, tuple[Any, list[tuple[str, bytes]]]] = {}
+        for stream, raw in todo:
+            node = client.get_node_from_key(stream)
+            by_node.setdefault(node.name, (node, []))[1].append((stream, raw))
+        todo = []
+        for node, part in by_node.values():
+            try:
+                _xadds_and_wait(client.get_redis_connection(node), part, settings)
+            except MovedError:
+                todo += part
+            except UNAVAILABLE:
+                client.nodes_manager.initialize()        # learn who serves the slots now
+                raise
+        if not todo:
+            return
+        client.nodes_manager.initialize()
+    raise NotReplicated(f"{len(todo)} events: their slots kept moving")
+
+
+def _xadds_and_wait(client: Any, batch: list[tuple[str, bytes]], settings: Settings) -> None:
+    pipe = client.pipeline(transaction=False)
+    _xadds(pipe, batch, settings.input_maxlen)
+    pipe.execute_command("WAIT", settings.wait_replicas, settings.wait_timeout_ms)
+    confirmed = pipe.execute()[-1]
+    if confirmed < settings.wait_replicas:
+        raise NotReplicated(f"{confirmed} of {settings.wait_replicas} replicas confirmed {len(batch)} events "
+                            f"within {settings.wait_timeout_ms} ms")
 
 
 def read_events(path: str | Path) -> Iterator[bytes]:

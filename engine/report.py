@@ -67,8 +67,10 @@ def print_run(result: Any, out_dir: str | Path, detailed: bool) -> None:
               "or measure with `make bench`.")
 
 
-def print_live_minutes(client: Any, settings: Settings, last: int) -> None:
-    """Open minutes (live counters) and the most recent finalized ones, summed over partitions."""
+def live_minutes(client: Any, settings: Settings) -> dict[int, list[int]]:
+    """Open (not yet finalized) minute -> [events, unique users], summed over the partitions: their
+    users are disjoint, so the global unique count is the sum of the partitions' HyperLogLogs, and
+    on a Redis Cluster every partition's keys are read on the master that holds them."""
     keys = Keys(settings.namespace, settings.partitions)
     live: dict[int, list[int]] = {}
     for part in keys.all_partitions():
@@ -77,6 +79,13 @@ def print_live_minutes(client: Any, settings: Settings, last: int) -> None:
             acc = live.setdefault(m, [0, 0])
             acc[0] += int(client.get(part.count(m)) or 0)
             acc[1] += client.pfcount(part.hll(m))
+    return live
+
+
+def print_live_minutes(client: Any, settings: Settings, last: int) -> None:
+    """Open minutes (live counters) and the most recent finalized ones, summed over partitions."""
+    keys = Keys(settings.namespace, settings.partitions)
+    live = live_minutes(client, settings)
     done: dict[int, list[int]] = {}
     for part in keys.all_partitions():
         for _, f in client.xrevrange(part.key(MINUTES), count=last):

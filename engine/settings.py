@@ -36,6 +36,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     poll_ms: int = 10                     # Redis Cluster (no multi-slot BLOCK): pause after a read that found nothing
     linger_ms: int = 10                   # after a read of fewer than batch_size entries, wait this long
     input_maxlen: int = 2_000_000         # MAXLEN ~ per input stream partition
+    wait_replicas: int = 0                # producer: a batch is published once this many replicas have it (WAIT)
+    wait_timeout_ms: int = 1_000          # ... or NotReplicated after this long
     output_maxlen: int = 1_000_000        # MAXLEN ~ per output stream partition
     lease_ttl_ms: int = 5_000             # a dead consumer's partitions are free again after this
     max_deliveries: int = 5               # a batch whose script fails this often is split; failing entries -> DLQ

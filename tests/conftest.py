@@ -18,7 +18,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from engine.connection import embedded_redis
+from engine.connection import embedded_cluster, embedded_redis
 from engine.settings import Settings
 
 IN_CI = bool(os.environ.get("CI"))
@@ -42,6 +42,18 @@ def real_redis_url():
         pytest.skip("redis-server not installed")
     with embedded_redis() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A real Redis Cluster for the session: 3 masters + 3 replicas on loopback (tests/test_cluster.py)."""
+    missing = [b for b in ("redis-server", "redis-cli") if not shutil.which(b)]
+    if missing:
+        if IN_CI:
+            pytest.fail(f"{' and '.join(missing)} required in CI (apt-get install -y redis-server)")
+        pytest.skip(f"{' and '.join(missing)} not installed")
+    with embedded_cluster(masters=3, replicas=1) as cluster:
+        yield cluster
 
 
 @dataclass
