@@ -296,8 +296,8 @@ class Consumer:
 
     async def dead_letter(self, p: int, dead: list[DeadLetter]) -> None:
         """Bad records: to the dead-letter stream first, then acknowledged (at-least-once into the DLQ).
-        Two round trips: on a cluster the DLQ and the partition live on different masters, and one
-        pipeline would send to both at once, so the XACK could land before the XADD."""
+        On a cluster the DLQ and the partition live on different masters and one pipeline would
+        send to both at once (the XACK could land first): there, two round trips."""
         s, stream = self.settings, self.parts[p].clicks
         pipe = self.client.pipeline(transaction=False)
         for d in dead:
@@ -305,8 +305,11 @@ class Consumer:
                                       "entry_id": d.entry_id, "partition": p,
                                       "at_ms": int(time.time() * 1000)},
                       maxlen=s.output_maxlen, approximate=True)
+        if self.cluster:
+            await pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+        pipe.xack(stream, s.group, *[d.entry_id for d in dead])
         await pipe.execute()
-        await self.client.xack(stream, s.group, *[d.entry_id for d in dead])
         self.metrics.events.labels("dead_letter").inc(len(dead))
         for d in dead:
             log.info("dead-letter partition=%d entry=%s reason=%s", p, d.entry_id.decode(), d.reason)

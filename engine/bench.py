@@ -25,7 +25,7 @@ import redis
 
 from . import control
 from .benchdata import generate
-from .connection import async_client, embedded_redis, wait_for_redis
+from .connection import async_client, embedded_redis, is_cluster_client, sync_client, wait_for_redis
 from .keys import OPEN, OPEN_MINUTES, Keys
 from .pipeline import child_env
 from .producer import publish
@@ -50,6 +50,7 @@ class Stage:
     apply_us_per_event: float = 0.0
     alerts: int = 0
     latency_ms: dict = field(default_factory=dict)
+    busiest_master_cpu_us_per_event: float = 0.0     # Redis Cluster; = redis_cpu_us_per_event on one Redis
 
 
 def _ensure_groups(url: str, settings: Settings) -> None:
@@ -75,6 +76,13 @@ def _redis_cpu(client: redis.Redis) -> float:
     return info["used_cpu_sys"] + info["used_cpu_user"]
 
 
+def _masters(client) -> list[redis.Redis]:
+    """A client of each master: its own CPU and command stats (one on a single Redis)."""
+    if is_cluster_client(client):
+        return [client.get_redis_connection(node) for node in client.get_primaries()]
+    return [client]
+
+
 def _percentiles(values: list[float]) -> dict:
     if not values:
         return {}
@@ -96,7 +104,7 @@ def run_stage(url: str, base: Settings, payloads: list[bytes], name: str, consum
               rate: float | None = None, profile: str | None = None) -> Stage:
     settings = base.replace(redis_url=url, partitions=partitions, namespace=f"b{int(time.time() * 1000) % 10**8}")
     keys = Keys(settings.namespace, partitions)
-    client = redis.Redis.from_url(url)
+    client = sync_client(url)
     client.flushall()
     _ensure_groups(url, settings)
     env = child_env(settings)
@@ -113,8 +121,10 @@ def run_stage(url: str, base: Settings, payloads: list[bytes], name: str, consum
                 cmd += ["--profile", profile]
         workers.append(subprocess.Popen(cmd, env=env))
     time.sleep(0.5)                      # consumers joined and hold their leases
-    client.config_resetstat()
-    cpu0 = _redis_cpu(client)
+    masters = _masters(client)
+    for master in masters:
+        master.config_resetstat()
+    cpu0 = [_redis_cpu(master) for master in masters]
     start = time.perf_counter()
     p0 = time.process_time()
     chunk = 1000 if not rate else max(1, int(rate / 100))
@@ -128,9 +138,11 @@ def run_stage(url: str, base: Settings, payloads: list[bytes], name: str, consum
     while not _drained(client, keys, settings.group, len(payloads)):
         time.sleep(0.005)
     seconds = time.perf_counter() - start
-    redis_cpu = _redis_cpu(client) - cpu0
+    redis_cpus = [_redis_cpu(master) - before for master, before in zip(masters, cpu0)]
+    redis_cpu = sum(redis_cpus)
     consumer_cpu = sum(_proc_cpu(w.pid) for w in workers)
-    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    evalsha = [master.info("commandstats").get("cmdstat_evalsha", {}) for master in masters]
+    calls, usec = sum(e.get("calls", 0) for e in evalsha), sum(e.get("usec", 0) for e in evalsha)
     for w in workers + [subscriber]:
         w.send_signal(signal.SIGTERM)
     for w in workers + [subscriber]:
@@ -139,8 +151,8 @@ def run_stage(url: str, base: Settings, payloads: list[bytes], name: str, consum
     os.unlink(lat_file)
     n = len(payloads)
     return Stage(name, consumers, partitions, n, seconds, n / seconds, redis_cpu / n * 1e6, consumer_cpu / n * 1e6,
-                 producer_cpu / n * 1e6, stats.get("calls", 0), stats.get("usec_per_call", 0.0),
-                 stats.get("usec", 0) / n, len(latencies), _percentiles(latencies))
+                 producer_cpu / n * 1e6, calls, usec / max(calls, 1), usec / n, len(latencies),
+                 _percentiles(latencies), max(redis_cpus) / n * 1e6)
 
 
 def memory_profile(url: str, base: Settings, users: int = 20_000) -> dict:

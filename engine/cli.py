@@ -151,6 +151,12 @@ def cmd_demo(args, settings):
 
 
 def cmd_bench(args, settings):
+    if args.cluster:
+        from .benchcluster import run as run_cluster
+        consumers = [int(x) for x in args.consumers.split(",")]
+        run_cluster(args.events, args.users, args.runs, consumers[len(consumers) // 2], args.cluster,
+                    args.appendfsync, args.json)
+        return
     from .bench import run
     run(args.events, args.users, args.runs, [int(x) for x in args.consumers.split(",")],
         [int(x) for x in args.scale_partitions.split(",")], args.rate, args.json, args.profile, args.growth,
@@ -261,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--appendfsync", default="everysec", choices=["everysec", "always", "no"],
                    help="Redis durability during the bench (no = AOF off)")
     p.add_argument("--json", help="write the full report here")
+    p.add_argument("--cluster", type=int, metavar="MASTERS",
+                   help="instead: the engine on one redis-server vs a Redis Cluster of MASTERS masters, same run")
     p.add_argument("--profile", help="cProfile one engine consumer; top functions printed, stats saved here")
     p.set_defaults(fn=cmd_bench)
 

@@ -4,7 +4,7 @@
     minutes.jsonl   minute, events, unique_users       (finalized minutes, all partitions summed)
     alerts.jsonl    rule, user_id, window_start, count, threshold, detected_at
     late.jsonl      user_id, timestamp, watermark, reason, record
-    dlq.jsonl       reason, record, stream, entry_id
+    dlq.jsonl       reason, record, stream, entry_id   (once per input entry)
 """
 
 from __future__ import annotations
@@ -77,7 +77,11 @@ async def collect(client: Any, settings: Settings) -> Outputs:
                              "watermark": format_us(int(f[b"watermark"])), "reason": _s(f[b"reason"]),
                              "record": _s(f[b"payload"])})
     out.minutes = [{"minute": format_us(m), "events": e, "unique_users": u} for m, (e, u) in sorted(minutes.items())]
+    dead = set()
     for entry_id, f in await read_stream(client, keys.dlq):
+        if (f[b"stream"], f[b"entry_id"]) in dead:    # at-least-once into the DLQ: listed once here
+            continue
+        dead.add((f[b"stream"], f[b"entry_id"]))
         out.dlq.append({"reason": _s(f[b"reason"]), "record": _s(f[b"payload"]), "stream": _s(f[b"stream"]),
                         "entry_id": _s(f[b"entry_id"])})
     out.sessions.sort(key=lambda r: (r["user_id"], r["start"]))

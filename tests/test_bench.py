@@ -30,3 +30,16 @@ def test_bench_runs_and_reports(tmp_path):
     assert summary["fixed_rate_latency_ms"]["n"] > 0            # alerts were detected and timed
     assert summary["memory"]["open_sessions"] > 0
     assert {s["name"] for s in report["stages"]} >= {"transport", "engine", "engine@rate", "engine@capacity"}
+
+
+def test_bench_compares_a_cluster_with_a_single_node(tmp_path):
+    out = tmp_path / "cluster.json"
+    stdout = shopstream("bench", "--cluster", "3", "--events", "5000", "--users", "500", "--runs", "1",
+                        "--consumers", "1", "--json", str(out), timeout=600)
+    assert "3 masters" in stdout and "busiest master" in stdout
+    report = json.loads(out.read_text())
+    summary = report["summary"]
+    assert summary["events_per_s"]["single"] > 0 and summary["events_per_s"]["cluster"] > 0
+    # the cluster spreads the Redis work: its busiest master does less than all of its masters
+    assert summary["busiest_master_cpu_us_per_event"]["cluster"] < summary["redis_cpu_us_per_event"]["cluster"]
+    assert [s["name"] for s in report["stages"]] == ["engine", "engine@cluster3"]
