@@ -294,6 +294,7 @@ def test_consumers_scale_1_to_4_to_2_during_a_run(redis_cluster, dataset, tmp_pa
     procs = [first, replay]
     try:
         until(lambda: applied() > total * 0.1, what="progress with one consumer")
+        at_one = applied()
         procs += [consumer(env) for _ in range(3)]
         until(lambda: len(_owners(client, keys)) == 4, what="four consumers sharing the partitions")
         at_four = applied()
@@ -308,7 +309,7 @@ def test_consumers_scale_1_to_4_to_2_during_a_run(redis_cluster, dataset, tmp_pa
             time.sleep(0.003)
             return False
         until(frozen_with_pending, what="the crasher to hold pending entries")
-        orphaned = _pending_of(client, keys, crasher.pid)
+        orphaned, at_leave = _pending_of(client, keys, crasher.pid), applied()
         crasher.kill()
         leaver.send_signal(signal.SIGTERM)
         assert leaver.wait(timeout=30) == 0
@@ -326,8 +327,9 @@ def test_consumers_scale_1_to_4_to_2_during_a_run(redis_cluster, dataset, tmp_pa
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    summary = (f"{total} records; 1 consumer until {total // 10}+ applied, 4 consumers from {at_four} applied, "
-               f"then 1 SIGKILLed holding {orphaned} pending entries and 1 SIGTERMed; 2 finished")
+    summary = (f"{total} records: 1 consumer ({at_one} applied), then 4 ({at_four} applied when all four held "
+               f"partitions), then at {at_leave} applied one SIGKILLed holding {orphaned} delivered, unapplied "
+               f"entries and one SIGTERMed; the other 2 finished, the crashed one's entries reclaimed")
     print("\n" + summary)
     record_property("scale", summary)
     check_export(tmp_path, dataset)                                # no loss, no double count
@@ -365,7 +367,8 @@ def test_failover_of_a_master_mid_run(redis_cluster, wait_replicas, record_prope
     rows = [event(*e, event_id=f"ev{i}") for i, e in enumerate(events)]
     client = sync_client(redis_cluster.url)
     layout = partitions_by_master(client, keys)
-    victim = next(n for n in redis_cluster.masters() if n.url.split("/")[2] == max(layout, key=lambda m: len(layout[m])))
+    busiest = max(layout, key=lambda m: len(layout[m]))
+    victim = next(n for n in redis_cluster.masters() if n.url.split("/")[2] == busiest)
     heir = _replica_of(redis_cluster, victim)
     ports = [free_port(), free_port()]
     # leases outlive the failover (~2 node timeouts): ownership stays put while the shard is away
