@@ -162,6 +162,8 @@ class LocalNode:
 @dataclass
 class EmbeddedCluster:
     nodes: list[LocalNode]
+    workdir: str
+    node_options: list[str]            # what every node is started with, after its port and directory
 
     @property
     def url(self) -> str:
@@ -171,30 +173,55 @@ class EmbeddedCluster:
     def masters(self) -> list[LocalNode]:
         return [n for n in self.nodes if n.proc.poll() is None and _role(n) == "master"]
 
+    def start_node(self, port: int | None = None) -> LocalNode:
+        """Start one redis-server in cluster mode, not yet part of the cluster; without a port, on
+        free ones (chosen again if another process takes one before the server binds it)."""
+        binary = redis_server_binary()
+        for _ in range(3):
+            node_port = port or free_port()
+            bus = node_port + 10000 if port else free_port()
+            data = tempfile.mkdtemp(prefix=f"{node_port}-", dir=self.workdir)
+            args = [binary, "--port", str(node_port), "--cluster-port", str(bus), "--dir", data,
+                    "--logfile", os.path.join(data, "redis.log"), *self.node_options]
+            node = LocalNode(node_port, args, subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                                               stderr=subprocess.DEVNULL))
+            try:
+                wait_for_redis(node.url, node.proc)
+                with node.client() as c:
+                    if c.info("server")["process_id"] == node.proc.pid:
+                        return node
+            except RuntimeError:
+                pass
+            if node.proc.poll() is None:
+                node.proc.kill()
+            node.proc.wait()
+            if port:
+                break
+        raise RuntimeError(f"could not start a cluster node (port {port or 'any'}); see {self.workdir}")
+
     def kill(self, node: LocalNode) -> None:
         """SIGKILL a node (a crash: no shutdown, no final write)."""
         node.proc.kill()
         node.proc.wait()
 
-    def replace(self, node: LocalNode, timeout: float = 60.0) -> None:
-        """Put a fresh, empty node in a dead one's place (same port), joined as a replica of the
-        master with the fewest replicas (the one promoted in the dead master's place), the dead
-        node forgotten: what an operator does for a failed machine.  (Restarting the old node with
-        its cluster config would let it serve its old slots, empty, until it learns it was replaced.)"""
+    def replace(self, node: LocalNode, timeout: float = 60.0) -> LocalNode:
+        """Put a fresh, empty node in a dead one's place, joined as a replica of the master with the
+        fewest replicas (the one promoted in the dead master's place), the dead one forgotten: what
+        an operator does for a failed machine.  (Restarting the old node with its cluster config
+        would let it serve its old slots, empty, until it learns it was replaced.)"""
         live = [n for n in self.nodes if n is not node and n.proc.poll() is None]
         masters = [n for n in live if _role(n) == "master"]
         heir = min(masters, key=lambda m: sum(_master_port(n) == m.port for n in live))
         for other in live:
             with other.client() as c:
                 c.cluster("forget", node.node_id)
-        data = node.args[node.args.index("--dir") + 1]
-        os.remove(os.path.join(data, "nodes.conf"))
-        node.proc = subprocess.Popen(node.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_redis(node.url, node.proc)
-        node.node_id = _node_id(node)
-        _redis_cli("--cluster", "add-node", f"127.0.0.1:{node.port}", f"127.0.0.1:{heir.port}", "--cluster-slave",
+        fresh = self.start_node()
+        fresh.node_id = _node_id(fresh)
+        _redis_cli("--cluster", "add-node", f"127.0.0.1:{fresh.port}", f"127.0.0.1:{heir.port}", "--cluster-slave",
                    "--cluster-master-id", heir.node_id)
+        self.nodes[self.nodes.index(node)] = fresh
         wait_cluster_ready(self.nodes, timeout)
+        return fresh
 
 
 def _master_port(node: LocalNode) -> int | None:
@@ -270,26 +297,15 @@ def embedded_cluster(masters: int = 3, replicas: int = 1, *, node_timeout_ms: in
     block: ``redis-server --cluster-enabled yes`` each, joined by ``redis-cli --cluster create``.
     Ports: free ones, or base_port, base_port + 1, ... (cluster bus: port + 10000).  A master is
     declared failed after node_timeout_ms without an answer, then its replica takes over."""
-    binary = redis_server_binary()
-    redis_cli_binary()                                   # fail early when it is missing
-    workdir = tempfile.mkdtemp(prefix="shopstream-cluster-")
-    cluster = EmbeddedCluster([])
+    redis_server_binary()
+    redis_cli_binary()                                   # both fail early, saying what to install
+    options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+               "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+               "--cluster-node-timeout", str(node_timeout_ms), "--repl-diskless-sync-delay", "0", *extra_args]
+    cluster = EmbeddedCluster([], tempfile.mkdtemp(prefix="shopstream-cluster-"), options)
     try:
         for i in range(masters * (1 + replicas)):
-            port = base_port + i if base_port else free_port()
-            bus = port + 10000 if base_port else free_port()
-            data = os.path.join(workdir, str(port))
-            os.mkdir(data)
-            args = [binary, "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1", "--dir", data,
-                    "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--cluster-enabled", "yes",
-                    "--logfile", os.path.join(data, "redis.log"),
-                    "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(node_timeout_ms),
-                    "--repl-diskless-sync-delay", "0",
-                    *extra_args]
-            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            cluster.nodes.append(LocalNode(port, args, proc))
-        for node in cluster.nodes:
-            wait_for_redis(node.url, node.proc)
+            cluster.nodes.append(cluster.start_node(base_port + i if base_port else None))
         _redis_cli("--cluster", "create", *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
                    "--cluster-replicas", str(replicas), "--cluster-yes")
         for node in cluster.nodes:
@@ -305,4 +321,4 @@ def embedded_cluster(masters: int = 3, replicas: int = 1, *, node_timeout_ms: in
                 node.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 node.proc.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(cluster.workdir, ignore_errors=True)

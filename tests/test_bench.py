@@ -43,3 +43,4 @@ def test_bench_compares_a_cluster_with_a_single_node(tmp_path):
     # the cluster spreads the Redis work: its busiest master does less than all of its masters
     assert summary["busiest_master_cpu_us_per_event"]["cluster"] < summary["redis_cpu_us_per_event"]["cluster"]
     assert [s["name"] for s in report["stages"]] == ["engine", "engine@cluster3"]
+    assert all(s["alerts"] > 0 for s in report["stages"])      # its subscriber hears alerts from every master

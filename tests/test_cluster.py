@@ -7,6 +7,7 @@ equals the single-node one; consumers come and go; a master dies and its replica
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import select
@@ -33,7 +34,7 @@ from engine.layout import describe, partitions_by_master
 from engine.partitioning import partition_of
 from engine.producer import NotReplicated, publish
 from engine.report import live_minutes
-from engine.scripts import Scripts, script_names
+from engine.scripts import Scripts, script_names, source
 from engine.settings import Settings
 
 from . import reference as ref
@@ -135,6 +136,10 @@ async def test_every_lua_call_keeps_to_one_hash_slot(cluster, monkeypatch):
         assert len({key_slot(k.encode()) for k in keys}) == 1, (name, keys)
     slots = {key_slot(keys[0].encode()) for _, keys in calls}
     assert len(slots) == SETTINGS.partitions                       # one slot per partition, all used
+    # redis-py loaded each script on every master it ran on (EVALSHA, SCRIPT LOAD after NOSCRIPT)
+    shas = [hashlib.sha1(source(name).body.encode()).hexdigest() for name in script_names()]
+    for master in cluster.sync.get_primaries():
+        assert cluster.sync.get_redis_connection(master).script_exists(*shas) == [True] * len(shas)
     # the guard the run relies on: a script reaching outside its slot fails on a cluster
     with pytest.raises(redis.ResponseError, match="slot|non local"):
         cluster.sync.eval("return redis.call('GET', KEYS[1] .. 'x') or redis.call('GET', 'ss:{9}:x')", 1,
@@ -176,7 +181,7 @@ async def test_alerts_reach_subscribers_on_every_node(cluster, redis_cluster):
     (the bench's subscriber)."""
     channel = Keys(SETTINGS.namespace, SETTINGS.partitions).channel(SETTINGS.alerts_channel)
     bot_master = cluster.sync.get_node_from_key(Keys("ss", 16).partition(partition_of("bot", 16)).prefix).port
-    elsewhere = next(n for n in redis_cluster.nodes if n.port != bot_master and n.proc.poll() is None)
+    elsewhere = next(n for n in redis_cluster.masters() if n.port != bot_master)
     subscribers = [cluster.sync.pubsub(), _node_client(elsewhere).pubsub()]
     for sub in subscribers:
         sub.subscribe(channel)
