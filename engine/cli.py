@@ -67,7 +67,8 @@ def _redis_for_run(settings: Settings):
 # -- commands ----------------------------------------------------------------------------------
 def cmd_generate(args, settings):
     from .generate import GeneratorConfig, write_all
-    cfg = GeneratorConfig(seed=args.seed, users=args.users, hours=args.hours, start=args.start)
+    cfg = GeneratorConfig(seed=args.seed, users=args.users, hours=args.hours, start=args.start,
+                          fraud=not args.no_fraud)
     files = write_all(Path(args.out), cfg)
     for name, count in files.items():
         print(f"wrote {count:>8,} records to {Path(args.out) / name}")
@@ -202,12 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("generate", help="write the four sample data files from a seed")
+    p = sub.add_parser("generate", help="write the four sample data files and fraud_truth.jsonl from a seed")
     p.add_argument("--out", default="data")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--users", type=int, default=400)
     p.add_argument("--hours", type=float, default=3.0)
     p.add_argument("--start", default="2026-11-02T08:00:00Z")
+    p.add_argument("--no-fraud", action="store_true",
+                   help="plant no fraud patterns (the bots stay): the base data alone")
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("replay", help="publish a clickstream file (JSON Lines or JSON array) to the streams")
