@@ -15,12 +15,11 @@ from typing import Any
 
 import msgspec
 
-from .keys import ALERTS, LATE, OPEN, SESSIONS, STATE, TOMB, Keys, Partition
+from .keys import ALERTS, LATE, OPEN, SESSIONS, STATE, TOMB, Keys, Partition, glob_escape
 from .partitioning import partition_of
 from .settings import Settings
 
 PAGE = 5000
-_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 _user_of = msgspec.json.Decoder(dict)
 
 
@@ -69,7 +68,7 @@ async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]
               "late_entries": 0, "dead_letters": 0}
     report["state_keys"] = await client.delete(part.user(user_id))
     await client.zrem(part.key(OPEN), user_id)
-    pattern = f"{part.prefix}fired:*:{user_id.translate(_GLOB_SPECIAL)}"
+    pattern = f"{part.prefix}fired:*:{glob_escape(user_id)}"
     markers = [k async for k in client.scan_iter(match=pattern, count=1000)]
     if markers:
         report["alert_markers"] = await client.delete(*markers)

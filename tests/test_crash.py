@@ -58,7 +58,7 @@ def check_export(out: Path, dataset: Path) -> None:
                 for s in map(json.loads, (out / "sessions.jsonl").read_text().splitlines())]
     assert sessions == ref.sessions(events)                       # nothing lost, nothing twice
     alerts = [json.loads(a) for a in (out / "alerts.jsonl").read_text().splitlines()]
-    assert [(a["window_start"], a["user_id"]) for a in alerts] == ref.alerts(events)
+    assert by_rule(alerts) == ref.alerts(events)
     assert len(events) + len(late) + len(dlq) == len(list(read_events(dataset)))
 
 

@@ -9,7 +9,7 @@ the engine implements, at the thresholds the rules file uses:
 * ``card_sharing``: >= 3 distinct users paying with one card within one clock hour;
 * ``ip_farm``: > 10 distinct users behind one IP within one clock minute;
 * ``inhuman_speed``: a session (30-minute inactivity gap) with a purchase less than 10 s after its
-  first event, or with a checkout not preceded by any product_view;
+  first event, or with a checkout and no product interaction (no product_view, no add_to_cart);
 * ``account_takeover``: a completed transaction >= 500.00 from a country first seen for the user
   less than 30 minutes before, the user first seen more than 60 minutes before.
 
@@ -179,10 +179,10 @@ def triggered(clicks: list[Click], txs: list[Tx]) -> dict[str, set[str]]:
 
     for user, runs in sessions(clicks).items():
         for run in runs:
-            start, viewed = run[0].ts, False
+            start = run[0].ts
+            touched_product = any(c.etype in ("product_view", "add_to_cart") for c in run)
             for c in run:
-                viewed = viewed or c.etype == "product_view"
-                if (c.etype == "purchase" and c.ts - start < 10 * S) or (c.etype == "checkout" and not viewed):
+                if (c.etype == "purchase" and c.ts - start < 10 * S) or (c.etype == "checkout" and not touched_product):
                     hits[user].add("inhuman_speed")
 
     seen: dict[str, list[tuple[int, str | None]]] = defaultdict(list)
@@ -350,10 +350,10 @@ def test_planted_users_fire_their_rule_and_clean_users_none(folder, default_data
     assert len(hits) == 28
 
 
-# In event time every base user is clean, but the base data delivers u00051's only product_view
-# of its 09:31 session 92 minutes late: an engine that sets late events aside sees that session
-# as page_view -> add_to_cart -> checkout -> purchase, a checkout without a product_view.
-KNOWN_ENGINE_VIEW_FALSE_ALARMS = {"u00051": {"inhuman_speed"}}
+# The base data delivers u00051's only product_view of its 09:31 session 92 minutes late, so an
+# engine that sets late events aside sees page_view -> add_to_cart -> checkout -> purchase: the
+# add_to_cart is why the rule asks for "no product interaction" rather than "no product_view"
+# (quick-add from a listing page is normal behaviour, too).
 
 
 @pytest.mark.parametrize("partitions", [1, 16])
@@ -362,7 +362,7 @@ def test_in_the_engines_view_late_events_set_aside(partitions):
     _, txs = load(DATA)
     truth = truth_of(DATA)
     hits = triggered(clicks, txs)
-    assert {u: r for u, r in hits.items() if u not in truth} == KNOWN_ENGINE_VIEW_FALSE_ALARMS
+    assert {u: r for u, r in hits.items() if u not in truth} == {}
     assert {u: hits.get(u) for u in truth} == {u: EXPECTED_RULES[p] for u, p in truth.items()}
     planted = {u for u, p in truth.items() if p != "bot"}
     assert sum(c.user in planted for c in clicks) == sum(c.user in planted for c in load(DATA)[0])  # none late

@@ -9,7 +9,7 @@ from redis.crc import key_slot
 from engine.assignment import assigned
 from engine.batch import decode_entries
 from engine.eventtime import BadTimestamp, format_us, parse_timestamp
-from engine.keys import Keys
+from engine.keys import CLICKS, Keys
 from engine.partitioning import partition_of
 from engine.schema import BadRecord, parse_click
 from engine.settings import Settings, load_settings
@@ -142,8 +142,8 @@ def test_decode_entries_routes_bad_and_foreign_records_to_dead_letters():
     other = next(u for u in (f"v{i}" for i in range(50)) if partition_of(u, 4) != home)
     entries = [(b"1-0", {b"e": click()}), (b"2-0", [b"e", b"{"]), (b"3-0", None), (b"4-0", [b"x", b"1", b"y", b"2"]),
                (b"5-0", {b"e": click(user_id=other)})]
-    d = decode_entries(entries, home, NOW, settings)
-    assert d.count == 1 and msgspec.json.decode(d.events)[0][:2] == ["1-0", "u1"]
+    d = decode_entries([(CLICKS, e) for e in entries], home, NOW, settings)
+    assert d.count == 1 and msgspec.json.decode(d.events)[0][:3] == ["1-0", "c", "u1"]
     reasons = [x.reason for x in d.dead]
     assert [x.entry_id for x in d.dead] == [b"2-0", b"3-0", b"4-0", b"5-0"]
     assert "not valid JSON" in reasons[0] and "trimmed" in reasons[1] and "no 'e' field" in reasons[2]
@@ -179,5 +179,5 @@ def test_an_unexpected_validator_error_dead_letters_the_record(monkeypatch):
     def broken(*_):
         raise KeyError("bug")
     monkeypatch.setattr(batch, "parse_click", broken)
-    d = batch.decode_entries([(b"1-0", {b"e": click()})], 0, NOW, Settings(partitions=1))
+    d = batch.decode_entries([(CLICKS, (b"1-0", {b"e": click()}))], 0, NOW, Settings(partitions=1))
     assert d.count == 0 and "unexpected validation error KeyError" in d.dead[0].reason
