@@ -204,8 +204,9 @@ def _subscriber(url: str, channel: str, out: str) -> None:
         msg = pubsub.get_message(timeout=0.1)
         if msg and msg["type"] == "message":
             now_ms = time.time() * 1000
-            entry_ms = int(json.loads(msg["data"])["entry_id"].split("-")[0])
-            latencies.append(now_ms - entry_ms)
+            entry_id = json.loads(msg["data"])["entry_id"]
+            if entry_id:            # '' when a closing session raised it: no triggering entry
+                latencies.append(now_ms - int(entry_id.split("-")[0]))
     Path(out).write_text("\n".join(f"{x:.3f}" for x in latencies))
 
 

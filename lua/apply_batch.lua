@@ -16,7 +16,7 @@
   KEYS[10] ss:{p}:lease      STRING  name of the owning consumer
   KEYS[11] ss:{p}:tx         STREAM  input: transactions (XACK target)
   KEYS[12] ss:{p}:support    STREAM  input: support tickets (XACK target)
-  KEYS[13] ss:{p}:rekey      STREAM  input: records forwarded from other partitions (XACK target)
+  KEYS[13] ss:{p}:rekey      STREAM  input: records forwarded from other partitions (XACK, then XDEL)
   KEYS[14] ss:{p}:outbox     STREAM  records for other partitions (out; the consumer forwards them)
   ARGV  consumer, group, now_us, gap_us, ooo_us, ttl_ms, maxlen, channel, profile_ttl_ms, partition,
         rules (JSON, engine/rules.py), events (JSON array in stream-id order, engine/batch.py):
@@ -216,6 +216,7 @@ for _, ev in ipairs(cjson.decode(ARGV[12])) do
       dups = dups + 1
     else                                -- not counted as applied: applied counts input events
       for _, rec in ipairs(ev[3]) do apply_forwarded(ctx, rec, id) end
+      rcall('XDEL', KEYS[13], id)       -- internal plumbing, like a purged repartition topic
     end
   else
     local uid, ts = ev[3], ev[4]

@@ -15,6 +15,7 @@ from engine.generate import GeneratorConfig, write_all
 from engine.schema import BadRecord, parse_click
 
 from . import reference as ref
+from .helpers import by_rule
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,6 +22,7 @@ from engine.producer import read_events
 
 from .test_cli import REPO, reference_inputs, shopstream
 from . import reference as ref
+from .helpers import by_rule
 
 FAST = {"SHOPSTREAM_LEASE_TTL_MS": "1000", "SHOPSTREAM_HEARTBEAT_MS": "200", "SHOPSTREAM_BATCH_SIZE": "40",
         "SHOPSTREAM_LINGER_MS": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0", "SHOPSTREAM_METRICS_PORT": "0"}
