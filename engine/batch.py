@@ -1,8 +1,8 @@
 """Turn one partition's stream entries into the apply script's argument (pure: no I/O).
 
 A partition has four input streams (engine/keys.py INPUTS): clicks, transactions, support
-tickets and records forwarded from other partitions.  Their entries are merged in entry-id
-order (the order Redis appended them: the streams of a partition live on one node), validated,
+tickets and records forwarded from other partitions.  Their entries are merged in append order
+(entry-id milliseconds: the streams of a partition live on one node; see merge_sources), validated,
 and encoded as one JSON array of events in that order, each led by its entry id and source:
 
     ["<id>", "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip, ip_partition]
@@ -64,13 +64,18 @@ def payload_of(fields: dict | list) -> bytes | None:
     return dict(zip(fields[::2], fields[1::2])).get(PAYLOAD_FIELD)
 
 
-def _id_key(item: tuple[str, Entry]) -> tuple[int, int]:
+_RANK = {source: rank for rank, source in enumerate((CLICKS, TX, SUPPORT, REKEY))}
+
+
+def _id_key(item: tuple[str, Entry]) -> tuple[int, int, int]:
     ms, _, seq = item[1][0].partition(b"-")
-    return int(ms), int(seq or 0)
+    return int(ms), _RANK[item[0]], int(seq or 0)
 
 
 def merge_sources(by_source: Mapping[str, Sequence[Entry]]) -> list[tuple[str, Entry]]:
-    """One partition's entries of several input streams, in the order Redis appended them."""
+    """One partition's entries of several input streams, in the order Redis appended them: by the
+    millisecond of their ids (one node's clock); within one millisecond the order between streams
+    is unknowable, so clicks come first, then transactions, tickets and forwarded records."""
     lists = [[(source, e) for e in entries] for source, entries in by_source.items() if entries]
     if len(lists) == 1:
         return lists[0]
