@@ -111,16 +111,21 @@ def test_the_documented_redis_cli_commands_show_something(real_redis_url, tmp_pa
     import shlex
 
     import redis
+
+    from engine.keys import INPUTS
     env = {"REDIS_URL": real_redis_url, "SHOPSTREAM_METRICS_PORT": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0"}
     client = redis.Redis.from_url(real_redis_url)
     client.flushall()
-    shopstream("replay", str(REPO / "data" / "clickstream_events.json"), env=env)
+    shopstream("replay", str(REPO / "data"), env=env)
     consumer = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume"],
                                 cwd=REPO, env={**os.environ, **env})             # running, as in the README
     try:
         deadline = time.monotonic() + 60
         def drained():
-            groups = [client.xinfo_groups(f"ss:{{{p}}}:clicks") for p in range(16)]
+            try:
+                groups = [client.xinfo_groups(f"ss:{{{p}}}:{source}") for p in range(16) for source in INPUTS]
+            except redis.ResponseError:           # the consumer has not created the groups yet
+                return False
             return all(len(g) == 1 and g[0]["pending"] == 0 and g[0]["lag"] == 0 for g in groups)
         while not drained():
             assert time.monotonic() < deadline

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 from redis.crc import key_slot
@@ -245,3 +247,8 @@ def test_rules_defaults_and_validation():
             parse_rules(bad)
     lua = msgspec.json.decode(parse_rules("[burst]\nenabled = false\n").to_lua())
     assert lua["burst"] is False and lua["epm"] == 100 and lua["fail_w"] == 600_000_000
+
+
+def test_the_shipped_rules_file_is_the_defaults():
+    from engine.rules import Rules, parse_rules
+    assert parse_rules((Path(__file__).resolve().parent.parent / "ops" / "rules.toml").read_text()) == Rules()
