@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 
@@ -19,6 +20,7 @@ from engine.batch import SOURCE_CODE, DeadLetter, apply_args, decode_entries, me
 from engine.catalog import Catalog
 from engine.control import advance, drained, ensure_groups, group_state
 from engine.keys import INPUTS, OUTBOX, REKEY, Keys
+from engine.partitioning import partition_of
 from engine.metrics import ConsumerMetrics
 from engine.rules import RulesFile
 from engine.scripts import NotOwner, Scripts, translate
@@ -27,6 +29,7 @@ from engine.settings import Settings
 from .leases import Leases
 
 log = logging.getLogger("shopstream.consumer")
+_records = msgspec.json.Decoder(list[list])
 
 STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in other consumers' lists
 MAX_FAILURES_UNTIL_IDLE = 20  # a bounded run gives up (exit 1) instead of retrying a broken apply forever
@@ -213,7 +216,7 @@ class Consumer:
             await self.dead_letter(p, decoded.dead)
         if not decoded.count:
             return None
-        args = apply_args(self.settings, self.name, now_us, p, self.rules.current(), decoded.events)
+        args = apply_args(self.settings, self.name, now_us, self.rules.current(), decoded.events)
         try:
             reply = await self.scripts.call("apply_batch", self.parts[p].apply_keys(), args)
         except ResponseError as exc:
@@ -236,24 +239,36 @@ class Consumer:
                 dead.append(DeadLetter(poison[i], payload_of(fields) or b"", poison[i + 1].decode(), source))
             await self.dead_letter(p, dead)
         if reply[9]:
-            await self.forward(p)
+            await self.forward(p, [tuple(reply[9])])
         return None
 
-    async def forward(self, p: int) -> int:
-        """Move the records partition p's script left in its outbox to their partitions' rekey
-        streams, then delete them (at-least-once: what they change is idempotent, rules.lua)."""
+    async def forward(self, p: int, entries: list | None = None) -> int:
+        """Send the records of partition p's outbox entries to the rekey stream of the partition of
+        each record's key (its second field), then delete the entries: at-least-once, and what a
+        record changes is idempotent (lua/includes/rules.lua).  Without ``entries``: whatever a
+        previous owner left in the outbox."""
         outbox, moved = self.parts[p].key(OUTBOX), 0
         while True:
-            page = await self.client.xrange(outbox, count=500)
-            if not page:
+            if entries is None:
+                page = await self.client.xrange(outbox, count=500)
+                batch = [(entry_id, fields[b"e"]) for entry_id, fields in page]
+            else:
+                batch, page = entries, []
+            if not batch:
                 return moved
+            by_target: dict[int, list] = {}
+            for _, payload in batch:
+                for record in _records.decode(payload):
+                    by_target.setdefault(partition_of(str(record[1]), self.settings.partitions), []).append(record)
             pipe = self.client.pipeline(transaction=False)
-            for _, fields in page:
-                target = self.parts[int(fields[b"q"])].key(REKEY)
-                pipe.xadd(target, {"e": fields[b"e"]}, maxlen=self.settings.input_maxlen, approximate=True)
+            for q, records in sorted(by_target.items()):
+                pipe.xadd(self.parts[q].key(REKEY), {"e": msgspec.json.encode(records)},
+                          maxlen=self.settings.input_maxlen, approximate=True)
+            pipe.xdel(outbox, *[entry_id for entry_id, _ in batch])
             await pipe.execute()
-            await self.client.xdel(outbox, *[entry_id for entry_id, _ in page])
-            moved += len(page)
+            moved += len(batch)
+            if entries is not None or len(page) < 500:
+                return moved
 
     async def isolate_poison(self, p: int, entries: list, error: Exception) -> None:
         """A batch failed max_deliveries times: apply its entries one by one; each one that still

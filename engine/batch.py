@@ -5,9 +5,8 @@ tickets and records forwarded from other partitions.  Their entries are merged i
 (entry-id milliseconds: the streams of a partition live on one node; see merge_sources), validated,
 and encoded as one JSON array of events in that order, each led by its entry id and source:
 
-    ["<id>", "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip, ip_partition]
-    ["<id>", "t", user_id, ts_us, fingerprint, completed 1|0, amount_minor, currency, card,
-     card_partition, ip, ip_partition, country]
+    ["<id>", "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip]
+    ["<id>", "t", user_id, ts_us, fingerprint, completed 1|0, amount_minor, currency, card, ip, country]
     ["<id>", "k", user_id, ts_us, ticket_id, open 1|0]
     ["<id>", "r", [forwarded record, ...]]          (written by lua/includes/rules.lua, trusted)
 
@@ -110,14 +109,12 @@ def decode_entries(entries: Sequence[tuple[str, Entry]], partition: int, now_us:
                 user = c.user_id
                 category = (category_of(c.product_id) if c.product_id else None) or c.category
                 event = (entry_id.decode(), "c", user, c.ts_us, c.event_type,
-                         fingerprint(c.event_id) if c.event_id else 0, category, c.device, c.country, c.ip,
-                         partition_of(c.ip, parts) if c.ip else -1)
+                         fingerprint(c.event_id) if c.event_id else 0, category, c.device, c.country, c.ip)
             elif source == TX:
                 t = parse_transaction(raw, now_us, max_future, max_id)
                 user = t.user_id
                 event = (entry_id.decode(), "t", user, t.ts_us, fingerprint(t.transaction_id), int(t.completed),
-                         t.amount_minor, t.currency, t.card, partition_of(t.card, parts) if t.card else -1,
-                         t.ip, partition_of(t.ip, parts) if t.ip else -1, t.country)
+                         t.amount_minor, t.currency, t.card, t.ip, t.country)
             else:
                 k = parse_ticket(raw, now_us, max_future, max_id)
                 user = k.user_id
@@ -138,9 +135,9 @@ def decode_entries(entries: Sequence[tuple[str, Entry]], partition: int, now_us:
 
 
 
-def apply_args(settings: Settings, consumer: str, now_us: int, partition: int, rules: bytes, events: bytes) -> list:
+def apply_args(settings: Settings, consumer: str, now_us: int, rules: bytes, events: bytes) -> list:
     """ARGV of lua/apply_batch.lua, in contract order."""
     s = settings
     return [consumer, s.group, now_us, s.session_gap_ms * 1000, s.out_of_order_ms * 1000, s.state_ttl_ms,
-            s.output_maxlen, Keys(s.namespace, s.partitions).channel(s.alerts_channel), s.profile_ttl_ms, partition,
+            s.output_maxlen, Keys(s.namespace, s.partitions).channel(s.alerts_channel), s.profile_ttl_ms,
             rules, events]

@@ -37,7 +37,7 @@ async def advance(client: Any, scripts: Scripts, part: Partition, settings: Sett
                 [consumer, target_us, settings.session_gap_ms * 1000, settings.state_ttl_ms,
                  settings.output_maxlen, FLUSH_LIMIT, time.time_ns() // 1000,
                  Keys(settings.namespace, settings.partitions).channel(settings.alerts_channel),
-                 settings.profile_ttl_ms, part.p, rules])
+                 settings.profile_ttl_ms, rules])
         except ResponseError as exc:
             raise translate(exc) from None
         closed += reply[0]

@@ -111,10 +111,9 @@ async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]
         if found:
             report[counter] += await client.delete(*found)
     # the user as a member of other subjects' sets (card users, IP samples), in every partition
-    member = f"{part.p}:{user_id}"
     for suffix in (CARD_USERS, IP_SAMPLE):
         async for key in client.scan_iter(match=f"{glob_escape(settings.namespace)}:*:{suffix}*", count=1000):
-            report["subject_sets"] += await client.srem(key, member)
+            report["subject_sets"] += await client.srem(key, user_id)
 
     by_field = lambda f: f.get(b"user_id") == uid  # noqa: E731
     of_user = lambda f: f.get(b"e") is not None and _payload_user(f[b"e"]) == user_id  # noqa: E731

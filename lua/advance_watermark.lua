@@ -6,7 +6,7 @@
            KEYS[6] sessions, KEYS[7] alerts, KEYS[9] minutes, KEYS[10] lease; KEYS[2], KEYS[8],
            KEYS[11] .. KEYS[13] unused; KEYS[14] outbox)
   ARGV     consumer ('' = no ownership check), target_wm_us, gap_us, ttl_ms, maxlen, limit,
-           now_us, channel, profile_ttl_ms, partition, rules (JSON)
+           now_us, channel, profile_ttl_ms, rules (JSON)
   Returns  {sessions_closed, minutes_finalized, more (1 = call again), watermark_us,
             alerts {entry_id, rule, subject, window_start_us, ...}}
   Errors   SS_NOT_OWNER when ARGV[1] is given and KEYS[10] does not hold it.
@@ -24,7 +24,7 @@ if consumer ~= '' and rcall('GET', KEYS[10]) ~= consumer then
 end
 
 local ctx = new_ctx(KEYS, gap, ttl, maxlen)
-extend_ctx(ctx, KEYS, tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[10]), ARGV[11], 0)
+extend_ctx(ctx, KEYS, tonumber(ARGV[7]), ARGV[8], ARGV[10], 0)
 ctx.on_close = session_rules
 local wm = read_watermark(ctx)
 if target > wm then

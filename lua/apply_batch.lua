@@ -18,18 +18,17 @@
   KEYS[12] ss:{p}:support    STREAM  input: support tickets (XACK target)
   KEYS[13] ss:{p}:rekey      STREAM  input: records forwarded from other partitions (XACK, then XDEL)
   KEYS[14] ss:{p}:outbox     STREAM  records for other partitions (out; the consumer forwards them)
-  ARGV  consumer, group, now_us, gap_us, ooo_us, ttl_ms, maxlen, channel, profile_ttl_ms, partition,
+  ARGV  consumer, group, now_us, gap_us, ooo_us, ttl_ms, maxlen, channel, profile_ttl_ms,
         rules (JSON, engine/rules.py), events (JSON array in stream-id order, engine/batch.py):
-          [id, "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip, ip_partition]
-          [id, "t", user_id, ts_us, fingerprint, completed, amount_minor, currency, card, card_partition,
-           ip, ip_partition, country]
+          [id, "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip]
+          [id, "t", user_id, ts_us, fingerprint, completed, amount_minor, currency, card, ip, country]
           [id, "k", user_id, ts_us, ticket_id, open]
           [id, "r", [record, ...] ]  (records: lua/includes/rules.lua)
         (fingerprint of the producer's event_id / transaction_id, 0 if none: a retry seen among the
         user's last 16 is acknowledged and counted as a duplicate)
   Returns {applied (clicks, transactions, tickets), duplicates, late, sessions_closed, minutes_finalized, watermark_us, erased,
            alerts {entry_id, rule, subject, window_start_us, ...}, poison {entry_id, reason, source, ...},
-           outbox_entries}
+           outbox {entry_id, records JSON} or {} (the caller forwards the records and deletes the entry)}
   Poison: entries of a user whose state or profile key cannot be read are neither applied nor
   acknowledged; the caller moves them to the dead-letter stream.
   Erased users (KEYS[1] tomb:<id>, looked up only while KEYS[3].tombs_until > now): their
@@ -55,7 +54,7 @@ if rcall('GET', KEYS[10]) ~= consumer then
 end
 
 local ctx = new_ctx(KEYS, gap, ttl, maxlen)
-extend_ctx(ctx, KEYS, now, channel, tonumber(ARGV[10]), ARGV[11], ooo)
+extend_ctx(ctx, KEYS, now, channel, ARGV[10], ooo)
 ctx.on_close = session_rules
 local wm, maxts, tombs_until = read_watermark(ctx)
 ctx.check_tombs = tombs_until > now
@@ -150,9 +149,7 @@ local function apply_click(ev, st, pr)
   st.minutes[m] = c
   click_rules(ctx, pr, uid, st, m, c, ts, id)
   -- the IP rule hears of a user once per minute (the user's first click of the minute)
-  if c == 1 and R.ip_n and ev[10] ~= '' and ev[11] >= 0 then
-    forward(ctx, ev[11], {'ip', ev[10], uid, fmt(ts), ctx.p})
-  end
+  if c == 1 and R.ip_n and ev[10] ~= '' then forward(ctx, {'ip', ev[10], uid, fmt(ts)}) end
 end
 
 local function seen_tx(pr, fp)
@@ -175,8 +172,8 @@ local function apply_tx(ev, pr)
     return
   end
   applied = applied + 1
-  local tx = {fp = ev[5], completed = ev[6] == 1, amount = ev[7], currency = ev[8], card = ev[9], card_p = ev[10],
-              ip = ev[11], ip_p = ev[12], country = ev[13]}
+  local tx = {fp = ev[5], completed = ev[6] == 1, amount = ev[7], currency = ev[8], card = ev[9], ip = ev[10],
+              country = ev[11]}
   tx_rules(ctx, pr, uid, ts, tx, id)
   touch(pr, ts)
   if tx.country ~= '' then first_time(pr, 'country:' .. tx.country, ts) end
@@ -209,7 +206,7 @@ local function apply_ticket(ev, pr)
   if open ~= was_open then pincr(pr, 'open_tickets', open and 1 or -1) end
 end
 
-for _, ev in ipairs(cjson.decode(ARGV[12])) do
+for _, ev in ipairs(cjson.decode(ARGV[11])) do
   local id, src = ev[1], ev[2]
   if src == 'r' then
     if rcall('XACK', KEYS[13], group, id) == 0 then
@@ -270,7 +267,7 @@ end
 sweep(ctx, wm, 1000000)
 save_users(ctx, wm)
 save_profiles(ctx, profile_ttl)
-local forwarded = flush_outbox(ctx)
+local outbox = flush_outbox(ctx)
 finalize_minutes(ctx, wm, 1000000)
 rcall('HSET', ctx.state, 'wm', fmt(wm), 'max', fmt(maxts))
 if applied > 0 then rcall('HINCRBY', ctx.state, 'applied', applied) end
@@ -278,4 +275,4 @@ if dups > 0 then rcall('HINCRBY', ctx.state, 'duplicates', dups) end
 if late > 0 then rcall('HINCRBY', ctx.state, 'late', late) end
 if dropped > 0 then rcall('HINCRBY', ctx.state, 'erased', dropped) end
 
-return {applied, dups, late, ctx.closed, ctx.finalized, fmt(wm), dropped, ctx.alerted, poison, forwarded}
+return {applied, dups, late, ctx.closed, ctx.finalized, fmt(wm), dropped, ctx.alerted, poison, outbox}

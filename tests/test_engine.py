@@ -55,7 +55,7 @@ async def read_and_apply_twice(backend, settings, raws):
         if not reply:
             continue
         d = decode_entries([(CLICKS, e) for e in reply[0][1]], part.p, time.time_ns() // 1000, settings)
-        args = apply_args(settings, "me", time.time_ns() // 1000, part.p, Rules().to_lua(), d.events)
+        args = apply_args(settings, "me", time.time_ns() // 1000, Rules().to_lua(), d.events)
         calls.append((part, args))
     first = [await scripts.call("apply_batch", part.apply_keys(), args) for part, args in calls]
     before = await dump(backend.aio)
@@ -96,7 +96,7 @@ async def test_a_consumer_without_the_lease_cannot_apply(backend, settings):
     with pytest.raises(NotOwner):
         try:
             await Scripts(backend.aio).call("apply_batch", part.apply_keys(),
-                                            apply_args(settings, "me", 0, 0, Rules().to_lua(), b"[]"))
+                                            apply_args(settings, "me", 0, Rules().to_lua(), b"[]"))
         except ResponseError as exc:
             raise translate(exc) from None
     assert await backend.aio.exists(part.key("state")) == 0

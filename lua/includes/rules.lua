@@ -9,40 +9,35 @@
   partition and sends a 'risk' record back to every user involved through the outbox.
 
   Rekeying (Kafka Streams' repartition topics): a rule whose subject is not the user keeps its
-  state in the subject's partition.  This script appends the records for partition q to
-  <prefix>outbox (atomically with the rest of the call); the consumer moves them to
-  <ns>:{q}:rekey and deletes them; q's owner applies them like any input.  Forwarding is
+  state in the subject's partition.  This script appends one entry to <prefix>outbox holding the
+  call's records (atomically with the rest of the call); the consumer sends each record to the
+  partition of its key (its second field: crc32 % partitions, engine/partitioning.py), i.e. to
+  <ns>:{q}:rekey, and deletes the entry; q's owner applies them like any input.  Forwarding is
   at-least-once, so what a forwarded record changes is idempotent (set / HLL adds, SET NX).
-    {'ip', ip, user_id, ts, user_partition}      {'card', card, user_id, ts, user_partition}
+    {'ip', ip, user_id, ts}      {'card', card, user_id, ts}
     {'risk', user_id, rule, severity, ts, kind, subject, window}
 ]]
 local IP_SAMPLE = 32          -- users kept (exactly) per IP and minute as alert evidence
 
 -- What the rules need beyond partition_state's ctx.  keys: the script's KEYS (14 = outbox).
-local function extend_ctx(ctx, keys, now, channel, partition, rules_json, ooo)
-  ctx.now, ctx.channel, ctx.p, ctx.outbox = now, channel, partition, keys[14]
+local function extend_ctx(ctx, keys, now, channel, rules_json, ooo)
+  ctx.now, ctx.channel, ctx.outbox = now, channel, keys[14]
   ctx.rules = cjson.decode(rules_json)
   ctx.win_ttl = math.floor((ctx.gap + ooo) / 1000) + 60000   -- per-minute subject keys: past every non-late event
-  ctx.profiles, ctx.out, ctx.outq, ctx.alerted, ctx.fired = {}, {}, {}, {}, {}
+  ctx.profiles, ctx.out, ctx.alerted, ctx.fired = {}, {}, {}, {}
   ctx.check_tombs = false
   ctx.on_close = nil
 end
 
-local function forward(ctx, q, rec)
-  local out = ctx.out[q]
-  if not out then
-    out = {}
-    ctx.out[q] = out
-    ctx.outq[#ctx.outq + 1] = q
-  end
-  out[#out + 1] = rec
+local function forward(ctx, rec)
+  ctx.out[#ctx.out + 1] = rec
 end
 
+-- The outbox entry written by this call: {entry_id, records JSON}, or {} when there is none.
 local function flush_outbox(ctx)
-  for _, q in ipairs(ctx.outq) do
-    rcall('XADD', ctx.outbox, '*', 'q', q, 'e', cjson.encode(ctx.out[q]))
-  end
-  return #ctx.outq
+  if #ctx.out == 0 then return {} end
+  local records = cjson.encode(ctx.out)
+  return {rcall('XADD', ctx.outbox, '*', 'e', records), records}
 end
 
 -- Risk: sum of alert weights decayed by 2^(-age / half-life), in event time, kept as of risk_at
@@ -180,30 +175,28 @@ local function tx_rules(ctx, pr, uid, ts, tx, entry)
         end
       end
     end
-    if R.cardu_n and tx.card_p >= 0 then forward(ctx, tx.card_p, {'card', tx.card, uid, fmt(ts), ctx.p}) end
+    if R.cardu_n then forward(ctx, {'card', tx.card, uid, fmt(ts)}) end
   end
-  if tx.ip ~= '' and R.ip_n and tx.ip_p >= 0 then forward(ctx, tx.ip_p, {'ip', tx.ip, uid, fmt(ts), ctx.p}) end
+  if tx.ip ~= '' and R.ip_n then forward(ctx, {'ip', tx.ip, uid, fmt(ts)}) end
 end
 
-local function risk_back(ctx, member, a, ts)
-  local at = member:find(':', 1, true)
-  local q, uid = tonumber(member:sub(1, at - 1)), member:sub(at + 1)
-  forward(ctx, q, {'risk', uid, a.rule, a.sev, fmt(ts), a.kind, a.subject, fmt(a.window)})
+local function risk_back(ctx, uid, a, ts)
+  forward(ctx, {'risk', uid, a.rule, a.sev, fmt(ts), a.kind, a.subject, fmt(a.window)})
 end
 
-local function users_of(members)
-  local users = {}
-  for i, member in ipairs(members) do users[i] = member:sub(member:find(':', 1, true) + 1) end
-  table.sort(users)
-  return users
+local function sorted(list)
+  local copy = {}
+  for i, x in ipairs(list) do copy[i] = x end
+  table.sort(copy)
+  return copy
 end
 
 -- A subject alert: the first time, every user involved gets a risk record; later, each new user.
-local function subject_alert(ctx, a, members, member, ts)
+local function subject_alert(ctx, a, members, uid, ts)
   if emit(ctx, a) then
     for _, m in ipairs(members) do risk_back(ctx, m, a, ts) end
   else
-    risk_back(ctx, member, a, ts)
+    risk_back(ctx, uid, a, ts)
   end
 end
 
@@ -216,32 +209,30 @@ local function apply_forwarded(ctx, rec, entry)
     local suffix = fmt(m) .. ':' .. ip
     local hkey, skey = ctx.prefix .. 'ipu:' .. suffix, ctx.prefix .. 'ipl:' .. suffix
     if rcall('PFADD', hkey, uid) == 0 then return end
-    rcall('PEXPIRE', hkey, ctx.win_ttl)
-    local member = fmt(rec[5]) .. ':' .. uid
-    if rcall('SCARD', skey) < IP_SAMPLE then
-      rcall('SADD', skey, member)
+    local n = rcall('PFCOUNT', hkey)
+    if n <= IP_SAMPLE then rcall('SADD', skey, uid) end
+    if n == 1 then                      -- created now: both keys live as long as the minute matters
+      rcall('PEXPIRE', hkey, ctx.win_ttl)
       rcall('PEXPIRE', skey, ctx.win_ttl)
     end
-    local n = rcall('PFCOUNT', hkey)
     if n > R.ip_n then
       local members = rcall('SMEMBERS', skey)
       subject_alert(ctx, {rule = 'ip_users', sev = R.ip_sev, kind = 'ip', subject = ip, uid = uid,
         window = m * US_PER_MIN, count = n, threshold = R.ip_n, entry = entry,
-        evidence = {users_sample = users_of(members)}}, members, member, ts)
+        evidence = {users_sample = sorted(members)}}, members, uid, ts)
     end
   elseif kind == 'card' and R.cardu_n then
     local card, uid, ts = rec[2], rec[3], tonumber(rec[4])
     local wk = math.floor(ts / R.card_w) * R.card_w
     local key = ctx.prefix .. 'cardu:' .. fmt(wk) .. ':' .. card
-    local member = fmt(rec[5]) .. ':' .. uid
-    if rcall('SADD', key, member) == 0 then return end
+    if rcall('SADD', key, uid) == 0 then return end
     rcall('PEXPIRE', key, math.floor((R.card_w + ctx.gap) / 1000))
     local n = rcall('SCARD', key)
     if n >= R.cardu_n then
       local members = rcall('SMEMBERS', key)
       subject_alert(ctx, {rule = 'card_testing', sev = R.card_sev, kind = 'card', subject = card, uid = uid,
         window = wk, count = n, threshold = R.cardu_n, entry = entry,
-        evidence = {users = users_of(members)}}, members, member, ts)
+        evidence = {users = sorted(members)}}, members, uid, ts)
     end
   elseif kind == 'risk' then
     local uid = rec[2]
