@@ -234,6 +234,8 @@ def test_every_planted_fraudster_is_caught_and_no_clean_customer_flagged(folder,
         data = tmp_path / "data"
         write_all(data, GeneratorConfig(seed=99, users=300, hours=3.0))
     shopstream("run", str(data), "--out", str(tmp_path / "out"), "--consumers", "2", env={"REDIS_URL": real.url})
+    shown = shopstream("profile", "ct001", env={"REDIS_URL": real.url})
+    assert "lives in partition" in shown and "risk_score" in shown and "failed_payments" in shown
     profiles = read_jsonl(tmp_path / "out" / "profiles.jsonl")
     flagged = {p["user_id"] for p in profiles if p.get("risk_score", 0) > 0}
     check = truth_check(flagged, data / "fraud_truth.jsonl")
