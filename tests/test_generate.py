@@ -97,7 +97,8 @@ def parse_ts(value) -> int | None:
     return int(dt.timestamp() * 1_000_000 + 0.5)
 
 
-def load(folder: Path) -> tuple[list[Click], list[Tx]]:
+def read_clicks(folder: Path) -> list[Click]:
+    """The valid clicks of the clickstream file, in arrival order."""
     clicks = []
     for line in (folder / "clickstream_events.json").read_bytes().splitlines():
         try:
@@ -109,6 +110,11 @@ def load(folder: Path) -> tuple[list[Click], list[Tx]]:
         user, etype, ts = ev.get("user_id"), ev.get("event_type"), parse_ts(ev.get("timestamp"))
         if isinstance(user, str) and user and isinstance(etype, str) and etype and ts is not None:
             clicks.append(Click(user, ts, etype, ev.get("ip"), ev.get("country"), ev.get("device"), ev))
+    return clicks
+
+
+def load(folder: Path) -> tuple[list[Click], list[Tx]]:
+    clicks = read_clicks(folder)
     with (folder / "transactions.csv").open(newline="") as fh:
         txs = [Tx(r["user_id"], parse_ts(r["timestamp"]), Decimal(r["amount"]), r["status"],
                   r["card_fingerprint"], r["country"], r) for r in csv.DictReader(fh)]
@@ -205,16 +211,7 @@ def engine_view(folder: Path, partitions: int = 16) -> list[Click]:
     data): in arrival order, per partition (crc32(user_id) mod partitions) the watermark is the
     largest event time seen minus 5 minutes, and an event with ts + 30 min < watermark is late (set
     aside, not applied).  Records more than a day past the data (the 2099 one) are bad input."""
-    clicks = []
-    for line in (folder / "clickstream_events.json").read_bytes().splitlines():
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(ev, dict):
-            user, etype, ts = ev.get("user_id"), ev.get("event_type"), parse_ts(ev.get("timestamp"))
-            if isinstance(user, str) and user and isinstance(etype, str) and etype and ts is not None:
-                clicks.append(Click(user, ts, etype, ev.get("ip"), ev.get("country"), ev.get("device"), ev))
+    clicks = read_clicks(folder)
     horizon = max(c.ts for c in clicks if c.ts < parse_ts("2098-01-01T00:00:00Z")) + 24 * HOUR
     watermark: dict[int, int] = {}
     applied = []
