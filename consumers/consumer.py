@@ -19,27 +19,35 @@ import logging
 import time
 from typing import Any
 
+import msgspec
 from redis.exceptions import ResponseError
 
-from engine.batch import DeadLetter, decode_entries, payload_of
+from engine.batch import SOURCE_CODE, DeadLetter, apply_args, decode_entries, merge_sources, payload_of
+from engine.catalog import Catalog
 from engine.connection import UNAVAILABLE, is_cluster_client
 from engine.control import advance, drained, ensure_groups, group_state
-from engine.keys import Keys
+from engine.keys import INPUTS, OUTBOX, REKEY, Keys
+from engine.partitioning import partition_of
 from engine.metrics import ConsumerMetrics
+from engine.rules import RulesFile
 from engine.scripts import NotOwner, Scripts, translate
 from engine.settings import Settings
 
 from .leases import Leases
 
 log = logging.getLogger("shopstream.consumer")
+_records = msgspec.json.Decoder(list[list])
 
 STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in other consumers' lists
 MAX_FAILURES_UNTIL_IDLE = 20  # a bounded run gives up (exit 1) instead of retrying a broken apply forever
 
 
 def _is_script_error(error: Exception) -> bool:
-    """A failure of the script on this data (worth isolating), not of Redis (OOM, LOADING, ...)."""
+    """A failure of the script on this data (worth isolating), not of Redis (OOM, LOADING, ...) nor
+    of the script itself (a script that does not compile must not dead-letter every entry)."""
     text = str(error)
+    if "error loading code" in text or "Error compiling script" in text:
+        return False
     return "user_script" in text or "Error running script" in text
 
 
@@ -59,8 +67,11 @@ class Consumer:
         self.idle_advance = idle_advance and settings.idle_timeout_ms > 0
         self.keys = Keys(settings.namespace, settings.partitions)
         self.parts = self.keys.all_partitions()
-        self.stream_partition = {p.clicks.encode(): p.p for p in self.parts}
+        self.stream_source = {stream.encode(): (p.p, source) for p in self.parts
+                              for source, stream in zip(INPUTS, p.inputs)}
         self.scripts = Scripts(client)
+        self.rules = RulesFile(settings.rules_file)
+        self.catalog = Catalog(settings)
         # reads skip redis-py's per-entry dict building: entries stay [id, [field, value, ...]]; on a
         # single Redis through a second client sharing the pool; a RedisCluster has no pool to share
         # (one per node), so the consumer's own cluster client gets the raw XREADGROUP callback
@@ -75,15 +86,13 @@ class Consumer:
         self.failures = 0                           # consecutive failed apply calls
         self.batch_failures: dict[tuple[int, bytes], int] = {}   # (partition, first entry) -> failures
         self.closing = False
-        s = settings
-        self._fixed_args = [s.session_gap_ms * 1000, s.out_of_order_ms * 1000, s.events_per_minute_threshold,
-                            s.state_ttl_ms, s.output_maxlen, self.keys.channel(s.alerts_channel)]
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
         while True:                       # e.g. a cluster failing over as we start: join when it is back
             try:
                 await ensure_groups(self.client, self.settings)
+                await self.catalog.refresh(self.client)
                 await self.leases.heartbeat()
                 break
             except UNAVAILABLE as exc:
@@ -132,6 +141,7 @@ class Consumer:
                     for p in sorted(self.leases.owned):
                         await self.leases.claim_pending(p, min_idle_ms=2 * self.settings.lease_ttl_ms)
                 await self.observe_lag()
+                await self.catalog.refresh(self.client)
             except UNAVAILABLE as exc:
                 log.warning("heartbeat failed: %s", exc)
             except Exception:  # a heartbeat must never die silently
@@ -149,16 +159,16 @@ class Consumer:
         # partition's batch is decoded (each process() decodes, then awaits its script call).
         # All of them finish before an error (e.g. Redis unavailable) goes up: no apply of this
         # round can still be in flight when the next round reads.
-        for outcome in await asyncio.gather(*(self.process(p, entries) for p, entries, _ in batches),
+        for outcome in await asyncio.gather(*(self.process(p, entries) for p, entries, _, _ in batches),
                                             return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
-        for p, entries, from_pending in batches:
-            if from_pending and len(entries) < self.settings.batch_size:
+        for p, _, from_pending, full in batches:
+            if from_pending and not full:
                 self.leases.recovering.discard(p)
         if self.idle_advance:
             await self.advance_idle(owned)
-        read = sum(len(entries) for _, entries, _ in batches)
+        read = sum(len(entries) for _, entries, _, _ in batches)
         if 0 < read < self.settings.batch_size and self.settings.linger_ms:
             # a thin read: let entries accumulate a moment (like Kafka's fetch.min.bytes / linger.ms):
             # the apply cost per event falls steeply with batch size (a user's state is loaded once
@@ -166,38 +176,53 @@ class Consumer:
             await asyncio.sleep(self.settings.linger_ms / 1000)
         return read > 0
 
-    async def read(self, owned: list[int]) -> list[tuple[int, list, bool]]:
+    def _by_partition(self, reply, from_pending: bool) -> list[tuple[int, list, bool, bool]]:
+        """(partition, its entries of every input stream merged in id order, from_pending, full)."""
+        grouped: dict[int, dict[str, list]] = {}
+        full: set[int] = set()
+        for stream, entries in _streams(reply):
+            p, source = self.stream_source[stream]
+            grouped.setdefault(p, {})[source] = entries
+            if len(entries) >= self.settings.batch_size:
+                full.add(p)
+        return [(p, merge_sources(by_source), from_pending, p in full) for p, by_source in grouped.items()]
+
+    async def read(self, owned: list[int]) -> list[tuple[int, list, bool, bool]]:
         recovering = [p for p in owned if p in self.leases.recovering]
         if recovering:
-            got = [(p, entries, True) for p, entries in await self.xreadgroup(recovering, "0")]
+            for p in recovering:                  # records a previous owner left in the outbox
+                await self.forward(p)
+            got = self._by_partition(await self.xreadgroup(recovering, "0"), True)
             # a partition with nothing pending any more is recovered
-            seen = {p for p, _, _ in got}
+            seen = {p for p, _, _, _ in got}
             for p in recovering:
                 if p not in seen:
                     self.leases.recovering.discard(p)
             return got
-        return [(p, entries, False) for p, entries in await self.xreadgroup(owned, ">")]
+        return self._by_partition(await self.xreadgroup(owned, ">"), False)
 
-    async def xreadgroup(self, partitions: list[int], last_id: str) -> list[tuple[int, list]]:
-        """(partition, entries) of a read of the partitions' streams from last_id ("0": our pending
-        entries, ">": new ones; only a read of new ones waits when there is nothing)."""
+    async def xreadgroup(self, partitions: list[int], last_id: str) -> list:
+        """(stream, entries) pairs of a read of the partitions' input streams from last_id ("0": our
+        pending entries, ">": new ones; only a read of new ones waits when there is nothing)."""
         s = self.settings
         block = s.block_ms if last_id == ">" else None
         if not self.cluster:
-            streams = {self.parts[p].clicks: last_id for p in partitions}
-            reply = await self.reader.xreadgroup(s.group, self.name, streams, count=s.batch_size, block=block)
-        else:
-            pipe = self.reader.pipeline(transaction=False)
-            for p in partitions:
-                # XREADGROUP's keys are "movable": redis-py would ask a server (COMMAND GETKEYS, one
-                # more round trip) where each read goes; the stream's slot says it directly
-                stream = self.parts[p].clicks
-                pipe.execute_command("XREADGROUP", "GROUP", s.group, self.name, "COUNT", s.batch_size,
-                                     "STREAMS", stream, last_id, target_nodes=self.reader.get_node_from_key(stream))
-            reply = [pair for one in await pipe.execute() for pair in _streams(one)]
-            if not reply and block:
-                await asyncio.sleep(s.poll_ms / 1000)
-        return [(self.stream_partition[stream], entries) for stream, entries in _streams(reply)]
+            streams = {stream: last_id for p in partitions for stream in self.parts[p].inputs}
+            return _streams(await self.reader.xreadgroup(s.group, self.name, streams, count=s.batch_size,
+                                                         block=block))
+        # A partition's input streams share its slot: one XREADGROUP per partition. XREADGROUP's keys
+        # are "movable": redis-py would ask a server (COMMAND GETKEYS, one more round trip) where each
+        # read goes; the partition's slot says it directly.
+        pipe = self.reader.pipeline(transaction=False)
+        for p in partitions:
+            inputs = self.parts[p].inputs
+            pipe.execute_command("XREADGROUP", "GROUP", s.group, self.name, "COUNT", s.batch_size, "STREAMS",
+                                 *inputs, *[last_id] * len(inputs),
+                                 target_nodes=self.reader.get_node_from_key(inputs[0]))
+        reply = [pair for one in await pipe.execute() for pair in _streams(one)]
+        if not reply and block:
+            await asyncio.sleep(s.poll_ms / 1000)
+        return reply
 
     async def process(self, p: int, entries: list) -> None:
         started = time.perf_counter()
@@ -229,12 +254,12 @@ class Consumer:
         """Decode, dead-letter the bad records, apply the rest in one script call.
         Returns the script's error (None when applied; a lost lease is handled here)."""
         now_us = time.time_ns() // 1000
-        decoded = decode_entries(entries, p, now_us, self.settings)
+        decoded = decode_entries(entries, p, now_us, self.settings, self.catalog.category)
         if decoded.dead:
             await self.dead_letter(p, decoded.dead)
         if not decoded.count:
             return None
-        args = [self.name, self.settings.group, now_us, *self._fixed_args, decoded.events]
+        args = apply_args(self.settings, self.name, now_us, self.rules.current(), decoded.events)
         try:
             reply = await self.scripts.call("apply_batch", self.parts[p].apply_keys(), args)
         except UNAVAILABLE:
@@ -250,27 +275,65 @@ class Consumer:
         self.record(p, reply)
         poison = reply[8]
         if poison:
-            payloads = {entry_id: fields for entry_id, fields in entries}
-            await self.dead_letter(p, [DeadLetter(poison[i], payload_of(payloads[poison[i]]) or b"",
-                                                  poison[i + 1].decode()) for i in range(0, len(poison), 2)])
+            payloads = {(source, entry_id): fields for source, (entry_id, fields) in entries}
+            sources = {code.encode(): source for source, code in SOURCE_CODE.items()}
+            dead = []
+            for i in range(0, len(poison), 3):
+                source = sources[poison[i + 2]]
+                fields = payloads[(source, poison[i])]
+                dead.append(DeadLetter(poison[i], payload_of(fields) or b"", poison[i + 1].decode(), source))
+            await self.dead_letter(p, dead)
+        if reply[9]:
+            await self.forward(p, [tuple(reply[9])])
         return None
+
+    async def forward(self, p: int, entries: list | None = None) -> int:
+        """Send the records of partition p's outbox entries to the rekey stream of the partition of
+        each record's key (its second field), then delete the entries: at-least-once, and what a
+        record changes is idempotent (lua/includes/rules.lua).  Without ``entries``: whatever a
+        previous owner left in the outbox."""
+        outbox, moved = self.parts[p].key(OUTBOX), 0
+        while True:
+            if entries is None:
+                page = await self.client.xrange(outbox, count=500)
+                batch = [(entry_id, fields[b"e"]) for entry_id, fields in page]
+            else:
+                batch, page = entries, []
+            if not batch:
+                return moved
+            by_target: dict[int, list] = {}
+            for _, payload in batch:
+                for record in _records.decode(payload):
+                    by_target.setdefault(partition_of(str(record[1]), self.settings.partitions), []).append(record)
+            pipe = self.client.pipeline(transaction=False)
+            for q, records in sorted(by_target.items()):
+                pipe.xadd(self.parts[q].key(REKEY), {"e": msgspec.json.encode(records)},
+                          maxlen=self.settings.input_maxlen, approximate=True)
+            if self.cluster:         # the targets live on other masters: delete only once they have it
+                await pipe.execute()
+                pipe = self.client.pipeline(transaction=False)
+            pipe.xdel(outbox, *[entry_id for entry_id, _ in batch])
+            await pipe.execute()
+            moved += len(batch)
+            if entries is not None or len(page) < 500:
+                return moved
 
     async def isolate_poison(self, p: int, entries: list, error: Exception) -> None:
         """A batch failed max_deliveries times: apply its entries one by one; each one that still
         fails goes to the dead-letter stream with the error and its delivery count."""
-        stream = self.parts[p].clicks
         log.warning("partition %d: batch failed %d times (%s); isolating the poison entry",
                     p, self.settings.max_deliveries, error)
-        for entry in entries:
-            single_error = await self.apply(p, [entry])
+        for source, (entry_id, fields) in entries:
+            single_error = await self.apply(p, [(source, (entry_id, fields))])
             if single_error is None:
                 continue
-            pending = await self.client.xpending_range(stream, self.settings.group, min=entry[0], max=entry[0],
+            stream = self.parts[p].key(source)
+            pending = await self.client.xpending_range(stream, self.settings.group, min=entry_id, max=entry_id,
                                                        count=1)
             deliveries = pending[0]["times_delivered"] if pending else 0
-            await self.dead_letter(p, [DeadLetter(entry[0], (entry[1] and payload_of(entry[1])) or b"",
+            await self.dead_letter(p, [DeadLetter(entry_id, (fields and payload_of(fields)) or b"",
                                                   f"apply failed {self.settings.max_deliveries} times "
-                                                  f"(delivered {deliveries} times): {single_error}")])
+                                                  f"(delivered {deliveries} times): {single_error}", source)])
 
     def record(self, p: int, reply: list) -> None:
         applied, dups, late, closed, finalized, wm, erased = reply[:7]
@@ -284,31 +347,35 @@ class Consumer:
         m.watermark.labels(str(p)).set(int(wm) / 1e6)
         if applied:
             self.has_data.add(p)
-        alerts = reply[7]
-        if alerts:
-            now_ms = time.time() * 1000
-            for i in range(0, len(alerts), 3):
-                entry_id = alerts[i]
+        self.record_alerts(reply[7])
+
+    def record_alerts(self, alerts: list) -> None:
+        """alerts: [entry_id, rule, subject, window_start_us, ...] as the scripts return them."""
+        now_ms = time.time() * 1000
+        for i in range(0, len(alerts), 4):
+            entry_id, rule = alerts[i], alerts[i + 1].decode()
+            if entry_id:       # '' for an alert raised by a session closing (no triggering entry)
                 appended_ms = int(entry_id.split(b"-", 1)[0])
-                m.detection.observe(max(now_ms - appended_ms, 0) / 1000)
-                m.alerts.labels("events_per_minute").inc()
-                log.info("alert events_per_minute user=%r window_start_us=%s", alerts[i + 1].decode(), alerts[i + 2].decode())
+                self.metrics.detection.observe(max(now_ms - appended_ms, 0) / 1000)
+            self.metrics.alerts.labels(rule).inc()
+            log.info("alert %s subject=%r window_start_us=%s", rule, alerts[i + 2].decode(), alerts[i + 3].decode())
 
     async def dead_letter(self, p: int, dead: list[DeadLetter]) -> None:
         """Bad records: to the dead-letter stream first, then acknowledged (at-least-once into the DLQ).
         On a cluster the DLQ and the partition live on different masters and one pipeline would
         send to both at once (the XACK could land first): there, two round trips."""
-        s, stream = self.settings, self.parts[p].clicks
+        s = self.settings
         pipe = self.client.pipeline(transaction=False)
         for d in dead:
-            pipe.xadd(self.keys.dlq, {"payload": d.payload, "reason": d.reason, "stream": stream,
+            pipe.xadd(self.keys.dlq, {"payload": d.payload, "reason": d.reason, "stream": self.parts[p].key(d.source),
                                       "entry_id": d.entry_id, "partition": p,
                                       "at_ms": int(time.time() * 1000)},
                       maxlen=s.output_maxlen, approximate=True)
         if self.cluster:
             await pipe.execute()
             pipe = self.client.pipeline(transaction=False)
-        pipe.xack(stream, s.group, *[d.entry_id for d in dead])
+        for source in {d.source for d in dead}:
+            pipe.xack(self.parts[p].key(source), s.group, *[d.entry_id for d in dead if d.source == source])
         await pipe.execute()
         self.metrics.events.labels("dead_letter").inc(len(dead))
         for d in dead:
@@ -328,13 +395,15 @@ class Consumer:
             self.last_idle_tick[p] = now
             target = time.time_ns() // 1000 - (s.idle_timeout_ms + s.out_of_order_ms) * 1000
             try:
-                closed, finalized, wm = await advance(self.client, self.scripts, self.parts[p], s, target, self.name)
+                done = await advance(self.client, self.scripts, self.parts[p], s, target, self.rules.current(),
+                                     self.name)
             except NotOwner:
                 self.leases.owned.discard(p)
                 continue
-            self.metrics.sessions.inc(closed)
-            self.metrics.minutes.inc(finalized)
-            self.metrics.watermark.labels(str(p)).set(wm / 1e6)
+            self.metrics.sessions.inc(done.closed)
+            self.metrics.minutes.inc(done.finalized)
+            self.metrics.watermark.labels(str(p)).set(done.watermark_us / 1e6)
+            self.record_alerts(done.alerts)
 
     # -- state of the group ----------------------------------------------------------------
     async def observe_lag(self) -> None:

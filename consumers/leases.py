@@ -77,15 +77,17 @@ class Leases:
             raise unavailable
 
     async def claim_pending(self, p: int, min_idle_ms: int = 0) -> int:
-        """Move entries pending for other consumers of partition p to us; returns how many."""
-        stream, cursor, moved = self.keys.partition(p).clicks, "0-0", 0
-        while True:
-            reply = await self.client.xautoclaim(stream, self.settings.group, self.name, min_idle_ms,
-                                                 start_id=cursor, count=1000)
-            cursor = reply[0]
-            moved += len(reply[1])
-            if cursor in (b"0-0", "0-0"):
-                break
+        """Move entries of partition p pending for other consumers to us; returns how many."""
+        moved = 0
+        for stream in self.keys.partition(p).inputs:
+            cursor = "0-0"
+            while True:
+                reply = await self.client.xautoclaim(stream, self.settings.group, self.name, min_idle_ms,
+                                                     start_id=cursor, count=1000)
+                cursor = reply[0]
+                moved += len(reply[1])
+                if cursor in (b"0-0", "0-0"):
+                    break
         self.recovering.add(p)
         if moved:
             log.info("partition %d: claimed %d pending entries", p, moved)

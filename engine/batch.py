@@ -1,21 +1,33 @@
-"""Turn one partition's stream entries into the apply script's arguments (pure: no I/O).
+"""Turn one partition's stream entries into the apply script's argument (pure: no I/O).
 
-Good entries become ``(entry_id, user_id, ts_us, event_type)`` quadruples in stream order;
-bad ones become dead-letter records carrying the original payload and a readable reason.
+A partition has four input streams (engine/keys.py INPUTS): clicks, transactions, support
+tickets and records forwarded from other partitions.  Their entries are merged in append order
+(entry-id milliseconds: the streams of a partition live on one node; see merge_sources), validated,
+and encoded as one JSON array of events in that order, each led by its entry id and source:
+
+    ["<id>", "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip]
+    ["<id>", "t", user_id, ts_us, fingerprint, completed 1|0, amount_minor, currency, card, ip, country]
+    ["<id>", "k", user_id, ts_us, ticket_id, open 1|0]
+    ["<id>", "r", [forwarded record, ...]]          (written by lua/includes/rules.lua, trusted)
+
+Bad entries become dead-letter records carrying the original payload and a readable reason.
 """
 
 from __future__ import annotations
 
 from hashlib import blake2b
-from typing import NamedTuple, Sequence
+from heapq import merge
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import msgspec
 
+from .keys import CLICKS, REKEY, SUPPORT, TX, Keys
 from .partitioning import partition_of
-from .schema import BadRecord, parse_click
+from .schema import BadRecord, parse_click, parse_ticket, parse_transaction
 from .settings import Settings
 
 PAYLOAD_FIELD = b"e"
+SOURCE_CODE = {CLICKS: "c", TX: "t", SUPPORT: "k", REKEY: "r"}
 _encode = msgspec.json.Encoder().encode
 FINGERPRINT_MASK = (1 << 46) - 1
 
@@ -24,12 +36,16 @@ class DeadLetter(NamedTuple):
     entry_id: bytes
     payload: bytes
     reason: str
+    source: str = CLICKS       # which input stream of the partition (engine/keys.py INPUTS)
 
 
 class Decoded(NamedTuple):
-    events: bytes              # JSON array of [entry_id, user_id, ts_us, event_type, fingerprint]
+    events: bytes              # JSON array of events (see the module docstring)
     count: int
     dead: list[DeadLetter]
+
+
+Entry = tuple[bytes, "dict | list | None"]
 
 
 def fingerprint(event_id: str) -> int:
@@ -47,38 +63,81 @@ def payload_of(fields: dict | list) -> bytes | None:
     return dict(zip(fields[::2], fields[1::2])).get(PAYLOAD_FIELD)
 
 
-def decode_entries(entries: Sequence[tuple[bytes, dict | list | None]], partition: int, now_us: int,
-                   settings: Settings) -> Decoded:
-    """Entries of one partition's stream; a user of another partition is bad input too (its state
-    lives elsewhere, so applying it here would split the user)."""
+_RANK = {source: rank for rank, source in enumerate((CLICKS, TX, SUPPORT, REKEY))}
+
+
+def _id_key(item: tuple[str, Entry]) -> tuple[int, int, int]:
+    ms, _, seq = item[1][0].partition(b"-")
+    return int(ms), _RANK[item[0]], int(seq or 0)
+
+
+def merge_sources(by_source: Mapping[str, Sequence[Entry]]) -> list[tuple[str, Entry]]:
+    """One partition's entries of several input streams, in the order Redis appended them: by the
+    millisecond of their ids (one node's clock); within one millisecond the order between streams
+    is unknowable, so clicks come first, then transactions, tickets and forwarded records."""
+    lists = [[(source, e) for e in entries] for source, entries in by_source.items() if entries]
+    if len(lists) == 1:
+        return lists[0]
+    return list(merge(*lists, key=_id_key))
+
+
+def decode_entries(entries: Sequence[tuple[str, Entry]], partition: int, now_us: int, settings: Settings,
+                   category_of: Callable[[str], str | None] = lambda _: None) -> Decoded:
+    """Entries (source, (entry_id, fields)) of one partition.  A user of another partition is bad
+    input too (its state lives elsewhere, so applying it here would split the user)."""
     parts = settings.partitions
     max_future = settings.max_future_ms * 1000
     max_id = settings.max_id_bytes
-    good: list[tuple[str, str, int, str]] = []
+    good: list = []
     dead: list[DeadLetter] = []
-    for entry_id, fields in entries:
+    for source, (entry_id, fields) in entries:
         if not fields:
             dead.append(DeadLetter(entry_id, b"", "entry was trimmed from the stream before it was processed"
-                                                  " (raise input_maxlen)"))
+                                                  " (raise input_maxlen)", source))
             continue
         raw = payload_of(fields)
         if raw is None:
             dead.append(DeadLetter(entry_id, repr(fields).encode()[:4096],
-                                   "entry has no 'e' field (expected the event JSON in field 'e')"))
+                                   "entry has no 'e' field (expected the event JSON in field 'e')", source))
+            continue
+        if source == REKEY:
+            good.append((entry_id.decode(), "r", msgspec.Raw(raw)))
             continue
         try:
-            click = parse_click(raw, now_us, max_future, max_id)
+            if source == CLICKS:
+                c = parse_click(raw, now_us, max_future, max_id)
+                user = c.user_id
+                category = (category_of(c.product_id) if c.product_id else None) or c.category
+                event = (entry_id.decode(), "c", user, c.ts_us, c.event_type,
+                         fingerprint(c.event_id) if c.event_id else 0, category, c.device, c.country, c.ip)
+            elif source == TX:
+                t = parse_transaction(raw, now_us, max_future, max_id)
+                user = t.user_id
+                event = (entry_id.decode(), "t", user, t.ts_us, fingerprint(t.transaction_id), int(t.completed),
+                         t.amount_minor, t.currency, t.card, t.ip, t.country)
+            else:
+                k = parse_ticket(raw, now_us, max_future, max_id)
+                user = k.user_id
+                event = (entry_id.decode(), "k", user, k.ts_us, k.ticket_id, int(k.open))
         except BadRecord as exc:
-            dead.append(DeadLetter(entry_id, raw, str(exc)))
+            dead.append(DeadLetter(entry_id, raw, str(exc), source))
             continue
         except Exception as exc:  # a validator bug must not stop the partition: the record is kept
-            dead.append(DeadLetter(entry_id, raw, f"unexpected validation error {type(exc).__name__}: {exc}"))
+            dead.append(DeadLetter(entry_id, raw, f"unexpected validation error {type(exc).__name__}: {exc}", source))
             continue
-        home = partition_of(click.user_id, parts)
+        home = partition_of(user, parts)
         if home != partition:
             dead.append(DeadLetter(entry_id, raw, f"user_id belongs to partition {home}, not {partition}:"
-                                                  " the producer used another partition function or count"))
+                                                  " the producer used another partition function or count", source))
             continue
-        good.append((entry_id.decode(), click.user_id, click.ts_us, click.event_type,
-                     fingerprint(click.event_id) if click.event_id else 0))
+        good.append(event)
     return Decoded(_encode(good), len(good), dead)
+
+
+
+def apply_args(settings: Settings, consumer: str, now_us: int, rules: bytes, events: bytes) -> list:
+    """ARGV of lua/apply_batch.lua, in contract order."""
+    s = settings
+    return [consumer, s.group, now_us, s.session_gap_ms * 1000, s.out_of_order_ms * 1000, s.state_ttl_ms,
+            s.output_maxlen, Keys(s.namespace, s.partitions).channel(s.alerts_channel), s.profile_ttl_ms,
+            rules, events]

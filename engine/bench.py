@@ -29,6 +29,7 @@ from .connection import async_client, embedded_redis, is_cluster_client, sync_cl
 from .keys import OPEN, OPEN_MINUTES, Keys
 from .pipeline import child_env
 from .producer import publish
+from .rules import Rules
 from .settings import Settings, load_settings
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -100,9 +101,13 @@ def _drained(client: redis.Redis, keys: Keys, group: str, total: int) -> bool:
     return done >= total
 
 
+RULE_NAMES = [name for name in Rules.__struct_fields__ if name != "risk"]
+
+
 def run_stage(url: str, base: Settings, payloads: list[bytes], name: str, consumers: int, partitions: int,
-              rate: float | None = None, profile: str | None = None) -> Stage:
-    settings = base.replace(redis_url=url, partitions=partitions, namespace=f"b{int(time.time() * 1000) % 10**8}")
+              rate: float | None = None, profile: str | None = None, rules_file: str | None = None) -> Stage:
+    settings = base.replace(redis_url=url, partitions=partitions, namespace=f"b{int(time.time() * 1000) % 10**8}",
+                            rules_file=rules_file)
     keys = Keys(settings.namespace, partitions)
     client = sync_client(url)
     client.flushall()
@@ -166,14 +171,18 @@ def memory_profile(url: str, base: Settings, users: int = 20_000) -> dict:
     _ensure_groups(url, settings)
     t0 = 1_793_520_000_000                         # one event per user, all within one minute
     rows = [json.dumps({"event_id": f"e{i}", "user_id": f"user{i:06d}", "event_type": "page_view",
-                        "timestamp": t0 + i * 50_000 // users}).encode() for i in range(users)]
+                        "timestamp": t0 + i * 50_000 // users, "device": "web", "country": "US",
+                        "ip": f"10.1.{i >> 8 & 255}.{i & 255}"}).encode() for i in range(users)]
     publish(client, rows, settings)
     subprocess.run([sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume", "--until-idle"],
                    env=env, check=True)
-    sessions = state_bytes = minute_bytes = minutes = stream_bytes = entries = 0
+    sessions = state_bytes = minute_bytes = minutes = stream_bytes = entries = profiles = profile_bytes = 0
     for part in keys.all_partitions():
         for key in client.scan_iter(match=part.prefix + "user:*", count=1000):
             state_bytes += client.memory_usage(key, samples=0) or 0
+        for key in client.scan_iter(match=part.prefix + "profile:*", count=1000):
+            profile_bytes += client.memory_usage(key, samples=0) or 0
+            profiles += 1
         sessions += client.zcard(part.key(OPEN))
         state_bytes += client.memory_usage(part.key(OPEN), samples=0) or 0
         for m in client.zrange(part.key(OPEN_MINUTES), 0, -1):
@@ -185,6 +194,7 @@ def memory_profile(url: str, base: Settings, users: int = 20_000) -> dict:
             "partition_minutes": minutes, "users_per_partition_minute": users / max(minutes, 1),
             "bytes_per_partition_minute": minute_bytes / max(minutes, 1),
             "bytes_per_input_entry": stream_bytes / max(entries, 1),
+            "bytes_per_profile": profile_bytes / max(profiles, 1),
             "input_payload_bytes": sum(map(len, rows)) / len(rows)}
 
 
@@ -216,8 +226,9 @@ def _subscriber(url: str, channel: str, out: str) -> None:
         msg = pubsub.get_message(timeout=0.1)
         if msg and msg["type"] == "message":
             now_ms = time.time() * 1000
-            entry_ms = int(json.loads(msg["data"])["entry_id"].split("-")[0])
-            latencies.append(now_ms - entry_ms)
+            entry_id = json.loads(msg["data"])["entry_id"]
+            if entry_id:            # '' when a closing session raised it: no triggering entry
+                latencies.append(now_ms - int(entry_id.split("-")[0]))
     Path(out).write_text("\n".join(f"{x:.3f}" for x in latencies))
 
 
@@ -232,14 +243,18 @@ def run(events: int, users: int, runs: int, consumers: list[int], partitions: li
     with embedded_redis(*aof) as url:
         wait_for_redis(url)
         default_c, default_p = consumers[len(consumers) // 2], base.partitions
-        pairs = []
+        pairs, bare = [], []
+        no_rules = Path(tempfile.mkdtemp(prefix="shopstream-bench-")) / "no-rules.toml"
+        no_rules.write_text("".join(f"[{name}]\nenabled = false\n" for name in RULE_NAMES))
         for r in range(runs):
             t = run_stage(url, base, payloads, "transport", default_c, default_p)
             e = run_stage(url, base, payloads, "engine", default_c, default_p, profile=profile if r == 0 else None)
+            b = run_stage(url, base, payloads, "engine-no-rules", default_c, default_p, rules_file=str(no_rules))
             pairs.append((t, e))
+            bare.append(b)
             print(f"run {r + 1}/{runs}: transport {t.events_per_s:,.0f}/s  engine {e.events_per_s:,.0f}/s "
-                  f"(ratio {e.events_per_s / t.events_per_s:.2f})", flush=True)
-            report["stages"] += [asdict(t), asdict(e)]
+                  f"(ratio {e.events_per_s / t.events_per_s:.2f})  without rules {b.events_per_s:,.0f}/s", flush=True)
+            report["stages"] += [asdict(t), asdict(e), asdict(b)]
         med = lambda xs: statistics.median(xs)  # noqa: E731
         summary = {
             "transport_events_per_s": med([t.events_per_s for t, _ in pairs]),
@@ -251,6 +266,8 @@ def run(events: int, users: int, runs: int, consumers: list[int], partitions: li
             "consumer_cpu_us_per_event": med([e.consumer_cpu_us_per_event for _, e in pairs]),
             "producer_cpu_us_per_event": med([e.producer_cpu_us_per_event for _, e in pairs]),
             "backlog_latency_ms": pairs[len(pairs) // 2][1].latency_ms,
+            "no_rules_events_per_s": med([b.events_per_s for b in bare]),
+            "no_rules_apply_us_per_event": med([b.apply_us_per_event for b in bare]),
         }
         capacity = 0.95 * summary["engine_events_per_s"]
         at_capacity = run_stage(url, base, payloads[: max(int(capacity * 20), 1000)], "engine@capacity",
@@ -302,6 +319,9 @@ def print_table(report: dict) -> None:
         ("engine / transport", f"{s['ratio']:.2f}", ">= 0.5"),
         ("apply script, Redis time per event", f"{s['apply_us_per_event']:.2f} us "
          f"({s['lua_us_per_call']:,.0f} us per call)", "<= 6"),
+        ("rule set's share of the apply (rules off: same run)",
+         f"{s['apply_us_per_event'] - s['no_rules_apply_us_per_event']:.2f} us "
+         f"({s['no_rules_apply_us_per_event']:.2f} us, {s['no_rules_events_per_s']:,.0f} events/s without)", ""),
         ("Redis CPU per event, whole server (XADD, reads, AOF)", f"{s['redis_cpu_us_per_event']:.2f} us", ""),
         ("consumer (Python) CPU per event", f"{s['consumer_cpu_us_per_event']:.2f} us", ""),
         ("producer (Python) CPU per event", f"{s['producer_cpu_us_per_event']:.2f} us", ""),
@@ -314,6 +334,8 @@ def print_table(report: dict) -> None:
          f"({s['memory']['open_sessions']:,} open)", "<= 300"),
         ("per-minute metrics", f"{s['memory']['bytes_per_partition_minute']:,.0f} bytes/minute/partition "
          f"({s['memory']['users_per_partition_minute']:,.0f} users)", "<= 16 KB"),
+        ("customer profile (one visit: seen, device, country, events)",
+         f"{s['memory']['bytes_per_profile']:.0f} bytes", ""),
         ("retained input entry", f"{s['memory']['bytes_per_input_entry']:.0f} bytes "
          f"(for a {s['memory']['input_payload_bytes']:.0f}-byte event)", ""),
     ]

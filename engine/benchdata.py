@@ -8,6 +8,7 @@ Returns the events already encoded as JSON, in arrival order.
 from __future__ import annotations
 
 import random
+import zlib
 
 import msgspec
 
@@ -55,6 +56,7 @@ def generate(events: int, users: int = 20_000, seed: int = 1, hours: float = 6.0
     enc = msgspec.json.Encoder()
     out = []
     for n, (_, ts, user, etype) in enumerate(keyed):
-        out.append(enc.encode(BenchEvent(f"e{n}", user, etype, format_us(ts), "web",
-                                         "https://shop.example/p/1", "10.0.0.1", "US")))
+        h = zlib.crc32(user.encode())          # one address per user, as in real traffic
+        out.append(enc.encode(BenchEvent(f"e{n}", user, etype, format_us(ts), "web", "https://shop.example/p/1",
+                                         f"10.{h >> 16 & 255}.{h >> 8 & 255}.{h & 255}", "US")))
     return out

@@ -21,7 +21,7 @@ from .settings import Settings, load_settings
 
 log = logging.getLogger("shopstream")
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data" / "clickstream_events.json"
+SAMPLE = REPO / "data"
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -68,7 +68,8 @@ def _redis_for_run(settings: Settings):
 # -- commands ----------------------------------------------------------------------------------
 def cmd_generate(args, settings):
     from .generate import GeneratorConfig, write_all
-    cfg = GeneratorConfig(seed=args.seed, users=args.users, hours=args.hours, start=args.start)
+    cfg = GeneratorConfig(seed=args.seed, users=args.users, hours=args.hours, start=args.start,
+                          fraud=not args.no_fraud)
     files = write_all(Path(args.out), cfg)
     for name, count in files.items():
         print(f"wrote {count:>8,} records to {Path(args.out) / name}")
@@ -77,8 +78,12 @@ def cmd_generate(args, settings):
 def cmd_replay(args, settings):
     from .producer import replay
     client = sync_client(_need_url(settings))
-    sent = replay(client, args.file, settings, rate=args.rate)
-    print(f"published {sent:,} events to {settings.partitions} partitions of {settings.namespace}:{{p}}:clicks")
+    for kind, sent in replay(client, args.file, settings, rate=args.rate).items():
+        if kind == "catalog":
+            print(f"loaded {sent:,} products into {settings.namespace}:product:<id> and the {settings.namespace}:catalog"
+                  " changelog")
+        else:
+            print(f"published {sent:,} events to {settings.partitions} partitions of {settings.namespace}:{{p}}:{kind}")
 
 
 def cmd_consume(args, settings):
@@ -133,8 +138,8 @@ def cmd_reset(args, settings):
 def cmd_run(args, settings):
     from .pipeline import run_file
     from .report import print_run
-    if not Path(args.file).is_file():
-        sys.exit(f"error: no such file: {args.file}")
+    if not Path(args.file).exists():
+        sys.exit(f"error: no such file or folder: {args.file}")
     with _redis_for_run(settings) as s:
         result = _run(run_file(args.file, args.out, s, consumers=args.consumers, rate=args.rate, reset=args.reset))
     print_run(result, args.out, detailed=False)
@@ -144,10 +149,11 @@ def cmd_demo(args, settings):
     from .pipeline import run_file
     from .report import print_run
     path = Path(args.file) if args.file else SAMPLE
-    print(f"ShopStream demo: {path.name} -> Redis Streams -> {args.consumers} consumers -> sessions, metrics, alerts\n")
+    print(f"ShopStream demo: {path.name}/ (clicks, transactions, support, catalog) -> Redis Streams -> "
+          f"{args.consumers} consumers -> sessions, metrics, profiles, fraud alerts\n")
     with _redis_for_run(settings) as s:
         result = _run(run_file(path, args.out, s, consumers=args.consumers, reset=args.reset))
-    print_run(result, args.out, detailed=True)
+    print_run(result, args.out, detailed=True, truth=path / "fraud_truth.jsonl" if path.is_dir() else None)
 
 
 def cmd_bench(args, settings):
@@ -217,6 +223,11 @@ def cmd_metrics(args, settings):
     print_live_minutes(client, settings, args.last)
 
 
+def cmd_profile(args, settings):
+    from .report import print_profile
+    print_profile(_call(settings, export.read_profile, args.user), args.user, settings)
+
+
 def cmd_sessions(args, settings):
     from .report import print_user_sessions
     client = sync_client(_need_url(settings))
@@ -238,16 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("generate", help="write the four sample data files from a seed")
+    p = sub.add_parser("generate", help="write the four sample data files and fraud_truth.jsonl from a seed")
     p.add_argument("--out", default="data")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--users", type=int, default=400)
     p.add_argument("--hours", type=float, default=3.0)
     p.add_argument("--start", default="2026-11-02T08:00:00Z")
+    p.add_argument("--no-fraud", action="store_true",
+                   help="plant no fraud patterns (the bots stay): the base data alone")
     p.set_defaults(fn=cmd_generate)
 
-    p = sub.add_parser("replay", help="publish a clickstream file (JSON Lines or JSON array) to the streams")
-    p.add_argument("file")
+    p = sub.add_parser("replay", help="publish a file (clicks, transactions.csv, support tickets, catalog) or a"
+                                      " folder of them to the streams")
+    p.add_argument("file", help="a file (its kind is read from its records) or a folder with the sample files")
     p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     p.set_defaults(fn=cmd_replay)
 
@@ -282,10 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
                                ("demo", cmd_demo, "the main job on the sample data, with a readable summary")):
         p = sub.add_parser(name, help=helptext)
         if name == "run":
-            p.add_argument("file")
+            p.add_argument("file", help="a clickstream file, or a folder with the four sample files")
             p.add_argument("--out", required=True)
         else:
-            p.add_argument("--file", help="clickstream file (default: data/clickstream_events.json)")
+            p.add_argument("--file", help="a folder of sample files or one clickstream file (default: data/)")
             p.add_argument("--out", default="out/demo")
         p.add_argument("--consumers", type=int, default=2)
         if name == "run":
@@ -303,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metrics", help="per-minute events and unique users, live")
     p.add_argument("--last", type=int, default=30, help="minutes to show")
     p.set_defaults(fn=cmd_metrics)
+    p = sub.add_parser("profile", help="a user's unified customer profile (risk score included)")
+    p.add_argument("user")
+    p.set_defaults(fn=cmd_profile)
     p = sub.add_parser("sessions", help="a user's open and closed sessions")
     p.add_argument("user")
     p.set_defaults(fn=cmd_sessions)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, NamedTuple
 
 from redis.exceptions import ResponseError
 
-from .keys import Keys, Partition
+from .keys import INPUTS, OUTBOX, Keys, Partition
+from .rules import RulesFile
 from .scripts import Scripts, translate
 from .settings import Settings
 
@@ -14,72 +16,92 @@ FLUSH_LIMIT = 1000                 # users / minutes closed per script call (kee
 END_OF_TIME_US = 2**53             # the final flush's watermark: every session and minute closes
 
 
-async def advance(client: Any, scripts: Scripts, part: Partition, settings: Settings, target_us: int,
-                  consumer: str = "") -> tuple[int, int, int]:
-    """Move partition's watermark to at least target_us and close what is due.
+class Advanced(NamedTuple):
+    closed: int           # sessions closed
+    finalized: int        # minutes finalized
+    watermark_us: int
+    alerts: list          # [entry_id, rule, subject, window_start_us, ...] raised by closing sessions
 
-    Returns (sessions_closed, minutes_finalized, watermark_us).  With ``consumer``, raises
-    NotOwner when that consumer does not hold the partition's lease.
-    """
+
+async def advance(client: Any, scripts: Scripts, part: Partition, settings: Settings, target_us: int,
+                  rules: bytes, consumer: str = "") -> Advanced:
+    """Move partition's watermark to at least target_us and close what is due (running the
+    session rules).  With ``consumer``, raises NotOwner when that consumer does not hold the
+    partition's lease."""
     closed = finalized = 0
+    alerts: list = []
     while True:
         try:
             reply = await scripts.call(
                 "advance_watermark", part.apply_keys(),
                 [consumer, target_us, settings.session_gap_ms * 1000, settings.state_ttl_ms,
-                 settings.output_maxlen, FLUSH_LIMIT])
+                 settings.output_maxlen, FLUSH_LIMIT, time.time_ns() // 1000,
+                 Keys(settings.namespace, settings.partitions).channel(settings.alerts_channel),
+                 settings.profile_ttl_ms, rules])
         except ResponseError as exc:
             raise translate(exc) from None
         closed += reply[0]
         finalized += reply[1]
+        alerts += reply[4]
         if not reply[2]:
-            return closed, finalized, int(reply[3])
+            return Advanced(closed, finalized, int(reply[3]), alerts)
 
 
 async def flush(client: Any, settings: Settings) -> tuple[int, int]:
     """End of input: the watermark of every partition goes to the end of time."""
     scripts = Scripts(client)
+    rules = RulesFile(settings.rules_file).current()
     closed = finalized = 0
     for part in Keys(settings.namespace, settings.partitions).all_partitions():
-        c, f, _ = await advance(client, scripts, part, settings, END_OF_TIME_US)
-        closed += c
-        finalized += f
+        done = await advance(client, scripts, part, settings, END_OF_TIME_US, rules)
+        closed += done.closed
+        finalized += done.finalized
     return closed, finalized
 
 
 async def ensure_groups(client: Any, settings: Settings) -> None:
     pipe = client.pipeline(transaction=False)
     for part in Keys(settings.namespace, settings.partitions).all_partitions():
-        pipe.xgroup_create(part.clicks, settings.group, id="0", mkstream=True)
+        for stream in part.inputs:
+            pipe.xgroup_create(stream, settings.group, id="0", mkstream=True)
     for result in await pipe.execute(raise_on_error=False):
         if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
             raise result
 
 
+def _stream_state(groups, stream, group_name: bytes) -> tuple[int, int]:
+    """(pending, lag) of one stream from XINFO GROUPS / XINFO STREAM replies (errors: no stream)."""
+    if isinstance(stream, Exception):
+        return 0, 0
+    group = None if isinstance(groups, Exception) else next((g for g in groups if g["name"] == group_name), None)
+    if group is None:
+        return 0, stream["length"]
+    lag = group.get("lag")
+    if lag is None:                            # unknown after deletions: compare ids
+        lag = 0 if group["last-delivered-id"] == stream["last-generated-id"] else 1
+    return group["pending"], lag
+
+
 async def group_state(client: Any, settings: Settings, partitions: list[int]) -> dict[int, tuple[int, int]]:
-    """partition -> (pending, lag) of the consumer group (lag = entries not yet delivered)."""
+    """partition -> (pending, lag) over its input streams (lag = entries not yet delivered;
+    records waiting in the partition's outbox count as lag: they are input of other partitions)."""
     keys = Keys(settings.namespace, settings.partitions)
     pipe = client.pipeline(transaction=False)
     for p in partitions:
-        pipe.xinfo_groups(keys.partition(p).clicks)
-        pipe.xinfo_stream(keys.partition(p).clicks)
+        part = keys.partition(p)
+        for stream in part.inputs:
+            pipe.xinfo_groups(stream)
+            pipe.xinfo_stream(stream)
+        pipe.xlen(part.key(OUTBOX))
     replies = await pipe.execute(raise_on_error=False)
     group_name = settings.group.encode()
+    per = 2 * len(INPUTS) + 1
     out = {}
     for i, p in enumerate(partitions):
-        groups, stream = replies[2 * i], replies[2 * i + 1]
-        if isinstance(stream, Exception):          # no stream yet: nothing to do
-            out[p] = (0, 0)
-            continue
-        group = None if isinstance(groups, Exception) else next(
-            (g for g in groups if g["name"] == group_name), None)
-        if group is None:
-            out[p] = (0, stream["length"])
-            continue
-        lag = group.get("lag")
-        if lag is None:                            # unknown after deletions: compare ids
-            lag = 0 if group["last-delivered-id"] == stream["last-generated-id"] else 1
-        out[p] = (group["pending"], lag)
+        r = replies[i * per:(i + 1) * per]
+        states = [_stream_state(r[2 * j], r[2 * j + 1], group_name) for j in range(len(INPUTS))]
+        outbox = r[-1] if isinstance(r[-1], int) else 0
+        out[p] = (sum(s[0] for s in states), sum(s[1] for s in states) + outbox)
     return out
 
 

@@ -1,4 +1,4 @@
-"""GDPR erasure of one user: state, per-user keys, retained stream entries, emitted outputs.
+"""GDPR erasure of one user: state, profile, rule state, retained input entries, emitted outputs.
 
 Order matters: the tombstone goes first, so events of the user that arrive while (or after)
 we erase are dropped by the apply script instead of re-creating state.  The tombstone
@@ -15,12 +15,12 @@ from typing import Any
 
 import msgspec
 
-from .keys import ALERTS, LATE, OPEN, SESSIONS, STATE, TOMB, Keys, Partition
+from .keys import (ALERTS, CARD_USERS, CLICKS, FAILS, FIRED, IP_SAMPLE, LATE, OPEN, SESSIONS, STATE, SUPPORT, TICKETS,
+                   TOMB, TX, UCARDS, Keys, Partition, glob_escape)
 from .partitioning import partition_of
 from .settings import Settings
 
 PAGE = 5000
-_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 _user_of = msgspec.json.Decoder(dict)
 
 
@@ -56,6 +56,40 @@ async def _extend_tombstone_horizon(client: Any, part: Partition, until_us: int)
         await client.hset(part.key(STATE), "tombs_until", until_us)
 
 
+async def _redact_alerts(client: Any, stream: str, user_id: str) -> tuple[int, int]:
+    """Alerts about the user are deleted; alerts about another subject (an IP, a card) that list
+    the user in their evidence are re-written without the user.  Returns (deleted, redacted)."""
+    uid, quoted = user_id.encode("utf-8"), msgspec.json.encode(user_id)
+    deleted = redacted = 0
+    for entry_id, fields in await _entries(client, stream):
+        if fields.get(b"user_id") == uid and fields.get(b"subject_kind", b"user") == b"user":
+            deleted += await client.xdel(stream, entry_id)
+        elif fields.get(b"user_id") == uid or quoted in fields.get(b"evidence", b""):
+            evidence = _evidence.decode(fields.get(b"evidence", b"{}"))
+            if isinstance(evidence, dict):
+                evidence = {k: [u for u in v if u != user_id] if isinstance(v, list) else v for k, v in evidence.items()}
+            copy = {**fields, b"evidence": msgspec.json.encode(evidence)}
+            if copy.get(b"user_id") == uid:
+                copy[b"user_id"] = b"[erased]"
+            await client.xadd(stream, copy)
+            await client.xdel(stream, entry_id)
+            redacted += 1
+    return deleted, redacted
+
+
+async def _entries(client: Any, stream: str) -> list:
+    out, start = [], "-"
+    while True:
+        page = await client.xrange(stream, min=start, max="+", count=PAGE)
+        out += page
+        if len(page) < PAGE:
+            return out
+        start = "(" + page[-1][0].decode()
+
+
+_evidence = msgspec.json.Decoder(dict | list)
+
+
 async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]:
     keys = Keys(settings.namespace, settings.partitions)
     part = keys.partition(partition_of(user_id, settings.partitions))
@@ -66,19 +100,30 @@ async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]
     await _extend_tombstone_horizon(client, part, until_us)
 
     report = {"state_keys": 0, "alert_markers": 0, "input_entries": 0, "sessions": 0, "alerts": 0,
-              "late_entries": 0, "dead_letters": 0}
-    report["state_keys"] = await client.delete(part.user(user_id))
+              "alerts_redacted": 0, "subject_sets": 0, "late_entries": 0, "dead_letters": 0}
+    report["state_keys"] = await client.delete(part.user(user_id), part.profile(user_id),
+                                               part.key(TICKETS) + user_id, part.key(FAILS) + user_id)
     await client.zrem(part.key(OPEN), user_id)
-    pattern = f"{part.prefix}fired:*:{user_id.translate(_GLOB_SPECIAL)}"
-    markers = [k async for k in client.scan_iter(match=pattern, count=1000)]
-    if markers:
-        report["alert_markers"] = await client.delete(*markers)
+    escaped = glob_escape(user_id)
+    for pattern, counter in ((f"{part.prefix}{FIRED}*:{escaped}", "alert_markers"),
+                             (f"{part.prefix}{UCARDS}*:{escaped}", "state_keys")):
+        found = [k async for k in client.scan_iter(match=pattern, count=1000)]
+        if found:
+            report[counter] += await client.delete(*found)
+    # the user as a member of other subjects' sets (card users, IP samples), in every partition
+    for suffix in (CARD_USERS, IP_SAMPLE):
+        async for key in client.scan_iter(match=f"{glob_escape(settings.namespace)}:*:{suffix}*", count=1000):
+            report["subject_sets"] += await client.srem(key, user_id)
 
     by_field = lambda f: f.get(b"user_id") == uid  # noqa: E731
-    report["input_entries"] = await _delete_entries(
-        client, part.clicks, lambda f: f.get(b"e") is not None and _payload_user(f[b"e"]) == user_id)
+    of_user = lambda f: f.get(b"e") is not None and _payload_user(f[b"e"]) == user_id  # noqa: E731
+    for source in (CLICKS, TX, SUPPORT):
+        report["input_entries"] += await _delete_entries(client, part.key(source), of_user)
     report["sessions"] = await _delete_entries(client, part.key(SESSIONS), by_field)
-    report["alerts"] = await _delete_entries(client, part.key(ALERTS), by_field)
+    for other in keys.all_partitions():
+        deleted, redacted = await _redact_alerts(client, other.key(ALERTS), user_id)
+        report["alerts"] += deleted
+        report["alerts_redacted"] += redacted
     report["late_entries"] = await _delete_entries(client, part.key(LATE), by_field)
     quoted = msgspec.json.encode(user_id)
 

@@ -1,10 +1,13 @@
 """Export contract: the output streams as JSON Lines files (timestamps ISO-8601 UTC, ms, Z).
 
-    sessions.jsonl  user_id, session_id, start, end, event_count, counts {event_type: n}
+    sessions.jsonl  user_id, session_id, start, end, event_count, counts {event_type: n},
+                    categories {catalog category: product views}
     minutes.jsonl   minute, events, unique_users       (finalized minutes, all partitions summed)
-    alerts.jsonl    rule, user_id, window_start, count, threshold, detected_at
+    alerts.jsonl    rule, severity, subject_kind (user | ip | card), subject, user_id (the user
+                    whose event raised it), window_start, count, threshold, evidence {...}, detected_at
     late.jsonl      user_id, timestamp, watermark, reason, record
     dlq.jsonl       reason, record, stream, entry_id   (once per input entry)
+    profiles.jsonl  user_id and the profile's fields (lua/includes/profile.lua), numbers as numbers
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 import msgspec
 
 from .eventtime import format_us
-from .keys import ALERTS, LATE, MINUTES, SESSIONS, Keys
+from .keys import ALERTS, LATE, MINUTES, PROFILE, SESSIONS, Keys, glob_escape
+from .partitioning import partition_of
 from .settings import Settings
 
 PAGE = 5000
@@ -43,13 +47,55 @@ _counts = msgspec.json.Decoder(dict[str, int])
 def session_record(f: dict[bytes, bytes]) -> dict:
     return {"user_id": _s(f[b"user_id"]), "session_id": _s(f[b"session_id"]),
             "start": format_us(int(f[b"start"])), "end": format_us(int(f[b"end"])),
-            "event_count": int(f[b"event_count"]), "counts": _counts.decode(f[b"types"])}
+            "event_count": int(f[b"event_count"]), "counts": _counts.decode(f[b"types"]),
+            "categories": _counts_or_empty(f.get(b"categories", b"{}"))}
+
+
+def _counts_or_empty(raw: bytes) -> dict[str, int]:
+    """A JSON object of counts; Lua's cjson may write an empty one as []."""
+    return {} if raw == b"[]" else _counts.decode(raw)
 
 
 def alert_record(f: dict[bytes, bytes]) -> dict:
-    return {"rule": _s(f[b"rule"]), "user_id": _s(f[b"user_id"]),
+    return {"rule": _s(f[b"rule"]), "severity": _s(f[b"severity"]), "subject_kind": _s(f[b"subject_kind"]),
+            "subject": _s(f[b"subject"]), "user_id": _s(f[b"user_id"]),
             "window_start": format_us(int(f[b"window_start"])), "count": int(f[b"count"]),
-            "threshold": int(f[b"threshold"]), "detected_at": format_us(int(f[b"detected_at"]))}
+            "threshold": int(f[b"threshold"]), "evidence": _evidence.decode(f[b"evidence"]),
+            "detected_at": format_us(int(f[b"detected_at"]))}
+
+
+_evidence = msgspec.json.Decoder(dict | list)
+NUMERIC = {"events", "sessions", "orders", "spend_minor", "failed_payments", "tickets", "open_tickets"}
+
+
+def profile_record(user_id: str, fields: dict[bytes, bytes]) -> dict:
+    """A profile hash as a JSON object: counters and the risk score as numbers, fingerprints dropped."""
+    out: dict[str, Any] = {"user_id": user_id}
+    for name, value in sorted((_s(k), _s(v)) for k, v in fields.items()):
+        if name == "recent_tx":
+            continue
+        if name in NUMERIC or name.startswith("category:"):
+            out[name] = int(value)
+        elif name == "risk_score":
+            out[name] = float(value)
+        else:
+            out[name] = value
+    return out
+
+
+async def read_profile(client: Any, settings: Settings, user_id: str) -> dict | None:
+    part = Keys(settings.namespace, settings.partitions).partition(partition_of(user_id, settings.partitions))
+    fields = await client.hgetall(part.profile(user_id))
+    return profile_record(user_id, fields) if fields else None
+
+
+async def collect_profiles(client: Any, settings: Settings) -> list[dict]:
+    out = []
+    for part in Keys(settings.namespace, settings.partitions).all_partitions():
+        prefix = part.key(PROFILE).encode()
+        async for key in client.scan_iter(match=glob_escape(part.key(PROFILE)) + "*", count=1000):
+            out.append(profile_record(key[len(prefix):].decode("utf-8", "replace"), await client.hgetall(key)))
+    return sorted(out, key=lambda r: r["user_id"])
 
 
 @dataclass
@@ -59,6 +105,7 @@ class Outputs:
     alerts: list[dict] = field(default_factory=list)
     late: list[dict] = field(default_factory=list)
     dlq: list[dict] = field(default_factory=list)
+    profiles: list[dict] = field(default_factory=list)
 
 
 async def collect(client: Any, settings: Settings) -> Outputs:
@@ -84,8 +131,9 @@ async def collect(client: Any, settings: Settings) -> Outputs:
         dead.add((f[b"stream"], f[b"entry_id"]))
         out.dlq.append({"reason": _s(f[b"reason"]), "record": _s(f[b"payload"]), "stream": _s(f[b"stream"]),
                         "entry_id": _s(f[b"entry_id"])})
+    out.profiles = await collect_profiles(client, settings)
     out.sessions.sort(key=lambda r: (r["user_id"], r["start"]))
-    out.alerts.sort(key=lambda r: (r["window_start"], r["user_id"], r["rule"]))
+    out.alerts.sort(key=lambda r: (r["window_start"], r["user_id"], r["rule"], r["subject"]))
     out.late.sort(key=lambda r: (r["timestamp"], r["user_id"]))
     return out
 
@@ -95,7 +143,7 @@ def write(outputs: Outputs, out_dir: str | Path) -> dict[str, int]:
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder = msgspec.json.Encoder()
     written = {}
-    for name in ("sessions", "minutes", "alerts", "late", "dlq"):
+    for name in ("sessions", "minutes", "alerts", "late", "dlq", "profiles"):
         rows = getattr(outputs, name)
         with (out_dir / f"{name}.jsonl").open("wb") as fh:
             for row in rows:

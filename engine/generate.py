@@ -6,11 +6,19 @@ clickstream_events.json (JSON Lines, in *arrival* order): browse -> product -> c
 the session gap), ~0.3 % malformed records, timestamps as ISO ``Z``, ISO with an offset, and
 epoch milliseconds, unknown event types.  transactions.csv, product_catalog.json and
 customer_support_interactions.json follow the same users and purchases.
+
+Fraud planting (``GeneratorConfig.fraud``, on by default) adds users who each show one fraud
+pattern (card testing, card sharing, account takeover, an IP farm, inhuman speed; the bots
+above are the click-burst pattern) and writes the ground truth, ``fraud_truth.jsonl``, beside
+the data.  Planted records come from their own RNG and id sequence and are merged into the
+files without moving a base record: with ``fraud=False`` the four files are byte for byte
+what the generator wrote before planting existed.
 """
 
 from __future__ import annotations
 
 import csv
+import heapq
 import math
 import random
 import zlib
@@ -29,6 +37,12 @@ AGENTS = {"web": "Mozilla/5.0 (X11; Linux x86_64) Firefox/132.0", "ios": "ShopSt
           "android": "ShopStream/5.2 (Linux; Android 15)"}
 ODD_USERS = ["ü-0042", "x:{7} y", " u00001"]   # valid ids: unicode, braces, colon, leading space
 
+MINUTE_US, HOUR_US = 60_000_000, 3_600_000_000
+FRAUD_SEED_OFFSET = 0x46_52_41_55_44      # "FRAUD": planted records draw from Random(seed + this)
+NEW_COUNTRIES = ["RO", "NG", "VN", "UA", "ID"]   # never a base country: a takeover's first-seen country
+FARM_IP = "198.51.100.23"                 # TEST-NET-2; the base data uses 10/8 and 203.0.113/24
+PATTERNS = ("bot", "card_testing", "card_sharing", "account_takeover", "ip_farm", "inhuman_speed")
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:
@@ -40,6 +54,16 @@ class GeneratorConfig:
     out_of_order: float = 0.02
     late: float = 0.002
     malformed: float = 0.003
+    fraud: bool = True          # plant the fraud patterns below (the bots are base data either way)
+    card_testers: int = 2       # ct001..: 6-10 tiny payments on distinct cards within 5 min, >= 4 failed
+    card_sharers: int = 4       # cs001..: one card paying for all of them within one clock hour
+    takeovers: int = 2          # ato001..: >= 90 min after their first visit, >= 600.00 from a new country
+    farm_users: int = 15        # farm001..: one IP, all within 40 s of one clock minute
+    speeders: int = 2           # fast001..: page_view -> add_to_cart -> checkout -> purchase in < 4 s
+
+    def __post_init__(self):
+        if self.fraud and (0 < self.card_sharers < 3 or 0 < self.farm_users < 11):
+            raise ValueError("card_sharers must be 0 or >= 3 and farm_users 0 or >= 11 for their rules to fire")
 
 
 def _pick(rng: random.Random, weighted):
@@ -155,8 +179,9 @@ class _Gen:
         for i in range(self.cfg.bots):
             self.bot(f"bot{i:03d}")
 
-    def arrival_order(self) -> list[bytes]:
-        """Sort by event time, then deliver some out of order (within 5 min) and some late; add bad records."""
+    def arrival_keyed(self) -> list[tuple[int, bytes]]:
+        """Sort by event time, then deliver some out of order (within 5 min) and some late; add bad records.
+        Returns (arrival time, record) in arrival order."""
         rng, enc = self.rng, msgspec.json.Encoder()
         keyed = []
         for ts, ev in sorted(self.clicks, key=lambda x: (x[0], x[1]["event_id"])):
@@ -178,24 +203,234 @@ class _Gen:
         for _ in range(max(len(bad), int(len(keyed) * self.cfg.malformed))):
             keyed.append((self.t0 + rng.randrange(self.span), rng.choice(bad)))
         keyed.sort(key=lambda x: x[0])
-        return [raw for _, raw in keyed]
+        return keyed
+
+
+class _Planter:
+    """The planted fraud patterns, built after the base data from their own RNG and their own id
+    sequence (continuing the base one, so ids stay unique): no base record moves or changes.
+    Planted timestamps are ISO ``Z`` and planted events arrive in event-time order (no noise).
+    The shapes match the rule thresholds (docs in data/README.md); each planted user shows one pattern."""
+
+    def __init__(self, gen: _Gen):
+        self.cfg, self.products = gen.cfg, gen.products
+        self.rng = random.Random(gen.cfg.seed + FRAUD_SEED_OFFSET)
+        self.seq = gen.seq
+        self.t0, self.end = gen.t0, gen.t0 + gen.span
+        self.clicks: list[tuple[int, dict]] = []
+        self.tx: list[dict] = []
+        self.tickets: list[dict] = []
+        self.truth = {f"bot{i:03d}": "bot" for i in range(gen.cfg.bots)}   # the base bots burst
+        self.cards = {t["card_fingerprint"] for t in gen.tx}
+        first = -(-self.t0 // HOUR_US) * HOUR_US                # whole clock hours inside the span
+        self.hours = list(range(first, self.end - HOUR_US + 1, HOUR_US)) or [first]
+
+    def _id(self, prefix: str) -> str:
+        self.seq += 1
+        return f"{prefix}-{self.seq:07d}-{self.rng.getrandbits(24):06x}"
+
+    def _new_card(self) -> str:
+        while (card := f"fp_{self.rng.getrandbits(32):08x}") in self.cards:
+            pass
+        self.cards.add(card)
+        return card
+
+    @staticmethod
+    def _own_card(user: str) -> str:
+        return f"fp_{zlib.crc32(user.encode()):08x}"               # as the base users' cards
+
+    def _ctx(self, device: str, country: str, ip: str | None = None) -> dict:
+        rng = self.rng
+        return {"sid": self._id("s"), "device": device, "country": country,
+                "ip": ip or f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"}
+
+    def _step(self) -> int:
+        """A human pause between two clicks: 3 s to 93 s."""
+        return int((3 + min(self.rng.expovariate(1 / 30), 90)) * 1e6)
+
+    def _event(self, user: str, ts: int, etype: str, ctx: dict, product: dict | None = None) -> None:
+        ev = {"event_id": self._id("e"), "user_id": user, "event_type": etype, "timestamp": format_us(ts),
+              "session_id": ctx["sid"], "device": ctx["device"], "page_url": "https://shop.example/",
+              "ip": ctx["ip"], "user_agent": AGENTS[ctx["device"]], "country": ctx["country"], "properties": {}}
+        if product:
+            ev["product_id"] = product["product_id"]
+            ev["page_url"] = f"https://shop.example/p/{product['product_id']}"
+            ev["properties"] = {"category": product["category"], "price": product["price"]}
+        self.clicks.append((ts, ev))
+
+    def _pay(self, user: str, ts: int, amount: float, status: str, card: str, ctx: dict) -> None:
+        self.tx.append({"transaction_id": self._id("t"), "user_id": user, "order_id": self._id("o"),
+                        "amount": f"{amount:.2f}", "currency": "USD", "status": status, "payment_method": "card",
+                        "card_fingerprint": card, "ip": ctx["ip"], "country": ctx["country"],
+                        "timestamp": format_us(ts)})
+
+    def _browse(self, user: str, ts: int, ctx: dict, products: list[dict]) -> int:
+        """page_view then a product_view of each product, human pauses; returns the last event's time."""
+        self._event(user, ts, "page_view", ctx)
+        for product in products:
+            ts += self._step()
+            self._event(user, ts, "product_view", ctx, product)
+        return ts
+
+    def _buy(self, user: str, ts: int, ctx: dict, cart: list[dict], card: str) -> int:
+        """add_to_cart each product, checkout, purchase and its completed payment; returns the purchase time."""
+        for product in cart:
+            ts += self._step()
+            self._event(user, ts, "add_to_cart", ctx, product)
+        ts += self._step()
+        self._event(user, ts, "checkout", ctx)
+        ts += self._step()
+        self._event(user, ts, "purchase", ctx, cart[-1])
+        self._pay(user, ts, sum(p["price"] for p in cart), "completed", card, ctx)
+        return ts
+
+    def card_testing(self, user: str) -> None:
+        """A short visit, then 6-10 payments of 1.00-5.00 on distinct cards within 4.5 minutes, >= 4
+        failed (and at least one card that works), all inside one clock hour."""
+        rng = self.rng
+        hour = rng.choice(self.hours)
+        ctx = self._ctx("web", _pick(rng, COUNTRIES))
+        product = rng.choice(self.products)
+        ts = self._browse(user, hour + rng.randint(2 * 60, 40 * 60) * 1_000_000, ctx, [product])
+        ts += self._step()
+        self._event(user, ts, "add_to_cart", ctx, product)
+        ts += self._step()
+        self._event(user, ts, "checkout", ctx)
+        ts += rng.randint(3, 10) * 1_000_000
+        n = rng.randint(6, 10)
+        failed = rng.randint(4, n - 1)
+        statuses = ["failed"] * failed + ["completed"] * (n - failed)
+        rng.shuffle(statuses)
+        for offset, status in zip(sorted(rng.randrange(270_000_000) for _ in range(n)), statuses):
+            at = ts + offset
+            self._pay(user, at, rng.randint(100, 500) / 100, status, self._new_card(), ctx)
+            if status == "completed":
+                self._event(user, at, "purchase", ctx, product)
+
+    def card_sharing(self, users: list[str]) -> None:
+        """One normal visit each ending in a completed purchase, all paid with one card, the purchases
+        between hh:05 and hh:40 of one clock hour (a visit lasts at most 7 pauses of 93 s)."""
+        rng = self.rng
+        hour, card = rng.choice(self.hours), self._new_card()
+        for user in users:
+            ctx = self._ctx(rng.choice(["web", "ios"]), _pick(rng, COUNTRIES))
+            viewed = rng.sample(self.products, rng.randint(1, 4))
+            ts = self._browse(user, hour + rng.randint(5 * 60, 28 * 60) * 1_000_000, ctx, viewed)
+            self._buy(user, ts, ctx, [rng.choice(viewed)], card)
+
+    def account_takeover(self, user: str) -> None:
+        """An established customer (two visits from a home country in the first hour, a purchase with
+        their own card), then >= 95 minutes after their first event a session from a country they were
+        never seen in (not a base country) buying >= 600.00 with the same card, a few minutes in."""
+        rng = self.rng
+        home = self._ctx("ios", _pick(rng, COUNTRIES))
+        card = self._own_card(user)
+        self.cards.add(card)
+        first = self.t0 + rng.randint(60, 8 * 60) * 1_000_000
+        ts = self._browse(user, first, home, rng.sample(self.products, rng.randint(1, 2)))
+        home["sid"] = self._id("s")
+        viewed = rng.sample(self.products, rng.randint(1, 2))
+        ts = self._browse(user, ts + rng.randint(31 * 60, 36 * 60) * 1_000_000, home, viewed)
+        self._buy(user, ts, home, [rng.choice(viewed)], card)
+        room = (self.end - first) // MINUTE_US - 20                 # leave 20 minutes before the end
+        start = first + rng.randint(95 * 60, max(95, min(150, room)) * 60) * 1_000_000
+        country = rng.choice(NEW_COUNTRIES)
+        ip = f"{rng.choice([5, 31, 41, 102, 185])}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        away = self._ctx("web", country, ip)
+        pricey = sorted(self.products, key=lambda p: -p["price"])[:40]
+        cart: list[dict] = []
+        while sum(p["price"] for p in cart) < 600:
+            cart.append(rng.choice([p for p in pricey if p not in cart]))
+        at = self._buy(user, self._browse(user, start, away, cart), away, cart, card)
+        created = at + rng.randint(20 * 60, 90 * 60) * 1_000_000   # the real owner notices
+        self.tickets.append({"ticket_id": self._id("k"), "user_id": user, "channel": rng.choice(["chat", "phone"]),
+                             "category": "account", "priority": "high", "status": "open",
+                             "created_at": format_us(created),
+                             "resolved_at": format_us(created + rng.randint(3600, 86400) * 1_000_000)})
+
+    def ip_farm(self, users: list[str]) -> None:
+        """Each user a page_view and one product_view on the web, all from FARM_IP, between mm:05 and
+        mm:43 of one clock minute."""
+        rng = self.rng
+        minutes = (self.end - self.t0) // MINUTE_US
+        minute = (self.t0 + rng.randint(10, max(10, minutes - 10)) * MINUTE_US) // MINUTE_US * MINUTE_US
+        country = _pick(rng, COUNTRIES)
+        spacing = 38_000_000 // len(users)
+        for i, user in enumerate(users):
+            ctx = self._ctx("web", country, FARM_IP)
+            ts = minute + 5_000_000 + i * spacing + rng.randrange(spacing // 4)
+            self._event(user, ts, "page_view", ctx)
+            self._event(user, ts + rng.randint(800, 2000) * 1000, "product_view", ctx, rng.choice(self.products))
+
+    def inhuman_speed(self, user: str) -> None:
+        """page_view -> add_to_cart -> checkout -> purchase within 3.3 s, no product_view, paid."""
+        rng = self.rng
+        ctx = self._ctx("web", _pick(rng, COUNTRIES))
+        minutes = (self.end - self.t0) // MINUTE_US
+        ts = self.t0 + rng.randint(15 * 60, max(15, minutes - 15) * 60) * 1_000_000
+        product = rng.choice(self.products)
+        self._event(user, ts, "page_view", ctx)
+        for etype in ("add_to_cart", "checkout", "purchase"):
+            ts += rng.randint(500, 1100) * 1000
+            self._event(user, ts, etype, ctx, None if etype == "checkout" else product)
+        self._pay(user, ts, product["price"], "completed", self._own_card(user), ctx)
+
+    def build(self) -> None:
+        cfg = self.cfg
+        for i in range(1, cfg.card_testers + 1):
+            self.truth[f"ct{i:03d}"] = "card_testing"
+            self.card_testing(f"ct{i:03d}")
+        sharers = [f"cs{i:03d}" for i in range(1, cfg.card_sharers + 1)]
+        if sharers:
+            self.truth.update(dict.fromkeys(sharers, "card_sharing"))
+            self.card_sharing(sharers)
+        for i in range(1, cfg.takeovers + 1):
+            self.truth[f"ato{i:03d}"] = "account_takeover"
+            self.account_takeover(f"ato{i:03d}")
+        farm = [f"farm{i:03d}" for i in range(1, cfg.farm_users + 1)]
+        if farm:
+            self.truth.update(dict.fromkeys(farm, "ip_farm"))
+            self.ip_farm(farm)
+        for i in range(1, cfg.speeders + 1):
+            self.truth[f"fast{i:03d}"] = "inhuman_speed"
+            self.inhuman_speed(f"fast{i:03d}")
+
+    def arrival_keyed(self) -> list[tuple[int, bytes]]:
+        """Planted events arrive in event-time order, each 20-400 ms after it happened."""
+        enc, keyed, last = msgspec.json.Encoder(), [], 0
+        for ts, ev in sorted(self.clicks, key=lambda x: (x[0], x[1]["event_id"])):
+            last = max(last, ts + self.rng.randint(20_000, 400_000))
+            keyed.append((last, enc.encode(ev)))
+        return keyed
 
 
 def write_all(out: Path, cfg: GeneratorConfig = GeneratorConfig()) -> dict[str, int]:
+    """Write the four sample files and fraud_truth.jsonl (the bots, plus the planted users when
+    ``cfg.fraud``) into ``out``; returns the record count of each file."""
     gen = _Gen(cfg)
     gen.build()
+    base = gen.arrival_keyed()
+    plant = _Planter(gen)
+    if cfg.fraud:
+        plant.build()
     out.mkdir(parents=True, exist_ok=True)
-    lines = gen.arrival_order()
+    # a stable merge by arrival time: base records keep their order (and win ties)
+    lines = [raw for _, raw in heapq.merge(base, plant.arrival_keyed(), key=lambda x: x[0])]
     (out / "clickstream_events.json").write_bytes(b"\n".join(lines) + b"\n")
+    tx = sorted(gen.tx + plant.tx, key=lambda t: t["timestamp"])       # stable: base order kept
     with (out / "transactions.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["transaction_id", "user_id", "order_id", "amount", "currency",
                                                 "status", "payment_method", "card_fingerprint", "ip", "country",
                                                 "timestamp"])
         writer.writeheader()
-        writer.writerows(sorted(gen.tx, key=lambda t: t["timestamp"]))
+        writer.writerows(tx)
     enc = msgspec.json.Encoder()
+    tickets = sorted(gen.tickets + plant.tickets, key=lambda t: t["created_at"])
     (out / "product_catalog.json").write_bytes(msgspec.json.format(enc.encode(gen.products), indent=1) + b"\n")
     (out / "customer_support_interactions.json").write_bytes(
-        msgspec.json.format(enc.encode(sorted(gen.tickets, key=lambda t: t["created_at"])), indent=1) + b"\n")
-    return {"clickstream_events.json": len(lines), "transactions.csv": len(gen.tx),
-            "product_catalog.json": len(gen.products), "customer_support_interactions.json": len(gen.tickets)}
+        msgspec.json.format(enc.encode(tickets), indent=1) + b"\n")
+    truth = [{"user_id": user, "pattern": pattern} for user, pattern in sorted(plant.truth.items())]
+    (out / "fraud_truth.jsonl").write_bytes(b"".join(enc.encode(t) + b"\n" for t in truth))
+    return {"clickstream_events.json": len(lines), "transactions.csv": len(tx),
+            "product_catalog.json": len(gen.products), "customer_support_interactions.json": len(tickets),
+            "fraud_truth.jsonl": len(truth)}

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Per-partition suffixes, shared with lua/includes/keys.lua.
-CLICKS = "clicks"        # STREAM  input: one field "e" = the raw JSON event
+# Per-partition suffixes; the Lua scripts derive per-user / per-window keys from the partition
+# prefix (KEYS[1]) with the same suffixes.
+CLICKS = "clicks"        # STREAM  input: one field "e" = the raw JSON click event
+TX = "tx"                # STREAM  input: one field "e" = a transaction (JSON)
+SUPPORT = "support"      # STREAM  input: one field "e" = a support ticket snapshot (JSON)
+REKEY = "rekey"          # STREAM  input: records forwarded from other partitions (subject rules, risk)
+OUTBOX = "outbox"        # STREAM  records this partition's script wrote for other partitions
 STATE = "state"          # HASH    watermark wm, max event time, counters
 OPEN = "open"            # ZSET    users with open sessions, score = earliest close time (µs)
 OPEN_MINUTES = "mopen"   # ZSET    minutes not yet finalized, score = minute number
@@ -24,8 +29,16 @@ LEASE = "lease"          # STRING  owning consumer's name, PX lease_ttl
 USER = "user:"           # HASH    user:<user_id> open sessions + per-minute counts
 COUNT = "count:"         # STRING  count:<minute> events in that minute
 HLL = "hll:"             # HLL     hll:<minute> users in that minute
-FIRED = "fired:"         # STRING  fired:<minute>:<user_id> an alert was emitted (at most once)
+FIRED = "fired:"         # STRING  fired:<rule>:<window>:<kind>:<subject>[:<user_id>] alerted (at most once)
 TOMB = "tomb:"           # STRING  tomb:<user_id> the user was erased: drop their events (PX tombstone_ttl)
+PROFILE = "profile:"     # HASH    profile:<user_id> the unified customer profile (PX profile_ttl)
+TICKETS = "tickets:"     # HASH    tickets:<user_id> ticket_id -> last status
+FAILS = "fails:"         # ZSET    fails:<user_id> failed transactions in the velocity window
+UCARDS = "ucards:"       # SET     ucards:<window>:<user_id> cards used by the user
+CARD_USERS = "cardu:"    # SET     cardu:<window>:<card> users of a card (card's partition)
+IP_USERS = "ipu:"        # HLL     ipu:<minute>:<ip> users behind an IP (IP's partition)
+IP_SAMPLE = "ipl:"       # SET     ipl:<minute>:<ip> the first users behind an IP (alert evidence)
+INPUTS = (CLICKS, TX, SUPPORT, REKEY)   # every input stream of a partition, read by its owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +57,10 @@ class Partition:
     def clicks(self) -> str:
         return self.key(CLICKS)
 
+    @property
+    def inputs(self) -> list[str]:
+        return [self.key(s) for s in INPUTS]
+
     def user(self, user_id: str) -> str:
         return self.key(USER) + user_id
 
@@ -53,10 +70,14 @@ class Partition:
     def hll(self, minute: int) -> str:
         return f"{self.prefix}{HLL}{minute}"
 
+    def profile(self, user_id: str) -> str:
+        return self.key(PROFILE) + user_id
+
     def apply_keys(self) -> list[str]:
         """KEYS of lua/apply_batch.lua and lua/advance_watermark.lua, in contract order."""
         return [self.prefix, self.clicks, self.key(STATE), self.key(OPEN), self.key(OPEN_MINUTES),
-                self.key(SESSIONS), self.key(ALERTS), self.key(LATE), self.key(MINUTES), self.key(LEASE)]
+                self.key(SESSIONS), self.key(ALERTS), self.key(LATE), self.key(MINUTES), self.key(LEASE),
+                self.key(TX), self.key(SUPPORT), self.key(REKEY), self.key(OUTBOX)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +92,15 @@ class Keys:
 
     def all_partitions(self) -> list[Partition]:
         return [Partition(self.ns, p) for p in range(self.partitions)]
+
+    @property
+    def catalog(self) -> str:
+        """STREAM of catalog updates (product JSON in field "e"); consumers follow it."""
+        return f"{self.ns}:catalog"
+
+    def product(self, product_id: str) -> str:
+        """HASH of one product: name, category, price, stock, updated_at."""
+        return f"{self.ns}:product:{product_id}"
 
     @property
     def dlq(self) -> str:
@@ -93,3 +123,11 @@ class Keys:
     def pattern(self) -> str:
         """SCAN MATCH pattern for everything in the namespace."""
         return f"{self.ns}:*"
+
+
+_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN MATCH pattern (ids may contain * ? [ ] \\)."""
+    return text.translate(_GLOB_SPECIAL)

@@ -1,4 +1,5 @@
-"""One-shot processing of a file: replay -> N consumer processes until drained -> flush -> export."""
+"""One-shot processing of a file or a folder of sources: replay -> N consumer processes until
+drained -> flush -> export."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def start_consumers(settings: Settings, n: int) -> list[subprocess.Popen]:
 
 @dataclass
 class RunResult:
-    published: int
+    published: dict[str, int]       # per source (engine/keys.py CLICKS, TX, SUPPORT; "catalog": products)
     seconds_replay: float
     seconds_consume: float
     sessions_flushed: int
@@ -54,7 +55,7 @@ class RunResult:
 
 
 async def partition_counters(client: Any, settings: Settings) -> dict[str, int]:
-    totals = {"applied": 0, "duplicates": 0, "late": 0}
+    totals = {"applied": 0, "duplicates": 0, "late": 0, "erased": 0}
     for part in Keys(settings.namespace, settings.partitions).all_partitions():
         values = await client.hmget(part.key(STATE), *totals)
         for name, value in zip(list(totals), values):

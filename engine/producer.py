@@ -1,10 +1,16 @@
-"""Producer API: ``publish(client, events)`` appends events to the partitioned input streams.
+"""Producer API: ``publish(client, events, settings, source)`` appends events to the
+partitioned input streams.
 
-An event goes to ``<ns>:{p}:clicks`` with p = crc32(user_id) mod partitions (see
-engine/partitioning.py), as one field ``e`` holding the event's JSON, byte for byte.  The
-producer reads only ``user_id``; validation happens in the consumer, so a record this
+An event goes to ``<ns>:{p}:<source>`` (clicks, tx or support) with p = crc32(user_id) mod
+partitions (see engine/partitioning.py), as one field ``e`` holding the event's JSON, byte for
+byte.  The producer reads only ``user_id``; validation happens in the consumer, so a record this
 producer cannot route (not JSON, no user id) still goes to a partition and from there to the
 dead-letter stream with its reason: one path for bad input, whatever wrote it.
+
+``replay`` reads the four sample sources (DESIGN §2): a clickstream (JSON Lines or array),
+``transactions.csv`` (each row becomes a JSON object of its columns), support tickets and the
+product catalog (JSON); the kind of a file is read from its records; a folder replays the
+catalog first (clicks are joined with it), then clicks, transactions and tickets.
 
 Replication is asynchronous: an XADD is acknowledged by the primary before its replicas have it,
 so a primary lost right after the reply loses it.  With ``wait_replicas`` = n, a batch counts as
@@ -15,6 +21,7 @@ retries the batch (events with an ``event_id`` are deduplicated by the consumers
 
 from __future__ import annotations
 
+import csv
 import sys
 import time
 from pathlib import Path
@@ -23,8 +30,9 @@ from typing import Any, Iterable, Iterator
 import msgspec
 from redis.exceptions import MovedError
 
+from . import catalog
 from .connection import UNAVAILABLE, is_cluster_client
-from .keys import Keys
+from .keys import CLICKS, SUPPORT, TX, Keys
 from .partitioning import partition_of, partition_of_bytes
 from .schema import routing_decoder
 from .settings import Settings
@@ -58,13 +66,14 @@ class NotReplicated(RuntimeError):
     if its primary fails now (it is written there; retrying it is safe with event ids)."""
 
 
-def publish(client: Any, events: Iterable[Any], settings: Settings) -> int:
-    """Append events (dicts, Structs, JSON bytes or str) to their partitions. Returns the count.
+def publish(client: Any, events: Iterable[Any], settings: Settings, source: str = CLICKS) -> int:
+    """Append events (dicts, Structs, JSON bytes or str) to their partitions' ``source`` stream
+    (engine/keys.py CLICKS, TX or SUPPORT). Returns the count.
 
     ``client`` is a sync redis-py client (single node or cluster).
     """
     keys = Keys(settings.namespace, settings.partitions)
-    streams = [p.clicks for p in keys.all_partitions()]
+    streams = [p.key(source) for p in keys.all_partitions()]
     parts = settings.partitions
     send = _send_by_master if is_cluster_client(client) else _send
     batch: list[tuple[str, bytes]] = []
@@ -125,10 +134,15 @@ def _send_by_master(client: Any, batch: list[tuple[str, bytes]], settings: Setti
 
 
 def read_events(path: str | Path) -> Iterator[bytes]:
-    """Raw records of a clickstream file: JSON Lines, or one JSON array."""
+    """Raw JSON records of a file: JSON Lines, one JSON array, or CSV with a header row."""
     path = Path(path)
     with path.open("rb") as fh:
         head = fh.read(4096).removeprefix(BOM).lstrip()
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            for row in csv.DictReader(fh):
+                yield _encoder.encode({k: v for k, v in row.items() if k is not None})
+        return
     if head.startswith(b"["):
         try:
             items = msgspec.json.decode(path.read_bytes().removeprefix(BOM), type=list[msgspec.Raw])
@@ -142,6 +156,47 @@ def read_events(path: str | Path) -> Iterator[bytes]:
             line = (line.removeprefix(BOM) if n == 0 else line).strip()
             if line:
                 yield line
+
+
+class _Shape(msgspec.Struct):
+    transaction_id: Any = None
+    ticket_id: Any = None
+    product_id: Any = None
+    user_id: Any = None
+
+
+_shape = msgspec.json.Decoder(_Shape)
+CATALOG = "catalog"
+SOURCE_FILES = {CATALOG: "product_catalog.json", CLICKS: "clickstream_events.json", TX: "transactions.csv",
+                SUPPORT: "customer_support_interactions.json"}
+
+
+def kind_of(records: list[bytes]) -> str:
+    """clicks, tx, support or catalog, from the first records that parse."""
+    for raw in records[:50]:
+        try:
+            shape = _shape.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if shape.transaction_id is not None:
+            return TX
+        if shape.ticket_id is not None:
+            return SUPPORT
+        if shape.product_id is not None and shape.user_id is None:
+            return CATALOG
+        return CLICKS
+    return CLICKS
+
+
+def sources_of(path: str | Path) -> list[tuple[str, Path]]:
+    """The (kind, file) pairs a path stands for: a file, or a folder of the sample files."""
+    path = Path(path)
+    if not path.is_dir():
+        return [("", path)]
+    found = [(kind, path / name) for kind, name in SOURCE_FILES.items() if (path / name).is_file()]
+    if not found:
+        raise ValueError(f"{path}: none of {', '.join(SOURCE_FILES.values())} is in this folder")
+    return found
 
 
 class Progress:
@@ -172,19 +227,28 @@ class Progress:
             self.stream.flush()
 
 
-def replay(client: Any, path: str | Path, settings: Settings, rate: float | None = None) -> int:
-    """Publish a file's events, optionally at ``rate`` events/s, with a progress bar."""
-    events = list(read_events(path))
-    progress = Progress(len(events), "replay")
-    start = time.monotonic()
-    chunk = PIPELINE_SIZE if not rate else max(1, min(PIPELINE_SIZE, int(rate / 50)))
-    sent = 0
-    for i in range(0, len(events), chunk):
-        sent += publish(client, events[i:i + chunk], settings)
-        if rate:
-            ahead = sent / rate - (time.monotonic() - start)
-            if ahead > 0:
-                time.sleep(ahead)
-        progress.update(sent)
-    progress.close()
-    return sent
+def replay(client: Any, path: str | Path, settings: Settings, rate: float | None = None) -> dict[str, int]:
+    """Publish a file's (or a folder's) records, optionally at ``rate`` events/s, with a progress
+    bar. Returns records published per kind (the catalog: products loaded)."""
+    done: dict[str, int] = {}
+    for kind, file in sources_of(path):
+        events = list(read_events(file))
+        kind = kind or kind_of(events)
+        if kind == CATALOG:
+            loaded, _dead = catalog.load(client, events, settings)
+            done[kind] = done.get(kind, 0) + loaded
+            continue
+        progress = Progress(len(events), f"replay {kind}")
+        start = time.monotonic()
+        chunk = PIPELINE_SIZE if not rate else max(1, min(PIPELINE_SIZE, int(rate / 50)))
+        sent = 0
+        for i in range(0, len(events), chunk):
+            sent += publish(client, events[i:i + chunk], settings, kind)
+            if rate:
+                ahead = sent / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+            progress.update(sent)
+        progress.close()
+        done[kind] = done.get(kind, 0) + sent
+    return done

@@ -32,14 +32,17 @@ def print_minute_chart(minutes: list[dict], rows: int = 24) -> None:
         print(f"  {start:<16}  {events:>10,.0f}  {users:>13,}  {_bar(int(events), int(top))}")
 
 
-def print_run(result: Any, out_dir: str | Path, detailed: bool) -> None:
+def print_run(result: Any, out_dir: str | Path, detailed: bool, truth: Path | None = None) -> None:
     o, st = result.outputs, result.state
-    total = st["applied"] + st["late"] + len(o.dlq)
-    rate = result.published / max(result.seconds_consume, 1e-9)
-    print(f"\nEvents: {result.published:,} published in {result.seconds_replay:.2f} s, consumed in "
+    published = sum(n for kind, n in result.published.items() if kind != "catalog")
+    dead = [d for d in o.dlq if not d["stream"].endswith(":catalog")]
+    total = st["applied"] + st["late"] + len(dead) + st["erased"]
+    rate = published / max(result.seconds_consume, 1e-9)
+    sources = ", ".join(f"{n:,} {kind}" for kind, n in result.published.items())
+    print(f"Input: {sources}; replayed in {result.seconds_replay:.2f} s, consumed in "
           f"{result.seconds_consume:.2f} s ({rate:,.0f} events/s including process start-up)")
-    print(f"  applied {st['applied']:,} | late {st['late']:,} | dead-letter {len(o.dlq):,} | "
-          f"duplicates skipped {st['duplicates']:,} | accounted for {total:,} of {result.published:,}")
+    print(f"  applied {st['applied']:,} | late {st['late']:,} | dead-letter {len(dead):,} | "
+          f"duplicates skipped {st['duplicates']:,} | accounted for {total:,} of {published:,}")
     users = {s["user_id"] for s in o.sessions}
     print(f"Sessions: {len(o.sessions):,} for {len(users):,} users "
           f"(30-min inactivity gap; {result.sessions_flushed:,} closed by the final flush)")
@@ -48,14 +51,20 @@ def print_run(result: Any, out_dir: str | Path, detailed: bool) -> None:
         print(f"  events per session: median {lengths[len(lengths) // 2]}, max {lengths[-1]}")
     print(f"Minutes: {len(o.minutes):,} finalized, "
           f"{sum(m['events'] for m in o.minutes):,} events counted")
+    print(f"Profiles: {len(o.profiles):,} customers (`shopstream profile USER`)")
     if detailed:
         print("\nEvents per minute (event time, UTC):")
         print_minute_chart(o.minutes)
-    print(f"\nAlerts: {len(o.alerts):,} (rule: more than 100 events from one user in one minute)")
-    by_user = Counter(a["user_id"] for a in o.alerts)
-    for user, n in by_user.most_common(8 if detailed else 3):
-        first = min(a["window_start"] for a in o.alerts if a["user_id"] == user)
-        print(f"  {user!r:<24} {n:>3} flagged minute(s), first at {first}")
+    print(f"\nAlerts: {len(o.alerts):,}")
+    for rule, n in sorted(Counter(a["rule"] for a in o.alerts).items()):
+        subjects = Counter(kind for kind, _ in {(a["subject_kind"], a["subject"]) for a in o.alerts if a["rule"] == rule})
+        print(f"  {rule:<22} {n:>4}  on " + ", ".join(f"{k} {kind}{'s' if k > 1 else ''}" for kind, k in sorted(subjects.items())))
+    risky = sorted((p for p in o.profiles if p.get("risk_score", 0) > 0), key=lambda p: -p["risk_score"])
+    print(f"Customers with a risk score: {len(risky):,}")
+    for p in risky[:8 if detailed else 3]:
+        print(f"  {p['user_id']!r:<24} risk {p['risk_score']:>6.1f}  last alert {p.get('last_alert', '')}")
+    if truth is not None and truth.is_file():
+        print_truth_check(risky, truth)
     if detailed and (o.dlq or o.late):
         print(f"\nDead-letter stream: {len(o.dlq):,} records (kept with the reason)")
         for reason, n in Counter(d["reason"] for d in o.dlq).most_common(5):
@@ -65,6 +74,45 @@ def print_run(result: Any, out_dir: str | Path, detailed: bool) -> None:
     if detailed:
         print("\nNext: run the pieces against your own Redis and look inside with redis-cli (README), "
               "or measure with `make bench`.")
+
+
+def truth_check(flagged: set[str], truth_file: Path) -> dict:
+    """Precision and recall of the flagged users against the generator's ground truth."""
+    truth = {}
+    for line in truth_file.read_text().splitlines():
+        row = json.loads(line)
+        truth[row["user_id"]] = row["pattern"]
+    caught = flagged & truth.keys()
+    return {"planted": len(truth), "caught": len(caught), "false_alarms": sorted(flagged - truth.keys()),
+            "missed": sorted(truth.keys() - flagged), "patterns": truth,
+            "precision": len(caught) / len(flagged) if flagged else 1.0,
+            "recall": len(caught) / len(truth) if truth else 1.0}
+
+
+def print_truth_check(risky: list[dict], truth_file: Path) -> None:
+    check = truth_check({p["user_id"] for p in risky}, truth_file)
+    print(f"Against {truth_file.name}: {check['caught']} of {check['planted']} planted fraudsters caught "
+          f"(recall {check['recall']:.0%}), {len(check['false_alarms'])} clean customer(s) flagged "
+          f"(precision {check['precision']:.0%})")
+    by_pattern = Counter(check["patterns"][u] for u in check["patterns"] if u not in check["missed"])
+    print("  caught by pattern: " + ", ".join(f"{k} {n}" for k, n in sorted(by_pattern.items())))
+    if check["missed"]:
+        print("  missed: " + ", ".join(check["missed"]))
+    if check["false_alarms"]:
+        print("  flagged but clean: " + ", ".join(check["false_alarms"]))
+
+
+def print_profile(profile: dict | None, user: str, settings: Settings) -> None:
+    from .partitioning import partition_of
+    part = Keys(settings.namespace, settings.partitions).partition(partition_of(user, settings.partitions))
+    print(f"user {user!r} lives in partition {part.p} ({part.profile(user)})")
+    if profile is None:
+        print("  no profile (never seen, erased, or expired)")
+        return
+    width = max(len(k) for k in profile)
+    for name, value in profile.items():
+        if name != "user_id":
+            print(f"  {name:<{width}}  {value}")
 
 
 def live_minutes(client: Any, settings: Settings) -> dict[int, list[int]]:
@@ -104,7 +152,7 @@ def print_user_sessions(client: Any, settings: Settings, user: str) -> None:
     state = client.get(part.user(user))
     print(f"user {user!r} lives in partition {part.p} ({part.user(user)})")
     if state:
-        for start, offset, n, types in json.loads(state)["s"]:
+        for start, offset, n, types, *_ in json.loads(state)["s"]:
             start = int(start)
             print(f"  open   {format_us(start)} .. {format_us(start + offset)}  {n} events  {json.dumps(types)}")
     for _, f in client.xrange(part.key(SESSIONS)):

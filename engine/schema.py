@@ -7,6 +7,7 @@ ignored; unknown ``event_type`` values are processed; a breaking change gets a n
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 import msgspec
@@ -47,6 +48,11 @@ class Click(NamedTuple):
     ts_us: int
     event_type: str
     event_id: str | None
+    product_id: str           # "" when none (as for the other optional fields)
+    category: str             # properties.category as sent; the catalog's category wins (consumer)
+    device: str
+    country: str
+    ip: str
 
 
 _version_decoder = msgspec.json.Decoder(_Version)
@@ -92,7 +98,10 @@ def parse_click(raw: bytes, now_us: int, max_future_us: int, max_id_bytes: int) 
             f"timestamp {ev.timestamp!r} is more than {max_future_us // 3_600_000_000} h ahead of the wall clock"
             " - at `$.timestamp`")
     event_id = ev.event_id if ev.event_id is None or isinstance(ev.event_id, str) else str(ev.event_id)
-    return Click(user_id, ts_us, ev.event_type, event_id)
+    hint = (ev.properties or {}).get("category")
+    return Click(user_id, ts_us, ev.event_type, event_id, _text(ev.product_id, "product_id"),
+                 hint if isinstance(hint, str) and len(hint) <= MAX_FIELD_LEN else "",
+                 _text(ev.device, "device"), _text(ev.country, "country").upper(), _text(ev.ip, "ip"))
 
 
 class Routing(msgspec.Struct):
@@ -102,3 +111,154 @@ class Routing(msgspec.Struct):
 
 
 routing_decoder = msgspec.json.Decoder(Routing)
+
+
+# -- transactions, support tickets, catalog ---------------------------------------------------
+MINOR_DIGITS = {"JPY": 0, "KRW": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3, "TND": 3}
+TX_STATUSES = ("completed", "failed")
+MAX_FIELD_LEN = 256
+
+
+class TransactionV1(msgspec.Struct, kw_only=True, frozen=True):
+    transaction_id: str | int
+    user_id: str | int
+    amount: str | int | float        # major units as written by the payment system ("330.98")
+    status: str                      # completed | failed (others are bad input)
+    timestamp: str | int | float
+    schema_version: int = 1
+    currency: str = "USD"
+    order_id: str | int | None = None
+    payment_method: str | None = None
+    card_fingerprint: str | None = None
+    ip: str | None = None
+    country: str | None = None
+
+
+class TicketV1(msgspec.Struct, kw_only=True, frozen=True):
+    ticket_id: str | int
+    user_id: str | int
+    status: str                      # open | resolved | closed | ...: the ticket's state at created_at/updated_at
+    created_at: str | int | float
+    schema_version: int = 1
+    updated_at: str | int | float | None = None
+    channel: str | None = None
+    category: str | None = None
+    priority: str | None = None
+    resolved_at: str | int | float | None = None
+
+
+class ProductV1(msgspec.Struct, kw_only=True, frozen=True):
+    product_id: str | int
+    category: str
+    schema_version: int = 1
+    name: str | None = None
+    price: str | int | float | None = None
+    stock: int | None = None
+    updated_at: str | int | float | None = None
+
+
+class Transaction(NamedTuple):
+    user_id: str
+    ts_us: int
+    transaction_id: str
+    completed: bool
+    amount_minor: int
+    currency: str
+    card: str
+    ip: str
+    country: str
+
+
+class Ticket(NamedTuple):
+    user_id: str
+    ts_us: int
+    ticket_id: str
+    open: bool
+
+
+def _text(value: str | int | None, field: str, required: bool = False) -> str:
+    text = "" if value is None else (value if isinstance(value, str) else str(value))
+    if required and not text:
+        raise BadRecord(f"{field} is empty - at `$.{field}`")
+    if len(text) > MAX_FIELD_LEN:
+        raise BadRecord(f"{field} is longer than {MAX_FIELD_LEN} characters - at `$.{field}`")
+    return text
+
+
+def _user(value: str | int, max_id_bytes: int) -> str:
+    user_id = value if isinstance(value, str) else str(value)
+    if not user_id:
+        raise BadRecord("user_id is empty - at `$.user_id`")
+    if len(user_id) * 4 > max_id_bytes and len(user_id.encode("utf-8")) > max_id_bytes:
+        raise BadRecord(f"user_id is longer than {max_id_bytes} bytes - at `$.user_id`")
+    return user_id
+
+
+def _time(value, field: str, now_us: int, max_future_us: int) -> int:
+    try:
+        ts_us = parse_timestamp(value)
+    except BadTimestamp as exc:
+        raise BadRecord(f"{exc} - at `$.{field}`") from None
+    if ts_us > now_us + max_future_us:
+        raise BadRecord(f"{field} {value!r} is more than {max_future_us // 3_600_000_000} h ahead of the wall clock"
+                        f" - at `$.{field}`")
+    return ts_us
+
+
+def minor_units(amount: str | int | float, currency: str) -> int:
+    """An amount in major units ("330.98", 330.98, 12) as an exact integer of minor units (33098)."""
+    digits = MINOR_DIGITS.get(currency, 2)
+    try:
+        value = Decimal(amount if isinstance(amount, str) else repr(amount)).scaleb(digits)
+    except InvalidOperation:
+        raise BadRecord(f"amount {amount!r} is not a number - at `$.amount`") from None
+    if not value.is_finite() or value != value.to_integral_value():
+        raise BadRecord(f"amount {amount!r} has more than {digits} decimals for {currency} - at `$.amount`")
+    if value < 0 or value >= 10**15:
+        raise BadRecord(f"amount {amount!r} is out of range - at `$.amount`")
+    return int(value)
+
+
+def _decode_as(decoder: msgspec.json.Decoder, raw: bytes, what: str):
+    try:
+        record = decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise BadRecord(f"invalid {what}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRecord(f"not valid JSON: {exc}") from None
+    if record.schema_version != 1:
+        raise BadRecord(f"unsupported schema_version {record.schema_version} (supported: [1])")
+    return record
+
+
+_tx_decoder = msgspec.json.Decoder(TransactionV1)
+_ticket_decoder = msgspec.json.Decoder(TicketV1)
+_product_decoder = msgspec.json.Decoder(ProductV1)
+
+
+def parse_transaction(raw: bytes, now_us: int, max_future_us: int, max_id_bytes: int) -> Transaction:
+    tx = _decode_as(_tx_decoder, raw, "transaction")
+    status = tx.status.lower()
+    if status not in TX_STATUSES:
+        raise BadRecord(f"status {tx.status!r} is not one of {', '.join(TX_STATUSES)} - at `$.status`")
+    currency = _text(tx.currency, "currency", required=True).upper()
+    if len(currency) != 3 or not currency.isalpha():
+        raise BadRecord(f"currency {tx.currency!r} is not an ISO-4217 code - at `$.currency`")
+    return Transaction(_user(tx.user_id, max_id_bytes), _time(tx.timestamp, "timestamp", now_us, max_future_us),
+                       _text(tx.transaction_id, "transaction_id", required=True), status == "completed",
+                       minor_units(tx.amount, currency), currency, _text(tx.card_fingerprint, "card_fingerprint"),
+                       _text(tx.ip, "ip"), _text(tx.country, "country").upper())
+
+
+def parse_ticket(raw: bytes, now_us: int, max_future_us: int, max_id_bytes: int) -> Ticket:
+    t = _decode_as(_ticket_decoder, raw, "support ticket")
+    when, field = (t.updated_at, "updated_at") if t.updated_at is not None else (t.created_at, "created_at")
+    return Ticket(_user(t.user_id, max_id_bytes), _time(when, field, now_us, max_future_us),
+                  _text(t.ticket_id, "ticket_id", required=True), t.status.lower() == "open")
+
+
+def parse_product(raw: bytes) -> ProductV1:
+    product = _decode_as(_product_decoder, raw, "product")
+    _text(product.product_id, "product_id", required=True)
+    _text(product.category, "category", required=True)
+    return product

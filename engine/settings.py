@@ -28,7 +28,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     state_ttl_ms: int = 86_400_000        # every per-user / per-minute key expires after this much inactivity
     tombstone_ttl_ms: int = 30 * 86_400_000  # an erased user's events are dropped for this long
 
-    events_per_minute_threshold: int = 100  # rule 1 fires on the (threshold + 1)-th event of a user-minute
+    profile_ttl_ms: int = 90 * 86_400_000  # a customer profile expires after this long without activity
+    rules_file: str | None = None         # TOML of rule thresholds (engine/rules.py); re-read when it changes
     alerts_channel: str = "alerts"        # pub/sub channel (namespaced: <namespace>:alerts)
 
     batch_size: int = 1000                # XREADGROUP COUNT per partition

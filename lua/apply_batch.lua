@@ -1,6 +1,10 @@
---[[ apply_batch: apply one partition's decoded click events atomically, in stream order.
-  KEYS[1]  ss:{p}:           PREFIX  derived here: user:<id> STRING, count:<m> STRING, hll:<m> HLL,
-                                     fired:<m>:<id> STRING, tomb:<id> STRING (same hash tag, same slot)
+--[[ apply_batch: apply one partition's decoded input (clicks, transactions, support tickets,
+  forwarded records) atomically, in stream order; evaluate the fraud rules; update profiles.
+  KEYS[1]  ss:{p}:           PREFIX  derived here (same hash tag, same slot): user:<id> STRING,
+                                     profile:<id> HASH, tickets:<id> HASH, fails:<id> ZSET,
+                                     ucards:<w>:<id> SET, cardu:<w>:<card> SET, ipu:<m>:<ip> HLL,
+                                     ipl:<m>:<ip> SET, count:<m> STRING, hll:<m> HLL,
+                                     fired:<rule>:<window>:<kind>:<subject>[:<id>] STRING, tomb:<id> STRING
   KEYS[2]  ss:{p}:clicks     STREAM  input (XACK target; XRANGE of a late entry's payload)
   KEYS[3]  ss:{p}:state      HASH    wm, max, tombs_until, applied, duplicates, late, erased
   KEYS[4]  ss:{p}:open       ZSET    user -> due (earliest close time, lower bound)
@@ -10,119 +14,239 @@
   KEYS[8]  ss:{p}:late       STREAM  late events (out)
   KEYS[9]  ss:{p}:minutes    STREAM  finalized minutes (out)
   KEYS[10] ss:{p}:lease      STRING  name of the owning consumer
-  ARGV  consumer, group, now_us, gap_us, ooo_us, threshold, ttl_ms, maxlen, channel,
-        events: JSON array of [entry_id, user_id, ts_us, event_type, fingerprint] in stream order
-        (fingerprint of the producer's event_id, 0 if none: a retry seen among the user's last
-        16 events while the user has an open session is acknowledged and counted as a duplicate)
-  Returns {applied, duplicates, late, sessions_closed, minutes_finalized, watermark_us, erased,
-           alerts {entry_id, user_id, window_start_us, ...}, poison {entry_id, reason, ...}}
-  Poison: events of a user whose state key cannot be read are neither applied nor acknowledged;
-  the caller moves them to the dead-letter stream.
+  KEYS[11] ss:{p}:tx         STREAM  input: transactions (XACK target)
+  KEYS[12] ss:{p}:support    STREAM  input: support tickets (XACK target)
+  KEYS[13] ss:{p}:rekey      STREAM  input: records forwarded from other partitions (XACK, then XDEL)
+  KEYS[14] ss:{p}:outbox     STREAM  records for other partitions (out; the consumer forwards them)
+  ARGV  consumer, group, now_us, gap_us, ooo_us, ttl_ms, maxlen, channel, profile_ttl_ms,
+        rules (JSON, engine/rules.py), events (JSON array in stream-id order, engine/batch.py):
+          [id, "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip]
+          [id, "t", user_id, ts_us, fingerprint, completed, amount_minor, currency, card, ip, country]
+          [id, "k", user_id, ts_us, ticket_id, open]
+          [id, "r", [record, ...] ]  (records: lua/includes/rules.lua)
+        (fingerprint of the producer's event_id / transaction_id, 0 if none: a retry seen among the
+        user's last 16 is acknowledged and counted as a duplicate)
+  Returns {applied (clicks, transactions, tickets), duplicates, late, sessions_closed, minutes_finalized, watermark_us, erased,
+           alerts {entry_id, rule, subject, window_start_us, ...}, poison {entry_id, reason, source, ...},
+           outbox {entry_id, records JSON} or {} (the caller forwards the records and deletes the entry)}
+  Poison: entries of a user whose state or profile key cannot be read are neither applied nor
+  acknowledged; the caller moves them to the dead-letter stream.
   Erased users (KEYS[1] tomb:<id>, looked up only while KEYS[3].tombs_until > now): their
-  events are acknowledged, deleted from the input stream and counted as erased, nothing else.
+  entries are acknowledged, deleted from their input stream and counted as erased, nothing else.
   Errors  SS_NOT_OWNER when KEYS[10] does not hold ARGV[1]; nothing is changed.
   Idempotent: yes - an entry is applied only if its XACK returned 1.
-  Semantics (DESIGN §3): watermark W = max event time - ooo, never decreasing; an event is late
-  when ts + gap < W (to KEYS[8], not applied); before an event touches a user, that user's
+  Semantics (DESIGN §3): watermark W = max click time - ooo, never decreasing; a click is late
+  when ts + gap < W (to KEYS[8], not applied); before a click touches a user, that user's
   sessions with last + gap < W are closed, so results depend on stream order only, not on
-  how entries were batched.
+  how entries were batched.  Transactions and tickets are applied whatever W (profile sums,
+  rule windows of their own); they do not move W.
 ]]
 --@include partition_state
+--@include profile
+--@include rules
 
 local consumer, group = ARGV[1], ARGV[2]
 local now, gap, ooo = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local threshold, ttl, maxlen, channel = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
+local ttl, maxlen, channel, profile_ttl = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 
 if rcall('GET', KEYS[10]) ~= consumer then
   return redis.error_reply('SS_NOT_OWNER ' .. KEYS[10] .. ' is not held by ' .. consumer)
 end
 
 local ctx = new_ctx(KEYS, gap, ttl, maxlen)
+extend_ctx(ctx, KEYS, now, channel, ARGV[10], ooo)
+ctx.on_close = session_rules
 local wm, maxts, tombs_until = read_watermark(ctx)
-local check_tombs = tombs_until > now
+ctx.check_tombs = tombs_until > now
 local applied, dups, late, dropped = 0, 0, 0, 0
-local alerts, poison = {}, {}
+local poison = {}
 local mcount, musers, mseen = {}, {}, {}
+local streams = {c = KEYS[2], t = KEYS[11], k = KEYS[12], r = KEYS[13]}
+local R = ctx.rules
 
-for _, ev in ipairs(cjson.decode(ARGV[10])) do
-  local id, uid, ts, etype, fp = ev[1], ev[2], ev[3], ev[4], ev[5]
-  local st, unreadable = nil, nil
-  if ts + gap >= wm then st, unreadable = load_user(ctx, uid) end
-  if unreadable then
-    poison[#poison + 1] = id            -- not acknowledged: the caller dead-letters it
-    poison[#poison + 1] = unreadable
-  elseif rcall('XACK', ctx.stream, group, id) == 0 then
+local function reject(id, reason, src)
+  poison[#poison + 1] = id              -- not acknowledged: the caller dead-letters it
+  poison[#poison + 1] = reason
+  poison[#poison + 1] = src
+end
+
+-- acknowledged now (1), a redelivery (0), or an erased user's entry (dropped here)
+local function take(id, src, uid)
+  local stream = streams[src]
+  if rcall('XACK', stream, group, id) == 0 then
     dups = dups + 1
-  elseif check_tombs and erased(ctx, uid) then
+    return false
+  end
+  if ctx.check_tombs and erased(ctx, uid) then
     dropped = dropped + 1
-    rcall('XDEL', ctx.stream, id)
-  elseif ts + gap < wm then
-    late = late + 1
-    local entry = rcall('XRANGE', ctx.stream, id, id)[1]
-    local payload = entry and entry[2][2] or ''
-    rcall('XADD', ctx.late, 'MAXLEN', '~', maxlen, '*', 'entry_id', id, 'user_id', uid, 'ts', fmt(ts),
-      'watermark', fmt(wm), 'reason', 'late: event time + session gap is behind the partition watermark',
-      'payload', payload)
-  elseif fp ~= 0 and seen_before(st, fp) then
-    dups = dups + 1                     -- a producer retry of an event applied already
-  else
-    applied = applied + 1
-    if ts > maxts then
-      maxts = ts
-      if ts - ooo > wm then wm = ts - ooo end
-    end
-    if #st.sessions > 0 then close_due(ctx, uid, st, wm) end
+    rcall('XDEL', stream, id)
+    return false
+  end
+  return true
+end
 
-    -- sessions: merge the event into every open session it is within gap of
-    local hit, many = nil, false
+local function apply_click(ev, st, pr)
+  local id, uid, ts, etype, category = ev[1], ev[3], ev[4], ev[5], ev[7]
+  applied = applied + 1
+  if ts > maxts then
+    maxts = ts
+    if ts - ooo > wm then wm = ts - ooo end
+  end
+  if #st.sessions > 0 then close_due(ctx, uid, st, wm) end
+
+  -- sessions: merge the event into every open session it is within gap of
+  local hit, many = nil, false
+  for _, se in ipairs(st.sessions) do
+    if ts >= se.s - gap and ts <= se.l + gap then
+      if hit then many = true else hit = se end
+    end
+  end
+  if not hit then
+    hit = {s = ts, l = ts, n = 0, t = {}, c = {}}
+    st.sessions[#st.sessions + 1] = hit
+  elseif many then
+    local merged, keep = {s = ts, l = ts, n = 0, t = {}, c = {}}, {}
     for _, se in ipairs(st.sessions) do
       if ts >= se.s - gap and ts <= se.l + gap then
-        if hit then many = true else hit = se end
+        if se.s < merged.s then merged.s = se.s end
+        if se.l > merged.l then merged.l = se.l end
+        if se.p and (not merged.p or se.p < merged.p) then merged.p = se.p end
+        merged.n = merged.n + se.n
+        for k, c in pairs(se.t) do merged.t[k] = (merged.t[k] or 0) + c end
+        for k, c in pairs(se.c) do merged.c[k] = (merged.c[k] or 0) + c end
+      else
+        keep[#keep + 1] = se
       end
     end
-    if not hit then
-      st.sessions[#st.sessions + 1] = {s = ts, l = ts, n = 1, t = {[etype] = 1}}
-    elseif not many then
-      if ts < hit.s then hit.s = ts end
-      if ts > hit.l then hit.l = ts end
-      hit.n = hit.n + 1
-      hit.t[etype] = (hit.t[etype] or 0) + 1
-    else
-      local merged, keep = {s = ts, l = ts, n = 1, t = {[etype] = 1}}, {}
-      for _, se in ipairs(st.sessions) do
-        if ts >= se.s - gap and ts <= se.l + gap then
-          if se.s < merged.s then merged.s = se.s end
-          if se.l > merged.l then merged.l = se.l end
-          merged.n = merged.n + se.n
-          for k, c in pairs(se.t) do merged.t[k] = (merged.t[k] or 0) + c end
+    keep[#keep + 1] = merged
+    st.sessions = keep
+    hit = merged
+  end
+  if ts < hit.s then hit.s = ts end
+  if ts > hit.l then hit.l = ts end
+  hit.n = hit.n + 1
+  hit.t[etype] = (hit.t[etype] or 0) + 1
+  if etype == 'purchase' and (not hit.p or ts < hit.p) then hit.p = ts end
+
+  -- profile
+  touch(pr, ts)
+  pincr(pr, 'events', 1)
+  if ev[8] ~= '' then first_time(pr, 'device:' .. ev[8], ts) end
+  if ev[9] ~= '' then first_time(pr, 'country:' .. ev[9], ts) end
+  if etype == 'product_view' and category ~= '' then
+    hit.c[category] = (hit.c[category] or 0) + 1
+    pincr(pr, 'category:' .. category, 1)
+  end
+
+  -- per-minute metrics, aggregated for the whole batch
+  local m = math.floor(ts / US_PER_MIN)
+  mcount[m] = (mcount[m] or 0) + 1
+  local seen = mseen[m]
+  if not seen then seen = {}; mseen[m] = seen; musers[m] = {} end
+  if not seen[uid] then seen[uid] = true; local us = musers[m]; us[#us + 1] = uid end
+
+  local c = (st.minutes[m] or 0) + 1
+  st.minutes[m] = c
+  click_rules(ctx, pr, uid, st, m, c, ts, id)
+  -- the IP rule hears of a user once per minute (the user's first click of the minute)
+  if c == 1 and R.ip_n and ev[10] ~= '' then forward(ctx, {'ip', ev[10], uid, fmt(ts)}) end
+end
+
+local function seen_tx(pr, fp)
+  if fp == 0 then return false end
+  local key, ids = fmt(fp), {}
+  for x in string.gmatch(pr.f.recent_tx or '', '[^,]+') do
+    if x == key then return true end
+    ids[#ids + 1] = x
+  end
+  ids[#ids + 1] = key
+  if #ids > RECENT_IDS then table.remove(ids, 1) end
+  pset(pr, 'recent_tx', table.concat(ids, ','))
+  return false
+end
+
+local function apply_tx(ev, pr)
+  local id, uid, ts = ev[1], ev[3], ev[4]
+  if seen_tx(pr, ev[5]) then
+    dups = dups + 1
+    return
+  end
+  applied = applied + 1
+  local tx = {fp = ev[5], completed = ev[6] == 1, amount = ev[7], currency = ev[8], card = ev[9], ip = ev[10],
+              country = ev[11]}
+  tx_rules(ctx, pr, uid, ts, tx, id)
+  touch(pr, ts)
+  if tx.country ~= '' then first_time(pr, 'country:' .. tx.country, ts) end
+  if tx.completed then
+    pincr(pr, 'orders', 1)
+    pincr(pr, 'spend_minor', tx.amount)
+    pset(pr, 'currency', tx.currency)
+  else
+    pincr(pr, 'failed_payments', 1)
+  end
+end
+
+-- A ticket snapshot: the latest one by event time decides the ticket's status.
+local function apply_ticket(ev, pr)
+  local uid, ts, ticket, open = ev[3], ev[4], ev[5], ev[6] == 1
+  applied = applied + 1
+  touch(pr, ts)
+  local key = ctx.prefix .. 'tickets:' .. uid
+  local prev = rcall('HGET', key, ticket)
+  local was_open, prev_ts = false, nil
+  if prev then
+    was_open = prev:sub(1, 5) == 'open '
+    prev_ts = parse_iso(prev:sub(was_open and 6 or 8))
+  else
+    pincr(pr, 'tickets', 1)
+  end
+  if prev_ts and ts < prev_ts then return end
+  rcall('HSET', key, ticket, (open and 'open ' or 'closed ') .. iso(ts))
+  rcall('PEXPIRE', key, profile_ttl)
+  if open ~= was_open then pincr(pr, 'open_tickets', open and 1 or -1) end
+end
+
+for _, ev in ipairs(cjson.decode(ARGV[11])) do
+  local id, src = ev[1], ev[2]
+  if src == 'r' then
+    if rcall('XACK', KEYS[13], group, id) == 0 then
+      dups = dups + 1
+    else                                -- not counted as applied: applied counts input events
+      for _, rec in ipairs(ev[3]) do apply_forwarded(ctx, rec, id) end
+      rcall('XDEL', KEYS[13], id)       -- internal plumbing, like a purged repartition topic
+    end
+  else
+    local uid, ts = ev[3], ev[4]
+    local st, pr, unreadable = nil, nil, nil
+    if src ~= 'c' or ts + gap >= wm then
+      pr, unreadable = load_profile(ctx, uid)
+      if src == 'c' and not unreadable then st, unreadable = load_user(ctx, uid) end
+      if src == 'k' and not unreadable then
+        local kind = rcall('TYPE', ctx.prefix .. 'tickets:' .. uid).ok
+        if kind ~= 'none' and kind ~= 'hash' then unreadable = 'support tickets key of the user is not a hash' end
+      end
+    end
+    if unreadable then
+      reject(id, unreadable, src)
+    elseif take(id, src, uid) then
+      if src == 'c' then
+        if ts + gap < wm then
+          late = late + 1
+          local entry = rcall('XRANGE', KEYS[2], id, id)[1]
+          local payload = entry and entry[2][2] or ''
+          rcall('XADD', ctx.late, 'MAXLEN', '~', maxlen, '*', 'entry_id', id, 'user_id', uid, 'ts', fmt(ts),
+            'watermark', fmt(wm), 'reason', 'late: event time + session gap is behind the partition watermark',
+            'payload', payload)
+        elseif ev[6] ~= 0 and seen_before(st, ev[6]) then
+          dups = dups + 1                 -- a producer retry of an event applied already
         else
-          keep[#keep + 1] = se
+          apply_click(ev, st, pr)
         end
+      elseif src == 't' then
+        apply_tx(ev, pr)
+      else
+        apply_ticket(ev, pr)
       end
-      keep[#keep + 1] = merged
-      st.sessions = keep
-    end
-
-    -- per-minute metrics, aggregated for the whole batch
-    local m = math.floor(ts / US_PER_MIN)
-    mcount[m] = (mcount[m] or 0) + 1
-    local seen = mseen[m]
-    if not seen then seen = {}; mseen[m] = seen; musers[m] = {} end
-    if not seen[uid] then seen[uid] = true; local us = musers[m]; us[#us + 1] = uid end
-
-    -- rule events_per_minute: fires on the (threshold + 1)-th event of a user-minute, once
-    local c = (st.minutes[m] or 0) + 1
-    st.minutes[m] = c
-    if c == threshold + 1 and rcall('SET', ctx.prefix .. 'fired:' .. fmt(m) .. ':' .. uid, 1, 'NX', 'PX', ttl) then
-      local wstart = m * US_PER_MIN
-      rcall('XADD', ctx.alerts, 'MAXLEN', '~', maxlen, '*', 'rule', 'events_per_minute', 'user_id', uid,
-        'window_start', fmt(wstart), 'count', c, 'threshold', threshold, 'detected_at', fmt(now), 'entry_id', id)
-      rcall('PUBLISH', channel, cjson.encode({rule = 'events_per_minute', user_id = uid,
-        window_start_ms = wstart / 1000, count = c, threshold = threshold,
-        detected_at_ms = math.floor(now / 1000), entry_id = id}))
-      alerts[#alerts + 1] = id
-      alerts[#alerts + 1] = uid
-      alerts[#alerts + 1] = fmt(wstart)
     end
   end
 end
@@ -142,6 +266,8 @@ end
 
 sweep(ctx, wm, 1000000)
 save_users(ctx, wm)
+save_profiles(ctx, profile_ttl)
+local outbox = flush_outbox(ctx)
 finalize_minutes(ctx, wm, 1000000)
 rcall('HSET', ctx.state, 'wm', fmt(wm), 'max', fmt(maxts))
 if applied > 0 then rcall('HINCRBY', ctx.state, 'applied', applied) end
@@ -149,4 +275,4 @@ if dups > 0 then rcall('HINCRBY', ctx.state, 'duplicates', dups) end
 if late > 0 then rcall('HINCRBY', ctx.state, 'late', late) end
 if dropped > 0 then rcall('HINCRBY', ctx.state, 'erased', dropped) end
 
-return {applied, dups, late, ctx.closed, ctx.finalized, fmt(wm), dropped, alerts, poison}
+return {applied, dups, late, ctx.closed, ctx.finalized, fmt(wm), dropped, ctx.alerted, poison, outbox}

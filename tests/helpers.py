@@ -71,3 +71,8 @@ def shuffle_within(events, bound_us: int, seed: int):
     rng = random.Random(seed)
     keyed = sorted(((ts + rng.randrange(bound_us), i, (u, ts, t)) for i, (u, ts, t) in enumerate(events)))
     return [e for _, _, e in keyed]
+
+
+def by_rule(alerts, rule: str = "events_per_minute") -> list[tuple[str, str]]:
+    """(window_start, user_id) of one rule's alerts, sorted (as tests/reference.py returns them)."""
+    return sorted((a["window_start"], a["user_id"]) for a in alerts if a["rule"] == rule)

@@ -124,3 +124,36 @@ async def test_a_random_mix_of_fields_never_crashes_the_consumer(backend, settin
     await control.flush(backend.aio, settings)
     out = await export.collect(backend.aio, settings)
     assert sum(s["event_count"] for s in out.sessions) + len(out.late) + len(out.dlq) == len(rows)
+
+
+async def test_bad_transactions_and_tickets_go_to_the_dead_letter_stream(backend, settings):
+    """The other sources' bad records: dead-lettered with the reason, the rest applied, nothing stuck."""
+    import random
+    from engine.keys import SUPPORT, TX
+    rng = random.Random(11)
+    tx_pools = {"transaction_id": ["t", "", 5, None], "user_id": ["u1", "", "{x}", None, "x" * 300],
+                "amount": ["9.99", "1.005", "abc", -1, 3, None], "status": ["failed", "completed", "pending", 1],
+                "currency": ["USD", "dollars", "", "JPY"], "timestamp": ["2026-11-02T10:00:00Z", "bad", 1793613600000],
+                "card_fingerprint": ["fp", "", None, "x" * 300], "ip": ["10.0.0.1", "", None]}
+    tk_pools = {"ticket_id": ["k", "", 3], "user_id": ["u1", "", None], "status": ["open", "resolved", 4],
+                "created_at": ["2026-11-02T10:00:00Z", "later", None]}
+    good_tx = {k: v[0] for k, v in tx_pools.items()}
+    txs = [msgspec.json.encode({k: rng.choice(v) for k, v in tx_pools.items() if rng.random() < 0.9}) for _ in range(80)]
+    txs += [msgspec.json.encode({**good_tx, "transaction_id": f"good-{i}"}) for i in range(3)]
+    tickets = [msgspec.json.encode({k: rng.choice(v) for k, v in tk_pools.items() if rng.random() < 0.9})
+               for _ in range(40)] + [b"not json", b"[]", msgspec.json.encode({k: v[0] for k, v in tk_pools.items()})]
+    await control.ensure_groups(backend.aio, settings)
+    publish(backend.sync, txs + [b"{", b"null"], settings, TX)
+    publish(backend.sync, tickets, settings, SUPPORT)
+    await consume_all(backend, settings)
+    state = await control.group_state(backend.aio, settings, list(range(settings.partitions)))
+    assert all(pending == 0 and lag == 0 for pending, lag in state.values())
+    counters = {k: 0 for k in ("applied", "duplicates")}
+    for part in range(settings.partitions):
+        values = await backend.aio.hmget(f"{settings.namespace}:{{{part}}}:state", *counters)
+        for k, v in zip(list(counters), values):
+            counters[k] += int(v or 0)
+    out = await export.collect(backend.aio, settings)
+    assert counters["applied"] + counters["duplicates"] + len(out.dlq) == len(txs) + 2 + len(tickets)
+    assert counters["applied"] >= 4 and all(d["reason"] for d in out.dlq)     # the good ones at least
+    assert {d["stream"].rsplit(":", 1)[1] for d in out.dlq} == {"tx", "support"}

@@ -10,15 +10,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from consumers.consumer import Consumer
 from engine import control, export
-from engine.batch import decode_entries
-from engine.keys import Keys
+from engine.batch import apply_args, decode_entries
+from engine.keys import CLICKS, Keys
+from engine.rules import Rules
 from engine.metrics import ConsumerMetrics
 from engine.partitioning import partition_of
 from engine.producer import publish
 from engine.scripts import NotOwner, Scripts, translate
 from redis.exceptions import ResponseError
 
-from .helpers import consume_all, event, run_events
+from .helpers import by_rule, consume_all, event, run_events
 
 T0 = 1_793_520_000_000_000
 
@@ -53,10 +54,8 @@ async def read_and_apply_twice(backend, settings, raws):
         reply = await backend.aio.xreadgroup(settings.group, "me", {part.clicks: ">"}, count=10_000)
         if not reply:
             continue
-        d = decode_entries(reply[0][1], part.p, time.time_ns() // 1000, settings)
-        s = settings
-        args = ["me", s.group, time.time_ns() // 1000, s.session_gap_ms * 1000, s.out_of_order_ms * 1000,
-                s.events_per_minute_threshold, s.state_ttl_ms, s.output_maxlen, "ss:alerts", d.events]
+        d = decode_entries([(CLICKS, e) for e in reply[0][1]], part.p, time.time_ns() // 1000, settings)
+        args = apply_args(settings, "me", time.time_ns() // 1000, Rules().to_lua(), d.events)
         calls.append((part, args))
     first = [await scripts.call("apply_batch", part.apply_keys(), args) for part, args in calls]
     before = await dump(backend.aio)
@@ -97,7 +96,7 @@ async def test_a_consumer_without_the_lease_cannot_apply(backend, settings):
     with pytest.raises(NotOwner):
         try:
             await Scripts(backend.aio).call("apply_batch", part.apply_keys(),
-                                            ["me", settings.group, 0, 1, 1, 100, 1000, 1000, "ch", "[]"])
+                                            apply_args(settings, "me", 0, Rules().to_lua(), b"[]"))
         except ResponseError as exc:
             raise translate(exc) from None
     assert await backend.aio.exists(part.key("state")) == 0
@@ -141,7 +140,7 @@ async def test_every_entry_delivered_twice_gives_the_reference_result(real, sett
     out = await export.collect(real.aio, settings)
     assert [{k: s[k] for k in ("user_id", "start", "end", "event_count", "counts")} for s in out.sessions] \
         == ref.sessions(events)
-    assert [(a["window_start"], a["user_id"]) for a in out.alerts] == ref.alerts(events)
+    assert by_rule(out.alerts) == ref.alerts(events)
     assert sum(m["events"] for m in out.minutes) == len(events)
     assert await control.drained(real.aio, settings)
 
@@ -182,7 +181,8 @@ async def test_consumer_metrics_are_exported(backend, settings):
     assert 'shopstream_events_total{outcome="applied"} 120.0' in text
     assert 'shopstream_events_total{outcome="dead_letter"} 1.0' in text
     assert 'shopstream_alerts_total{rule="events_per_minute"} 1.0' in text
-    assert "shopstream_detection_latency_seconds_count 1.0" in text
+    assert 'shopstream_alerts_total{rule="burst"} 1.0' in text            # the same 101st event
+    assert "shopstream_detection_latency_seconds_count 2.0" in text
     assert "shopstream_batch_duration_seconds_count" in text
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 from redis.crc import key_slot
@@ -9,7 +11,7 @@ from redis.crc import key_slot
 from engine.assignment import assigned
 from engine.batch import decode_entries
 from engine.eventtime import BadTimestamp, format_us, parse_timestamp
-from engine.keys import Keys
+from engine.keys import CLICKS, Keys
 from engine.partitioning import partition_of
 from engine.schema import BadRecord, parse_click
 from engine.settings import Settings, load_settings
@@ -142,8 +144,8 @@ def test_decode_entries_routes_bad_and_foreign_records_to_dead_letters():
     other = next(u for u in (f"v{i}" for i in range(50)) if partition_of(u, 4) != home)
     entries = [(b"1-0", {b"e": click()}), (b"2-0", [b"e", b"{"]), (b"3-0", None), (b"4-0", [b"x", b"1", b"y", b"2"]),
                (b"5-0", {b"e": click(user_id=other)})]
-    d = decode_entries(entries, home, NOW, settings)
-    assert d.count == 1 and msgspec.json.decode(d.events)[0][:2] == ["1-0", "u1"]
+    d = decode_entries([(CLICKS, e) for e in entries], home, NOW, settings)
+    assert d.count == 1 and msgspec.json.decode(d.events)[0][:3] == ["1-0", "c", "u1"]
     reasons = [x.reason for x in d.dead]
     assert [x.entry_id for x in d.dead] == [b"2-0", b"3-0", b"4-0", b"5-0"]
     assert "not valid JSON" in reasons[0] and "trimmed" in reasons[1] and "no 'e' field" in reasons[2]
@@ -179,5 +181,74 @@ def test_an_unexpected_validator_error_dead_letters_the_record(monkeypatch):
     def broken(*_):
         raise KeyError("bug")
     monkeypatch.setattr(batch, "parse_click", broken)
-    d = batch.decode_entries([(b"1-0", {b"e": click()})], 0, NOW, Settings(partitions=1))
+    d = batch.decode_entries([(CLICKS, (b"1-0", {b"e": click()}))], 0, NOW, Settings(partitions=1))
     assert d.count == 0 and "unexpected validation error KeyError" in d.dead[0].reason
+
+
+@pytest.mark.parametrize("amount, currency, minor", [("330.98", "USD", 33098), ("12", "USD", 1200), (12.5, "EUR", 1250),
+                                                     ("1000", "JPY", 1000), ("1.234", "KWD", 1234), ("0.10", "USD", 10)])
+def test_money_in_minor_units(amount, currency, minor):
+    from engine.schema import minor_units
+    assert minor_units(amount, currency) == minor
+
+
+@pytest.mark.parametrize("amount, currency, reason", [("1.005", "USD", "more than 2 decimals"), ("1.5", "JPY", "0 decimals"),
+                                                      ("abc", "USD", "not a number"), ("-3", "USD", "out of range"),
+                                                      ("NaN", "USD", "decimals"), ("1e20", "USD", "out of range")])
+def test_bad_money_is_bad_input(amount, currency, reason):
+    from engine.schema import BadRecord, minor_units
+    with pytest.raises(BadRecord, match=reason):
+        minor_units(amount, currency)
+
+
+def test_transaction_and_ticket_validation():
+    from engine.schema import BadRecord, parse_ticket, parse_transaction
+    row = {"transaction_id": "t1", "user_id": "u", "amount": "9.99", "currency": "usd", "status": "FAILED",
+           "card_fingerprint": "fp", "ip": "10.0.0.1", "country": "de", "timestamp": "2026-11-02T08:00:00Z"}
+    t = parse_transaction(msgspec.json.encode(row), NOW, 86_400_000_000, 256)
+    assert (t.completed, t.amount_minor, t.currency, t.country) == (False, 999, "USD", "DE")
+    for change, reason in [({"status": "pending"}, "status"), ({"currency": "dollars"}, "ISO-4217"),
+                           ({"user_id": ""}, "user_id is empty"), ({"timestamp": "yesterday"}, "timestamp"),
+                           ({"schema_version": 2}, "unsupported schema_version")]:
+        with pytest.raises(BadRecord, match=reason):
+            parse_transaction(msgspec.json.encode({**row, **change}), NOW, 86_400_000_000, 256)
+    ticket = {"ticket_id": 7, "user_id": 42, "status": "open", "created_at": "2026-11-02T08:00:00Z"}
+    k = parse_ticket(msgspec.json.encode(ticket), NOW, 86_400_000_000, 256)
+    assert (k.user_id, k.ticket_id, k.open) == ("42", "7", True)
+
+
+def test_sources_merge_in_append_order_clicks_first_within_a_millisecond():
+    from engine.batch import merge_sources
+    from engine.keys import REKEY, SUPPORT, TX
+    merged = merge_sources({TX: [(b"5-0", {}), (b"7-0", {})], CLICKS: [(b"5-1", {}), (b"6-0", {})],
+                            SUPPORT: [(b"5-0", {})], REKEY: [(b"4-9", {})]})
+    assert [(s, e[0]) for s, e in merged] == [(REKEY, b"4-9"), (CLICKS, b"5-1"), (TX, b"5-0"), (SUPPORT, b"5-0"),
+                                              (CLICKS, b"6-0"), (TX, b"7-0")]
+
+
+def test_replay_reads_each_source_kind(tmp_path):
+    from engine.keys import SUPPORT, TX
+    from engine.producer import CATALOG, kind_of, read_events
+    csv_file = tmp_path / "t.csv"
+    csv_file.write_text("transaction_id,user_id,amount,status,timestamp\nt1,u1,1.00,completed,2026-11-02T08:00:00Z\n")
+    rows = list(read_events(csv_file))
+    assert msgspec.json.decode(rows[0])["amount"] == "1.00" and kind_of(rows) == TX
+    assert kind_of([b'{"ticket_id": "k", "user_id": "u"}']) == SUPPORT
+    assert kind_of([b"junk", b'{"product_id": "P1", "category": "books"}']) == CATALOG
+    assert kind_of([b'{"user_id": "u", "product_id": "P1"}']) == CLICKS
+
+
+def test_rules_defaults_and_validation():
+    from engine.rules import Rules, parse_rules
+    assert parse_rules("") == Rules()
+    assert parse_rules("[ip_users]\nthreshold = 3\n").ip_users.threshold == 3
+    for bad in ("[ip_users]\nthreshold = 'x'\n", "[no_such_rule]\n", "[burst]\nseverity = 'extreme'\n", "= broken"):
+        with pytest.raises(ValueError, match="invalid rules"):
+            parse_rules(bad)
+    lua = msgspec.json.decode(parse_rules("[burst]\nenabled = false\n").to_lua())
+    assert lua["burst"] is False and lua["epm"] == 100 and lua["fail_w"] == 600_000_000
+
+
+def test_the_shipped_rules_file_is_the_defaults():
+    from engine.rules import Rules, parse_rules
+    assert parse_rules((Path(__file__).resolve().parent.parent / "ops" / "rules.toml").read_text()) == Rules()

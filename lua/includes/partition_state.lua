@@ -5,13 +5,16 @@
   prints numbers with 14 significant digits only).
 
   Per-user state, STRING <prefix>user:<user_id>, JSON (GET it with redis-cli):
-    {"s": [ ["<start us>", last - start, events, {event_type: count}], ... ]   open sessions
+    {"s": [ ["<start us>", last - start, events, {event_type: count}, first purchase - start (-1: none),
+            {category: product views}], ... ]   open sessions
      "m": [minute, count, ...]   per-user counts of minutes that end after the watermark (rule 1;
                                  exact for events within the bound B, like the sessions)
      "d": due - start of the first session,   due = the user's score in <prefix>open, a lower
                                               bound of its earliest close time
      "i": [fingerprint, ...]}    the user's last RECENT_IDS event_id fingerprints (producer retries)
   Only the start is a string: offsets, counts and minute numbers stay exact as JSON numbers.
+  Minute counts are kept one minute longer than the watermark needs: the sliding burst rule
+  reads the previous minute.
   A session [start, last] is closed (emitted, deleted) once watermark > last + gap: no event
   that is not late can reach it any more.
 ]]
@@ -29,6 +32,7 @@ local function new_ctx(keys, gap, ttl, maxlen)
     prefix = keys[1], stream = keys[2], state = keys[3], open = keys[4], mopen = keys[5],
     sessions = keys[6], alerts = keys[7], late = keys[8], minutes = keys[9], lease = keys[10],
     gap = gap, ttl = ttl, maxlen = maxlen, users = {}, tombs = {}, closed = 0, finalized = 0,
+    on_close = nil,   -- function(ctx, uid, session) called for every session closed
   }
 end
 
@@ -51,10 +55,13 @@ local function load_user(ctx, uid)
     end
     for i, se in ipairs(doc.s) do
       local start = type(se) == 'table' and tonumber(se[1])
-      if not start or type(se[2]) ~= 'number' or type(se[3]) ~= 'number' or type(se[4]) ~= 'table' then
+      if not start or type(se[2]) ~= 'number' or type(se[3]) ~= 'number' or type(se[4]) ~= 'table'
+          or (se[5] ~= nil and type(se[5]) ~= 'number') or (se[6] ~= nil and type(se[6]) ~= 'table') then
         return nil, 'state of the user is not valid engine JSON (session ' .. i .. ')'
       end
-      st.sessions[i] = {s = start, l = start + se[2], n = se[3], t = se[4]}
+      local p = se[5]
+      st.sessions[i] = {s = start, l = start + se[2], n = se[3], t = se[4], p = p and p >= 0 and start + p or nil,
+                        c = se[6] or {}}
     end
     local m = doc.m
     for i = 1, #m, 2 do
@@ -95,8 +102,9 @@ local function close_due(ctx, uid, st, wm)
       keep = keep or {}
       rcall('XADD', ctx.sessions, 'MAXLEN', '~', ctx.maxlen, '*',
         'user_id', uid, 'session_id', string.format('%x', se.s), 'start', fmt(se.s), 'end', fmt(se.l),
-        'event_count', se.n, 'types', cjson.encode(se.t))
+        'event_count', se.n, 'types', cjson.encode(se.t), 'categories', cjson.encode(se.c))
       ctx.closed = ctx.closed + 1
+      if ctx.on_close then ctx.on_close(ctx, uid, se) end
     end
   end
   if keep then
@@ -128,12 +136,14 @@ local function save_users(ctx, wm)
         st.due = due
       end
       local ms = {}
-      for m, c in pairs(st.minutes) do   -- kept while events within the bound B can reach them
-        if (m + 1) * US_PER_MIN > wm then ms[#ms + 1] = m; ms[#ms + 1] = c end
+      for m, c in pairs(st.minutes) do   -- kept while events within B can reach them or the next minute
+        if (m + 2) * US_PER_MIN > wm then ms[#ms + 1] = m; ms[#ms + 1] = c end
       end
       local doc = {s = {}, m = ms, d = st.due - st.sessions[1].s}
       if #st.ids > 0 then doc.i = st.ids end
-      for i, se in ipairs(st.sessions) do doc.s[i] = {fmt(se.s), se.l - se.s, se.n, se.t} end
+      for i, se in ipairs(st.sessions) do
+        doc.s[i] = {fmt(se.s), se.l - se.s, se.n, se.t, se.p and se.p - se.s or -1, se.c}
+      end
       rcall('SET', key, cjson.encode(doc), 'PX', ctx.ttl)
     end
   end

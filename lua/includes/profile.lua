@@ -1,0 +1,117 @@
+--[[ profile: the unified customer profile, HASH <prefix>profile:<user_id>, readable with HGETALL.
+  Included after partition_state by the scripts that change a partition's state.  A profile is
+  loaded once per script call (HGETALL), changed in memory, and written back once (HSET of the
+  changed fields, PEXPIRE profile_ttl).  Fields (times are ISO-8601 UTC with microseconds):
+    first_seen, last_seen       earliest / latest event time of any source
+    events                      click events applied
+    sessions                    sessions closed
+    device:<name>               first time a device was seen (clicks)
+    country:<CC>                first time a country was seen (clicks, transactions)
+    category:<name>             product views per catalog category
+    orders, spend_minor, currency   completed transactions and their sum (minor units)
+    failed_payments             failed transactions
+    tickets, open_tickets       support tickets seen / open now (from <prefix>tickets:<user_id>)
+    last_alert                  "<rule> <detected event time>"
+    risk_score, risk_at         decayed sum of alert weights as of risk_at (see rules.lua)
+    recent_tx                   fingerprints of the last RECENT_IDS transaction ids (producer retries)
+]]
+
+-- Howard Hinnant's civil-from-days / days-from-civil: µs <-> 'YYYY-MM-DDTHH:MM:SS.ffffffZ'
+local function iso(us)
+  local secs = math.floor(us / 1000000)
+  local frac = us - secs * 1000000
+  local days = math.floor(secs / 86400)
+  local sod = secs - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', y, m, d, math.floor(sod / 3600),
+    math.floor(sod / 60) % 60, sod % 60, frac)
+end
+
+local function parse_iso(text)
+  if type(text) ~= 'string' then return nil end
+  local y, mo, d, h, mi, s, f = text:match('^(%d%d%d%d)-(%d%d)-(%d%d)T(%d%d):(%d%d):(%d%d)%.(%d%d%d%d%d%d)Z$')
+  if not y then return nil end
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  if mo <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((mo + 9) % 12) + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  local days = era * 146097 + doe - 719468
+  return (days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(s)) * 1000000 + tonumber(f)
+end
+
+-- The user's profile {f = fields, tm = parsed times, dirty = {field = true}}, or nil and a reason
+-- when the key is not a hash (such events are returned as poison, like unreadable session state).
+local function load_profile(ctx, uid)
+  local pr = ctx.profiles[uid]
+  if pr then return pr end
+  local raw = redis.pcall('HGETALL', ctx.prefix .. 'profile:' .. uid)
+  if raw.err then return nil, 'profile of the user is unreadable: ' .. tostring(raw.err) end
+  local f = {}
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  pr = {f = f, tm = {}, dirty = {}}
+  ctx.profiles[uid] = pr
+  return pr
+end
+
+local function pset(pr, field, value)
+  pr.f[field] = value
+  pr.dirty[field] = true
+end
+
+local function pincr(pr, field, by)
+  pset(pr, field, fmt((tonumber(pr.f[field]) or 0) + by))
+end
+
+-- A time field in µs (nil when absent or unreadable); parsed once per call.
+local function ptime(pr, field)
+  local t = pr.tm[field]
+  if t == nil then
+    t = parse_iso(pr.f[field]) or false
+    pr.tm[field] = t
+  end
+  return t or nil
+end
+
+local function set_ptime(pr, field, us)
+  pr.tm[field] = us
+  pr.dirty[field] = true
+end
+
+-- Keep the earliest time of a field (first_seen, device:<d>, country:<c>).
+local function first_time(pr, field, ts)
+  local t = ptime(pr, field)
+  if not t or ts < t then set_ptime(pr, field, ts) end
+end
+
+local function touch(pr, ts)
+  first_time(pr, 'first_seen', ts)
+  local last = ptime(pr, 'last_seen')
+  if not last or ts > last then set_ptime(pr, 'last_seen', ts) end
+end
+
+local function save_profiles(ctx, profile_ttl)
+  for uid, pr in pairs(ctx.profiles) do
+    local args, n = {}, 0
+    for field in pairs(pr.dirty) do
+      local t = pr.tm[field]
+      args[n + 1] = field
+      args[n + 2] = t and iso(t) or pr.f[field]
+      n = n + 2
+    end
+    if n > 0 then
+      local key = ctx.prefix .. 'profile:' .. uid
+      rcall('HSET', key, unpack(args))
+      rcall('PEXPIRE', key, profile_ttl)
+    end
+  end
+end

@@ -1,0 +1,245 @@
+--[[ rules: the fraud rules, evaluated inside the apply script together with the state they read.
+  Included after partition_state and profile.  ctx.rules = the decoded rules argument
+  (engine/rules.py Rules.to_lua; a threshold of false disables its rule).  docs/rules.md says what
+  each rule means; the functions below are called by apply_batch.lua / advance_watermark.lua.
+
+  Alerts: XADD <prefix>alerts and PUBLISH, at most once per rule, window and subject (SET NX
+  <prefix>fired:<rule>:<window start us>:<kind>:<subject> PX ttl).  An alert on a user raises
+  that user's risk score; an alert on another subject (an IP, a card) lives in the subject's
+  partition and sends a 'risk' record back to every user involved through the outbox.
+
+  Rekeying (Kafka Streams' repartition topics): a rule whose subject is not the user keeps its
+  state in the subject's partition.  This script appends one entry to <prefix>outbox holding the
+  call's records (atomically with the rest of the call); the consumer sends each record to the
+  partition of its key (its second field: crc32 % partitions, engine/partitioning.py), i.e. to
+  <ns>:{q}:rekey, and deletes the entry; q's owner applies them like any input.  Forwarding is
+  at-least-once, so what a forwarded record changes is idempotent (set / HLL adds, SET NX).
+    {'ip', ip, user_id, ts}      {'card', card, user_id, ts}
+    {'risk', user_id, rule, severity, ts, kind, subject, window}
+]]
+local IP_SAMPLE = 32          -- users kept (exactly) per IP and minute as alert evidence
+
+-- What the rules need beyond partition_state's ctx.  keys: the script's KEYS (14 = outbox).
+local function extend_ctx(ctx, keys, now, channel, rules_json, ooo)
+  ctx.now, ctx.channel, ctx.outbox = now, channel, keys[14]
+  ctx.rules = cjson.decode(rules_json)
+  ctx.win_ttl = math.floor((ctx.gap + ooo) / 1000) + 60000   -- per-minute subject keys: past every non-late event
+  ctx.profiles, ctx.out, ctx.alerted, ctx.fired = {}, {}, {}, {}
+  ctx.check_tombs = false
+  ctx.on_close = nil
+end
+
+local function forward(ctx, rec)
+  ctx.out[#ctx.out + 1] = rec
+end
+
+-- The outbox entry written by this call: {entry_id, records JSON}, or {} when there is none.
+local function flush_outbox(ctx)
+  if #ctx.out == 0 then return {} end
+  local records = cjson.encode(ctx.out)
+  return {rcall('XADD', ctx.outbox, '*', 'e', records), records}
+end
+
+-- Risk: sum of alert weights decayed by 2^(-age / half-life), in event time, kept as of risk_at
+-- (the latest alert time): order-independent, one number per user.
+local function add_risk(ctx, pr, severity, ts, rule)
+  local R = ctx.rules
+  local w = R.risk_w[severity] or 0
+  local at = ptime(pr, 'risk_at')
+  local score = tonumber(pr.f.risk_score) or 0
+  if not at then
+    score, at = w, ts
+  elseif ts >= at then
+    score, at = score * 2 ^ (-(ts - at) / R.risk_hl) + w, ts
+  else
+    score = score + w * 2 ^ (-(at - ts) / R.risk_hl)
+  end
+  pset(pr, 'risk_score', string.format('%.2f', score))
+  set_ptime(pr, 'risk_at', at)
+  pset(pr, 'last_alert', rule .. ' ' .. iso(ts))
+end
+
+-- Emit alert a = {rule, sev, kind, subject, uid, window, count, threshold, entry, evidence}.
+-- Returns false when this rule, window and subject has alerted already.
+local function emit(ctx, a)
+  local marker = ctx.prefix .. 'fired:' .. a.rule .. ':' .. fmt(a.window) .. ':' .. a.kind .. ':' .. a.subject
+  if ctx.fired[marker] ~= nil then return false end
+  local fresh = rcall('SET', marker, 1, 'NX', 'PX', ctx.ttl) and true or false
+  ctx.fired[marker] = false
+  if not fresh then return false end
+  local evidence = cjson.encode(a.evidence or {})
+  rcall('XADD', ctx.alerts, 'MAXLEN', '~', ctx.maxlen, '*', 'rule', a.rule, 'severity', a.sev,
+    'subject_kind', a.kind, 'subject', a.subject, 'user_id', a.uid, 'window_start', fmt(a.window),
+    'count', a.count, 'threshold', a.threshold, 'detected_at', fmt(ctx.now), 'entry_id', a.entry,
+    'evidence', evidence)
+  rcall('PUBLISH', ctx.channel, cjson.encode({rule = a.rule, severity = a.sev, subject_kind = a.kind,
+    subject = a.subject, user_id = a.uid, window_start_ms = math.floor(a.window / 1000), count = a.count,
+    threshold = a.threshold, detected_at_ms = math.floor(ctx.now / 1000), entry_id = a.entry,
+    evidence = cjson.decode(evidence)}))
+  local out = ctx.alerted
+  out[#out + 1] = a.entry
+  out[#out + 1] = a.rule
+  out[#out + 1] = a.subject
+  out[#out + 1] = fmt(a.window)
+  return true
+end
+
+local function user_alert(ctx, pr, a, ts)
+  a.kind, a.subject = 'user', a.uid
+  if emit(ctx, a) and pr then add_risk(ctx, pr, a.sev, ts, a.rule) end
+end
+
+-- Clicks: events_per_minute (the brief's rule) and burst (sliding 60 s, two-bucket estimate:
+-- this minute's count + the previous minute's count x the part of it still inside the window).
+local function click_rules(ctx, pr, uid, st, m, c, ts, entry)
+  local R = ctx.rules
+  if R.epm and c == R.epm + 1 then
+    user_alert(ctx, pr, {rule = 'events_per_minute', sev = R.epm_sev, uid = uid, window = m * US_PER_MIN,
+      count = c, threshold = R.epm, entry = entry}, ts)
+  end
+  if R.burst then
+    local prev = st.minutes[m - 1] or 0
+    local est = c + prev * (1 - (ts - m * US_PER_MIN) / US_PER_MIN)
+    if est > R.burst then
+      user_alert(ctx, pr, {rule = 'burst', sev = R.burst_sev, uid = uid, window = m * US_PER_MIN,
+        count = math.floor(est), threshold = R.burst, entry = entry,
+        evidence = {window_end = iso(ts), this_minute = c, previous_minute = prev}}, ts)
+    end
+  end
+end
+
+-- Sessions, when they close (exact: every event of the session is in): inhuman_speed.
+local function session_rules(ctx, uid, se)
+  local R = ctx.rules
+  local pr = load_profile(ctx, uid)
+  if pr then pincr(pr, 'sessions', 1) end
+  local views, carts = se.t.product_view or 0, se.t.add_to_cart or 0
+  if R.speed_us and se.p and se.p - se.s < R.speed_us then
+    user_alert(ctx, pr, {rule = 'inhuman_speed', sev = R.speed_sev, uid = uid, window = se.s,
+      count = math.floor((se.p - se.s) / 1000), threshold = math.floor(R.speed_us / 1000), entry = '',
+      evidence = {reason = 'purchase_after_ms', session_start = iso(se.s), events = se.n,
+                  product_views = views}}, se.l)
+  elseif R.speed_noview and (se.t.checkout or 0) > 0 and views + carts == 0 then
+    user_alert(ctx, pr, {rule = 'inhuman_speed', sev = R.speed_sev, uid = uid, window = se.s,
+      count = 0, threshold = 1, entry = '',
+      evidence = {reason = 'checkout_without_product', session_start = iso(se.s), events = se.n,
+                  checkouts = se.t.checkout}}, se.l)
+  end
+end
+
+-- Transactions of the user (before the transaction updates the profile).
+local function tx_rules(ctx, pr, uid, ts, tx, entry)
+  local R = ctx.rules
+  if tx.completed and R.ncp_min and tx.amount >= R.ncp_min and tx.country ~= '' then
+    local first = ptime(pr, 'first_seen')
+    local since = ptime(pr, 'country:' .. tx.country)
+    if first and ts - first > R.ncp_hist and (not since or ts - since < R.ncp_new) then
+      user_alert(ctx, pr, {rule = 'new_country_purchase', sev = R.ncp_sev, uid = uid, window = since or ts,
+        count = tx.amount, threshold = R.ncp_min, entry = entry,
+        evidence = {country = tx.country, amount_minor = tx.amount, currency = tx.currency,
+                    country_first_seen = iso(since or ts), customer_since = iso(first)}}, ts)
+    end
+  end
+  if not tx.completed and R.fail_n then
+    local key, w = ctx.prefix .. 'fails:' .. uid, R.fail_w
+    rcall('ZADD', key, ts, tx.fp)
+    rcall('ZREMRANGEBYSCORE', key, '-inf', '(' .. fmt(ts - 2 * w))
+    rcall('PEXPIRE', key, math.floor(2 * w / 1000) + 1)
+    -- the largest group of failures inside some window of length w that contains this one
+    local near = rcall('ZRANGEBYSCORE', key, fmt(ts - w), fmt(ts + w), 'WITHSCORES')
+    local times = {}
+    for i = 2, #near, 2 do times[#times + 1] = tonumber(near[i]) end
+    local best, best_start, j = 0, ts, 1
+    for i = 1, #times do
+      if times[i] > ts then break end
+      while j <= #times and times[j] - times[i] <= w do j = j + 1 end
+      if times[j - 1] >= ts and j - i > best then best, best_start = j - i, times[i] end
+    end
+    if best >= R.fail_n then
+      user_alert(ctx, pr, {rule = 'failed_payments', sev = R.fail_sev, uid = uid,
+        window = math.floor(ts / w) * w, count = best, threshold = R.fail_n, entry = entry,
+        evidence = {first_failure = iso(best_start), window_minutes = w / US_PER_MIN}}, ts)
+    end
+  end
+  if tx.card ~= '' and (R.cards_n or R.cardu_n) then
+    local w = R.card_w
+    local wk = math.floor(ts / w) * w
+    if R.cards_n then
+      local key = ctx.prefix .. 'ucards:' .. fmt(wk) .. ':' .. uid
+      if rcall('SADD', key, tx.card) == 1 then
+        rcall('PEXPIRE', key, math.floor((w + ctx.gap) / 1000))
+        local n = rcall('SCARD', key)
+        if n >= R.cards_n then
+          user_alert(ctx, pr, {rule = 'card_testing', sev = R.card_sev, uid = uid, window = wk, count = n,
+            threshold = R.cards_n, entry = entry, evidence = {cards = rcall('SMEMBERS', key)}}, ts)
+        end
+      end
+    end
+    if R.cardu_n then forward(ctx, {'card', tx.card, uid, fmt(ts)}) end
+  end
+  if tx.ip ~= '' and R.ip_n then forward(ctx, {'ip', tx.ip, uid, fmt(ts)}) end
+end
+
+local function risk_back(ctx, uid, a, ts)
+  forward(ctx, {'risk', uid, a.rule, a.sev, fmt(ts), a.kind, a.subject, fmt(a.window)})
+end
+
+local function sorted(list)
+  local copy = {}
+  for i, x in ipairs(list) do copy[i] = x end
+  table.sort(copy)
+  return copy
+end
+
+-- A subject alert: the first time, every user involved gets a risk record; later, each new user.
+local function subject_alert(ctx, a, members, uid, ts)
+  if emit(ctx, a) then
+    for _, m in ipairs(members) do risk_back(ctx, m, a, ts) end
+  else
+    risk_back(ctx, uid, a, ts)
+  end
+end
+
+-- Records forwarded from other partitions (this partition owns the subject).
+local function apply_forwarded(ctx, rec, entry)
+  local R, kind = ctx.rules, rec[1]
+  if kind == 'ip' and R.ip_n then
+    local ip, uid, ts = rec[2], rec[3], tonumber(rec[4])
+    local m = math.floor(ts / US_PER_MIN)
+    local suffix = fmt(m) .. ':' .. ip
+    local hkey, skey = ctx.prefix .. 'ipu:' .. suffix, ctx.prefix .. 'ipl:' .. suffix
+    if rcall('PFADD', hkey, uid) == 0 then return end
+    local n = rcall('PFCOUNT', hkey)
+    if n <= IP_SAMPLE then rcall('SADD', skey, uid) end
+    if n == 1 then                      -- created now: both keys live as long as the minute matters
+      rcall('PEXPIRE', hkey, ctx.win_ttl)
+      rcall('PEXPIRE', skey, ctx.win_ttl)
+    end
+    if n > R.ip_n then
+      local members = rcall('SMEMBERS', skey)
+      subject_alert(ctx, {rule = 'ip_users', sev = R.ip_sev, kind = 'ip', subject = ip, uid = uid,
+        window = m * US_PER_MIN, count = n, threshold = R.ip_n, entry = entry,
+        evidence = {users_sample = sorted(members)}}, members, uid, ts)
+    end
+  elseif kind == 'card' and R.cardu_n then
+    local card, uid, ts = rec[2], rec[3], tonumber(rec[4])
+    local wk = math.floor(ts / R.card_w) * R.card_w
+    local key = ctx.prefix .. 'cardu:' .. fmt(wk) .. ':' .. card
+    if rcall('SADD', key, uid) == 0 then return end
+    rcall('PEXPIRE', key, math.floor((R.card_w + ctx.gap) / 1000))
+    local n = rcall('SCARD', key)
+    if n >= R.cardu_n then
+      local members = rcall('SMEMBERS', key)
+      subject_alert(ctx, {rule = 'card_testing', sev = R.card_sev, kind = 'card', subject = card, uid = uid,
+        window = wk, count = n, threshold = R.cardu_n, entry = entry,
+        evidence = {users = sorted(members)}}, members, uid, ts)
+    end
+  elseif kind == 'risk' then
+    local uid = rec[2]
+    if ctx.check_tombs and erased(ctx, uid) then return end
+    local marker = ctx.prefix .. 'fired:' .. rec[3] .. ':' .. rec[8] .. ':' .. rec[6] .. ':' .. rec[7] .. ':' .. uid
+    if not rcall('SET', marker, 1, 'NX', 'PX', ctx.ttl) then return end
+    local pr = load_profile(ctx, uid)
+    if pr then add_risk(ctx, pr, rec[4], tonumber(rec[5]), rec[3]) end
+  end
+end
