@@ -217,8 +217,19 @@ class EmbeddedCluster:
                 c.cluster("forget", node.node_id)
         fresh = self.start_node()
         fresh.node_id = _node_id(fresh)
-        _redis_cli("--cluster", "add-node", f"127.0.0.1:{fresh.port}", f"127.0.0.1:{heir.port}", "--cluster-slave",
-                   "--cluster-master-id", heir.node_id)
+        deadline = time.monotonic() + timeout
+        with fresh.client() as c:
+            # CLUSTER MEET + REPLICATE rather than redis-cli --cluster add-node, which refuses while
+            # the other nodes are still agreeing on the failover
+            c.cluster("meet", "127.0.0.1", heir.port, heir.args[heir.args.index("--cluster-port") + 1])
+            while True:
+                try:
+                    c.cluster("replicate", heir.node_id)
+                    break
+                except redis.ResponseError:          # the heir is not known here yet (gossip)
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
         self.nodes[self.nodes.index(node)] = fresh
         wait_cluster_ready(self.nodes, timeout)
         return fresh

@@ -199,6 +199,12 @@ def _comparable(out: Path) -> dict[str, list]:
     rows = {name: read_jsonl(out / f"{name}.jsonl") for name in ("sessions", "minutes", "alerts", "late", "dlq")}
     for a in rows["alerts"]:
         del a["detected_at"]                                      # wall clock
+        if a["subject_kind"] != "user":
+            # an IP's or card's partition hears from many partitions (rekeyed records): which user
+            # tips it over the threshold, and which come first in the evidence's sample, depends on
+            # the arrival order across partitions (two single-node runs differ there too)
+            del a["user_id"]
+            a["evidence"].pop("users_sample", None)
     for d in rows["dlq"]:
         del d["entry_id"]                                         # the id Redis gave the entry
     rows["dlq"].sort(key=json.dumps)
@@ -236,7 +242,7 @@ def test_every_command_with_the_url_of_a_cluster_node(redis_cluster, dataset, tm
         assert "published" in shopstream("replay", str(dataset), env=env)
         workers = [consumer(env, "--until-idle") for _ in range(2)]
         assert [w.wait(timeout=120) for w in workers] == [0, 0]
-        assert json.loads(_read_line(tail, 10))["rule"] == "events_per_minute"
+        assert json.loads(_read_line(tail, 10))["rule"]                 # an alert, whichever rule fired first
     finally:
         tail.terminate()
         tail.wait()
