@@ -216,6 +216,7 @@ class EmbeddedCluster:
             with other.client() as c:
                 c.cluster("forget", node.node_id)
         fresh = self.start_node()
+        self.nodes[self.nodes.index(node)] = fresh     # from here on, the block's end stops it
         fresh.node_id = _node_id(fresh)
         deadline = time.monotonic() + timeout
         with fresh.client() as c:
@@ -230,7 +231,6 @@ class EmbeddedCluster:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
-        self.nodes[self.nodes.index(node)] = fresh
         wait_cluster_ready(self.nodes, timeout)
         return fresh
 
