@@ -190,7 +190,7 @@ class EmbeddedCluster:
                 with node.client() as c:
                     if c.info("server")["process_id"] == node.proc.pid:
                         return node
-            except RuntimeError:
+            except (RuntimeError, redis.RedisError):       # exited, or never answered: kill, start again
                 pass
             if node.proc.poll() is None:
                 node.proc.kill()
