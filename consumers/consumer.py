@@ -39,6 +39,7 @@ log = logging.getLogger("shopstream.consumer")
 _records = msgspec.json.Decoder(list[list])
 
 STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in other consumers' lists
+READ_MARGIN_S = 0.05         # a read must end this long before our lease could expire
 MAX_FAILURES_UNTIL_IDLE = 20  # a bounded run gives up (exit 1) instead of retrying a broken apply forever
 
 
@@ -61,6 +62,9 @@ def _streams(reply) -> list:
 class Consumer:
     def __init__(self, client: Any, settings: Settings, name: str, *, metrics: ConsumerMetrics | None = None,
                  until_idle: bool = False, idle_advance: bool = True):
+        if settings.lease_ttl_ms / 1000 <= settings.heartbeat_ms / 1000 + settings.block_ms / 1000 + READ_MARGIN_S:
+            raise ValueError(f"lease_ttl_ms ({settings.lease_ttl_ms}) must exceed heartbeat_ms + block_ms + "
+                             f"{READ_MARGIN_S * 1000:.0f} ms: a lease must outlive a renewal period and a read")
         self.client, self.settings, self.name = client, settings, name
         self.metrics = metrics or ConsumerMetrics()
         self.until_idle = until_idle
@@ -150,7 +154,8 @@ class Consumer:
 
     # -- one step: read -> decode -> apply -> metrics ------------------------------------------
     async def step(self) -> bool:
-        owned = sorted(self.leases.owned - self.leases.to_release)
+        # a read may wait block_ms in Redis: only partitions whose lease holds that long and more
+        owned = self.leases.readable(margin_s=self.settings.block_ms / 1000 + READ_MARGIN_S)
         if not owned:
             await asyncio.sleep(self.settings.block_ms / 1000)
             return False

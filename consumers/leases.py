@@ -31,6 +31,15 @@ class Leases:
         self.to_release: set[int] = set()
         self.recovering: set[int] = set()   # read own pending entries ("0") before new ones (">")
         self.members: list[str] = []
+        self.valid_until: dict[int, float] = {}   # partition -> monotonic time our lease surely still holds
+
+    def readable(self, margin_s: float) -> list[int]:
+        """Owned partitions whose lease is sure to hold for margin_s more (local clock: the lease was
+        set at most ttl before it expires on the server).  A consumer that stalled past its lease
+        (a GC pause, a failover) must not read a partition another consumer may own now: the
+        entries it read would wait in its pending list and be applied later, out of order."""
+        now = time.monotonic()
+        return sorted(p for p in self.owned - self.to_release if self.valid_until.get(p, 0.0) > now + margin_s)
 
     async def heartbeat(self) -> None:
         """Renew membership and leases; take free partitions assigned to us; mark the others to release.
@@ -61,7 +70,10 @@ class Leases:
                 continue
             part = self.keys.partition(p)
             try:
+                sent = time.monotonic()
                 held = await self.scripts.call("claim_lease", [part.key(LEASE)], [self.name, s.lease_ttl_ms])
+                if held:
+                    self.valid_until[p] = sent + s.lease_ttl_ms / 1000
                 if held and p not in self.owned:
                     await self.claim_pending(p)
                     self.owned.add(p)

@@ -249,3 +249,35 @@ async def test_retry_dedup_horizon_is_the_users_last_16_events(backend, settings
     raws += [event("u1", T0 + 19 * 1000, event_id="e19"), event("u1", T0, event_id="e0")]  # e0 is out of the horizon
     out = await run_events(backend, settings, raws)
     assert [s["event_count"] for s in out.sessions] == [21]
+
+
+async def test_a_consumer_that_stalled_past_its_lease_reads_nothing(real, settings):
+    """Consumer a owns every partition, then stalls longer than its lease; b takes over; a wakes up
+    and steps before its heartbeat noticed: it must not read (the entries would wait in its pending
+    list and be applied later, out of order), so b applies everything in order."""
+    from . import reference as ref
+    from .helpers import generated_events
+    events = sorted(generated_events(seed=31, users=10), key=lambda e: e[1])
+    await control.ensure_groups(real.aio, settings)
+    a = Consumer(real.aio, settings.replace(batch_size=50), "a", until_idle=True, idle_advance=False)
+    await a.leases.heartbeat()
+    assert a.leases.owned == set(range(settings.partitions))
+    await asyncio.sleep(settings.lease_ttl_ms / 1000 + 0.1)            # a stalls: its leases expire
+    b = Consumer(real.aio, settings, "b", until_idle=True, idle_advance=False)
+    await b.leases.heartbeat()
+    assert b.leases.owned == set(range(settings.partitions))
+    publish(real.sync, [event(*e) for e in events], settings)
+    a.leases.recovering.clear()                 # a had nothing pending: its next read is of new entries
+    assert await a.step() is False              # a wakes up: reads nothing (else the first 50 of each
+    #                                             partition would be applied after the rest)
+    await asyncio.wait_for(b.run(), 60)
+    await control.flush(real.aio, settings)
+    out = await export.collect(real.aio, settings)
+    assert out.late == [] and by_rule(out.alerts) == ref.alerts(events)
+    assert [{k: s[k] for k in ("user_id", "start", "end", "event_count", "counts")} for s in out.sessions] \
+        == ref.sessions(events)
+
+
+def test_a_lease_shorter_than_a_renewal_and_a_read_is_refused(settings):
+    with pytest.raises(ValueError, match="lease_ttl_ms"):
+        Consumer(None, settings.replace(lease_ttl_ms=60, heartbeat_ms=50, block_ms=20), "x")
