@@ -223,7 +223,10 @@ def _subscriber(url: str, channel: str, out: str) -> None:
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     while not stop:
-        msg = pubsub.get_message(timeout=0.1)
+        try:
+            msg = pubsub.get_message(timeout=0.1)
+        except redis.TimeoutError:       # a busy server answered late: keep listening
+            continue
         if msg and msg["type"] == "message":
             now_ms = time.time() * 1000
             entry_id = json.loads(msg["data"])["entry_id"]

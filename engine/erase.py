@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from .keys import (ALERTS, CARD_USERS, CLICKS, FAILS, FIRED, IP_SAMPLE, LATE, OPEN, SESSIONS, STATE, SUPPORT, TICKETS,
+from .keys import (ALERTS, CARD_USERS, CLICKS, FAILS, FIRED, IP_USERS, LATE, OPEN, SESSIONS, STATE, SUPPORT, TICKETS,
                    TOMB, TX, UCARDS, Keys, Partition, glob_escape)
 from .partitioning import partition_of
 from .settings import Settings
@@ -111,7 +111,7 @@ async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]
         if found:
             report[counter] += await client.delete(*found)
     # the user as a member of other subjects' sets (card users, IP samples), in every partition
-    for suffix in (CARD_USERS, IP_SAMPLE):
+    for suffix in (CARD_USERS, IP_USERS):
         async for key in client.scan_iter(match=f"{glob_escape(settings.namespace)}:*:{suffix}*", count=1000):
             report["subject_sets"] += await client.srem(key, user_id)
 

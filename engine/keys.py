@@ -36,8 +36,8 @@ TICKETS = "tickets:"     # HASH    tickets:<user_id> ticket_id -> last status
 FAILS = "fails:"         # ZSET    fails:<user_id> failed transactions in the velocity window
 UCARDS = "ucards:"       # SET     ucards:<window>:<user_id> cards used by the user
 CARD_USERS = "cardu:"    # SET     cardu:<window>:<card> users of a card (card's partition)
-IP_USERS = "ipu:"        # HLL     ipu:<minute>:<ip> users behind an IP (IP's partition)
-IP_SAMPLE = "ipl:"       # SET     ipl:<minute>:<ip> the first users behind an IP (alert evidence)
+IP_USERS = "ipu:"        # SET     ipu:<minute>:<ip> the first 64 users behind an IP (IP's partition)
+IP_MORE = "ipx:"         # HLL     ipx:<minute>:<ip> the users beyond those 64
 INPUTS = (CLICKS, TX, SUPPORT, REKEY)   # every input stream of a partition, read by its owner
 
 

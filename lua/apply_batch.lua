@@ -2,8 +2,8 @@
   forwarded records) atomically, in stream order; evaluate the fraud rules; update profiles.
   KEYS[1]  ss:{p}:           PREFIX  derived here (same hash tag, same slot): user:<id> STRING,
                                      profile:<id> HASH, tickets:<id> HASH, fails:<id> ZSET,
-                                     ucards:<w>:<id> SET, cardu:<w>:<card> SET, ipu:<m>:<ip> HLL,
-                                     ipl:<m>:<ip> SET, count:<m> STRING, hll:<m> HLL,
+                                     ucards:<w>:<id> SET, cardu:<w>:<card> SET, ipu:<m>:<ip> SET,
+                                     ipx:<m>:<ip> HLL, count:<m> STRING, hll:<m> HLL,
                                      fired:<rule>:<window>:<kind>:<subject>[:<id>] STRING, tomb:<id> STRING
   KEYS[2]  ss:{p}:clicks     STREAM  input (XACK target; XRANGE of a late entry's payload)
   KEYS[3]  ss:{p}:state      HASH    wm, max, tombs_until, applied, duplicates, late, erased

@@ -16,23 +16,28 @@
     recent_tx                   fingerprints of the last RECENT_IDS transaction ids (producer retries)
 ]]
 
--- Howard Hinnant's civil-from-days / days-from-civil: µs <-> 'YYYY-MM-DDTHH:MM:SS.ffffffZ'
+-- Howard Hinnant's civil-from-days / days-from-civil: µs <-> 'YYYY-MM-DDTHH:MM:SS.ffffffZ'.  The
+-- format has a fixed width, so these strings sort like the times they stand for.
+local day_text = {}        -- days since the epoch -> 'YYYY-MM-DDT' (a call touches few days)
 local function iso(us)
   local secs = math.floor(us / 1000000)
-  local frac = us - secs * 1000000
   local days = math.floor(secs / 86400)
+  local date = day_text[days]
+  if not date then
+    local z = days + 719468
+    local era = math.floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+    local mp = math.floor((5 * doy + 2) / 153)
+    local d = doy - math.floor((153 * mp + 2) / 5) + 1
+    local m = mp < 10 and mp + 3 or mp - 9
+    date = string.format('%04d-%02d-%02dT', yoe + era * 400 + (m <= 2 and 1 or 0), m, d)
+    day_text[days] = date
+  end
   local sod = secs - days * 86400
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
-  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', y, m, d, math.floor(sod / 3600),
-    math.floor(sod / 60) % 60, sod % 60, frac)
+  return date .. string.format('%02d:%02d:%02d.%06dZ', math.floor(sod / 3600), math.floor(sod / 60) % 60, sod % 60,
+    us - secs * 1000000)
 end
 
 local function parse_iso(text)
@@ -49,8 +54,9 @@ local function parse_iso(text)
   return (days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(s)) * 1000000 + tonumber(f)
 end
 
--- The user's profile {f = fields, tm = parsed times, dirty = {field = true}}, or nil and a reason
--- when the key is not a hash (such events are returned as poison, like unreadable session state).
+-- The user's profile {f = fields as stored, tm = parsed times, first = earliest times of this call,
+-- last = latest event time of this call, dirty = {field = true}}, or nil and a reason when the key is
+-- not a hash (such events are returned as poison, like unreadable session state).
 local function load_profile(ctx, uid)
   local pr = ctx.profiles[uid]
   if pr then return pr end
@@ -58,7 +64,7 @@ local function load_profile(ctx, uid)
   if raw.err then return nil, 'profile of the user is unreadable: ' .. tostring(raw.err) end
   local f = {}
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-  pr = {f = f, tm = {}, dirty = {}}
+  pr = {f = f, tm = {}, first = {}, last = nil, dirty = {}}
   ctx.profiles[uid] = pr
   return pr
 end
@@ -72,7 +78,7 @@ local function pincr(pr, field, by)
   pset(pr, field, fmt((tonumber(pr.f[field]) or 0) + by))
 end
 
--- A time field in µs (nil when absent or unreadable); parsed once per call.
+-- A stored time field in µs (nil when absent or unreadable); parsed once per call.
 local function ptime(pr, field)
   local t = pr.tm[field]
   if t == nil then
@@ -84,28 +90,42 @@ end
 
 local function set_ptime(pr, field, us)
   pr.tm[field] = us
-  pr.dirty[field] = true
+  pset(pr, field, iso(us))
 end
 
--- Keep the earliest time of a field (first_seen, device:<d>, country:<c>).
+-- first_seen, device:<d>, country:<c>: the earliest time.  Kept as a number during the call and
+-- compared with the stored text only when the profile is saved (no parsing on the hot path).
 local function first_time(pr, field, ts)
-  local t = ptime(pr, field)
-  if not t or ts < t then set_ptime(pr, field, ts) end
+  local t = pr.first[field]
+  if not t or ts < t then pr.first[field] = ts end
+end
+
+-- The earliest time of a first-seen field, stored or seen in this call (rules read it).
+local function first_of(pr, field)
+  local stored, seen = ptime(pr, field), pr.first[field]
+  if stored and seen then return math.min(stored, seen) end
+  return stored or seen
 end
 
 local function touch(pr, ts)
   first_time(pr, 'first_seen', ts)
-  local last = ptime(pr, 'last_seen')
-  if not last or ts > last then set_ptime(pr, 'last_seen', ts) end
+  if not pr.last or ts > pr.last then pr.last = ts end
 end
 
 local function save_profiles(ctx, profile_ttl)
   for uid, pr in pairs(ctx.profiles) do
     local args, n = {}, 0
+    for field, t in pairs(pr.first) do
+      local text = iso(t)
+      if not pr.f[field] or text < pr.f[field] then pset(pr, field, text) end
+    end
+    if pr.last then
+      local text = iso(pr.last)
+      if not pr.f.last_seen or text > pr.f.last_seen then pset(pr, 'last_seen', text) end
+    end
     for field in pairs(pr.dirty) do
-      local t = pr.tm[field]
       args[n + 1] = field
-      args[n + 2] = t and iso(t) or pr.f[field]
+      args[n + 2] = pr.f[field]
       n = n + 2
     end
     if n > 0 then

@@ -17,7 +17,7 @@
     {'ip', ip, user_id, ts}      {'card', card, user_id, ts}
     {'risk', user_id, rule, severity, ts, kind, subject, window}
 ]]
-local IP_SAMPLE = 32          -- users kept (exactly) per IP and minute as alert evidence
+local IP_EXACT = 64           -- users of an IP and minute counted exactly (a set); more go to a HyperLogLog
 
 -- What the rules need beyond partition_state's ctx.  keys: the script's KEYS (14 = outbox).
 local function extend_ctx(ctx, keys, now, channel, rules_json, ooo)
@@ -131,8 +131,8 @@ end
 local function tx_rules(ctx, pr, uid, ts, tx, entry)
   local R = ctx.rules
   if tx.completed and R.ncp_min and tx.amount >= R.ncp_min and tx.country ~= '' then
-    local first = ptime(pr, 'first_seen')
-    local since = ptime(pr, 'country:' .. tx.country)
+    local first = first_of(pr, 'first_seen')
+    local since = first_of(pr, 'country:' .. tx.country)
     if first and ts - first > R.ncp_hist and (not since or ts - since < R.ncp_new) then
       user_alert(ctx, pr, {rule = 'new_country_purchase', sev = R.ncp_sev, uid = uid, window = since or ts,
         count = tx.amount, threshold = R.ncp_min, entry = entry,
@@ -204,16 +204,21 @@ end
 local function apply_forwarded(ctx, rec, entry)
   local R, kind = ctx.rules, rec[1]
   if kind == 'ip' and R.ip_n then
+    -- the first IP_EXACT users of the IP and minute in a set (exact, and the alert's evidence),
+    -- the others in a HyperLogLog: small per-minute keys for the usual one-user IP
     local ip, uid, ts = rec[2], rec[3], tonumber(rec[4])
     local m = math.floor(ts / US_PER_MIN)
     local suffix = fmt(m) .. ':' .. ip
-    local hkey, skey = ctx.prefix .. 'ipu:' .. suffix, ctx.prefix .. 'ipl:' .. suffix
-    if rcall('PFADD', hkey, uid) == 0 then return end
-    local n = rcall('PFCOUNT', hkey)
-    if n <= IP_SAMPLE then rcall('SADD', skey, uid) end
-    if n == 1 then                      -- created now: both keys live as long as the minute matters
+    local skey = ctx.prefix .. 'ipu:' .. suffix
+    if rcall('SADD', skey, uid) == 0 then return end
+    local n = rcall('SCARD', skey)
+    if n == 1 then rcall('PEXPIRE', skey, ctx.win_ttl) end
+    if n > IP_EXACT then
+      rcall('SREM', skey, uid)
+      local hkey = ctx.prefix .. 'ipx:' .. suffix
+      if rcall('PFADD', hkey, uid) == 0 then return end
       rcall('PEXPIRE', hkey, ctx.win_ttl)
-      rcall('PEXPIRE', skey, ctx.win_ttl)
+      n = IP_EXACT + rcall('PFCOUNT', hkey)
     end
     if n > R.ip_n then
       local members = rcall('SMEMBERS', skey)
