@@ -52,6 +52,12 @@ def _is_script_error(error: Exception) -> bool:
     return "user_script" in text or "Error running script" in text
 
 
+def _batch_key(p: int, entries: list) -> tuple:
+    """A batch, for counting its failures: its partition and its first entry (source, id)."""
+    source, (entry_id, _) = entries[0]
+    return p, source, entry_id
+
+
 def _streams(reply) -> list:
     """A raw XREADGROUP reply as (stream, entries) pairs: a map under RESP3, a list under RESP2."""
     if not reply:
@@ -88,7 +94,7 @@ class Consumer:
         self.last_idle_tick: dict[int, float] = {}
         self.has_data: set[int] = set()
         self.failures = 0                           # consecutive failed apply calls
-        self.batch_failures: dict[tuple[int, bytes], int] = {}   # (partition, first entry) -> failures
+        self.batch_failures: dict[tuple, int] = {}   # (partition, first entry's source and id) -> failures
         self.closing = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -238,7 +244,7 @@ class Consumer:
         if error is not None:
             self.metrics.errors.inc()
             self.failures += 1
-            key = (p, entries[0][0])
+            key = _batch_key(p, entries)
             self.batch_failures[key] = self.batch_failures.get(key, 0) + 1
             if _is_script_error(error) and self.batch_failures[key] >= self.settings.max_deliveries:
                 del self.batch_failures[key]
@@ -251,7 +257,7 @@ class Consumer:
             await asyncio.sleep(0.5)
             return
         self.failures = 0
-        self.batch_failures.pop((p, entries[0][0]), None)
+        self.batch_failures.pop(_batch_key(p, entries), None)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_events.observe(len(entries))
 
