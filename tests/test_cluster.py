@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
+import random
 import select
 import signal
 import subprocess
@@ -312,14 +313,16 @@ def test_consumers_scale_1_to_4_to_2_during_a_run(redis_cluster, dataset, tmp_pa
         # two leave: one crashes (SIGKILL while it holds delivered, unapplied entries), one stops (SIGTERM)
         crasher, leaver = procs[2], procs[3]
 
+        phase = random.Random(3)
+
         def frozen_with_pending() -> bool:
             crasher.send_signal(signal.SIGSTOP)
             if _pending_of(client, keys, crasher.pid):
                 return True
             crasher.send_signal(signal.SIGCONT)
-            time.sleep(0.003)
+            time.sleep(phase.uniform(0.002, 0.03))      # stop it at another point of its read/apply cycle
             return False
-        until(frozen_with_pending, what="the crasher to hold pending entries")
+        until(frozen_with_pending, timeout=120, what="the crasher to hold pending entries")
         orphaned, at_leave = _pending_of(client, keys, crasher.pid), applied()
         crasher.kill()
         leaver.send_signal(signal.SIGTERM)
