@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from .export import read_stream
 from .keys import (ALERTS, CARD_USERS, CLICKS, FAILS, FIRED, IP_USERS, LATE, OPEN, SESSIONS, STATE, SUPPORT, TICKETS,
                    TOMB, TX, UCARDS, Keys, Partition, glob_escape)
 from .partitioning import partition_of
@@ -61,7 +62,7 @@ async def _redact_alerts(client: Any, stream: str, user_id: str) -> tuple[int, i
     the user in their evidence are re-written without the user.  Returns (deleted, redacted)."""
     uid, quoted = user_id.encode("utf-8"), msgspec.json.encode(user_id)
     deleted = redacted = 0
-    for entry_id, fields in await _entries(client, stream):
+    for entry_id, fields in await read_stream(client, stream):
         if fields.get(b"user_id") == uid and fields.get(b"subject_kind", b"user") == b"user":
             deleted += await client.xdel(stream, entry_id)
         elif fields.get(b"user_id") == uid or quoted in fields.get(b"evidence", b""):
@@ -75,16 +76,6 @@ async def _redact_alerts(client: Any, stream: str, user_id: str) -> tuple[int, i
             await client.xdel(stream, entry_id)
             redacted += 1
     return deleted, redacted
-
-
-async def _entries(client: Any, stream: str) -> list:
-    out, start = [], "-"
-    while True:
-        page = await client.xrange(stream, min=start, max="+", count=PAGE)
-        out += page
-        if len(page) < PAGE:
-            return out
-        start = "(" + page[-1][0].decode()
 
 
 _evidence = msgspec.json.Decoder(dict | list)

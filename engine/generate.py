@@ -377,23 +377,20 @@ class _Planter:
 
     def build(self) -> None:
         cfg = self.cfg
-        for i in range(1, cfg.card_testers + 1):
-            self.truth[f"ct{i:03d}"] = "card_testing"
-            self.card_testing(f"ct{i:03d}")
-        sharers = [f"cs{i:03d}" for i in range(1, cfg.card_sharers + 1)]
-        if sharers:
-            self.truth.update(dict.fromkeys(sharers, "card_sharing"))
-            self.card_sharing(sharers)
-        for i in range(1, cfg.takeovers + 1):
-            self.truth[f"ato{i:03d}"] = "account_takeover"
-            self.account_takeover(f"ato{i:03d}")
-        farm = [f"farm{i:03d}" for i in range(1, cfg.farm_users + 1)]
-        if farm:
-            self.truth.update(dict.fromkeys(farm, "ip_farm"))
-            self.ip_farm(farm)
-        for i in range(1, cfg.speeders + 1):
-            self.truth[f"fast{i:03d}"] = "inhuman_speed"
-            self.inhuman_speed(f"fast{i:03d}")
+        # (id prefix, how many, pattern, planter, planted together) in a fixed order: the RNG's draws
+        plan = [("ct", cfg.card_testers, "card_testing", self.card_testing, False),
+                ("cs", cfg.card_sharers, "card_sharing", self.card_sharing, True),
+                ("ato", cfg.takeovers, "account_takeover", self.account_takeover, False),
+                ("farm", cfg.farm_users, "ip_farm", self.ip_farm, True),
+                ("fast", cfg.speeders, "inhuman_speed", self.inhuman_speed, False)]
+        for prefix, count, pattern, plant, together in plan:
+            users = [f"{prefix}{i:03d}" for i in range(1, count + 1)]
+            self.truth.update(dict.fromkeys(users, pattern))
+            if together and users:
+                plant(users)
+            elif not together:
+                for user in users:
+                    plant(user)
 
     def arrival_keyed(self) -> list[tuple[int, bytes]]:
         """Planted events arrive in event-time order, each 20-400 ms after it happened."""
