@@ -38,7 +38,8 @@ def print_run(result: Any, out_dir: str | Path, detailed: bool, truth: Path | No
     dead = [d for d in o.dlq if not d["stream"].endswith(":catalog")]
     total = st["applied"] + st["late"] + len(dead) + st["erased"]
     rate = published / max(result.seconds_consume, 1e-9)
-    sources = ", ".join(f"{n:,} {kind}" for kind, n in result.published.items())
+    names = {"catalog": "catalog products", "clicks": "clicks", "tx": "transactions", "support": "support tickets"}
+    sources = ", ".join(f"{n:,} {names.get(kind, kind)}" for kind, n in result.published.items())
     print(f"Input: {sources}; replayed in {result.seconds_replay:.2f} s, consumed in "
           f"{result.seconds_consume:.2f} s ({rate:,.0f} events/s including process start-up)")
     print(f"  applied {st['applied']:,} | late {st['late']:,} | dead-letter {len(dead):,} | "
