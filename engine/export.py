@@ -19,8 +19,9 @@ from typing import Any
 import msgspec
 
 from .eventtime import format_us
-from .keys import ALERTS, LATE, MINUTES, PROFILE, SESSIONS, Keys, glob_escape
+from .keys import ALERTS, LATE, MINUTES, PROFILE, SESSIONS, USER, Keys, glob_escape
 from .partitioning import partition_of
+from .scripts import Scripts
 from .settings import Settings
 
 PAGE = 5000
@@ -83,18 +84,26 @@ def profile_record(user_id: str, fields: dict[bytes, bytes]) -> dict:
     return out
 
 
-async def read_profile(client: Any, settings: Settings, user_id: str) -> dict | None:
+async def read_profile(client: Any, settings: Settings, user_id: str, scripts: Scripts | None = None) -> dict | None:
+    """The user's profile with their open sessions folded in (lua/read_profile.lua); None if unknown."""
     part = Keys(settings.namespace, settings.partitions).partition(partition_of(user_id, settings.partitions))
-    fields = await client.hgetall(part.profile(user_id))
-    return profile_record(user_id, fields) if fields else None
+    reply = await (scripts or Scripts(client)).call("read_profile", [part.prefix], [user_id])
+    return profile_record(user_id, dict(zip(reply[::2], reply[1::2]))) if reply else None
 
 
 async def collect_profiles(client: Any, settings: Settings) -> list[dict]:
-    out = []
+    """Every user with a profile or an open session."""
+    scripts, out = Scripts(client), []
     for part in Keys(settings.namespace, settings.partitions).all_partitions():
-        prefix = part.key(PROFILE).encode()
-        async for key in client.scan_iter(match=glob_escape(part.key(PROFILE)) + "*", count=1000):
-            out.append(profile_record(key[len(prefix):].decode("utf-8", "replace"), await client.hgetall(key)))
+        users: set[str] = set()
+        for suffix in (PROFILE, USER):
+            prefix = part.key(suffix).encode()
+            async for key in client.scan_iter(match=glob_escape(part.key(suffix)) + "*", count=1000):
+                users.add(key[len(prefix):].decode("utf-8", "replace"))
+        for user in users:
+            record = await read_profile(client, settings, user, scripts)
+            if record:
+                out.append(record)
     return sorted(out, key=lambda r: r["user_id"])
 
 

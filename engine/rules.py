@@ -52,7 +52,8 @@ class CardTesting(_Rule):
 
 
 class IpUsers(_Rule):
-    threshold: int = 10             # fires when more than this many distinct users use one IP in a minute
+    threshold: int = 10             # fires when more than this many distinct users use one IP ...
+    window_minutes: int = 10        # ... within one tumbling window
     severity: Severity = "medium"
 
 
@@ -102,6 +103,7 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
             "card_w": self.card_testing.window_minutes * min_us,
             "card_sev": self.card_testing.severity,
             "ip_n": self.ip_users.enabled and self.ip_users.threshold,
+            "ip_w": self.ip_users.window_minutes * min_us,
             "ip_sev": self.ip_users.severity,
             "speed_us": self.inhuman_speed.enabled and self.inhuman_speed.purchase_within_s * 1_000_000,
             "speed_noview": self.inhuman_speed.enabled and self.inhuman_speed.checkout_without_view,

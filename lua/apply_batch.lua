@@ -85,8 +85,8 @@ local function take(id, src, uid)
   return true
 end
 
-local function apply_click(ev, st, pr)
-  local id, uid, ts, etype, category = ev[1], ev[3], ev[4], ev[5], ev[7]
+local function apply_click(ev, st)
+  local id, uid, ts, etype, category, device, country, ip = ev[1], ev[3], ev[4], ev[5], ev[7], ev[8], ev[9], ev[10]
   applied = applied + 1
   if ts > maxts then
     maxts = ts
@@ -102,21 +102,12 @@ local function apply_click(ev, st, pr)
     end
   end
   if not hit then
-    hit = {s = ts, l = ts, n = 0, t = {}, c = {}}
+    hit = new_session(ts)
     st.sessions[#st.sessions + 1] = hit
   elseif many then
-    local merged, keep = {s = ts, l = ts, n = 0, t = {}, c = {}}, {}
+    local merged, keep = new_session(ts), {}
     for _, se in ipairs(st.sessions) do
-      if ts >= se.s - gap and ts <= se.l + gap then
-        if se.s < merged.s then merged.s = se.s end
-        if se.l > merged.l then merged.l = se.l end
-        if se.p and (not merged.p or se.p < merged.p) then merged.p = se.p end
-        merged.n = merged.n + se.n
-        for k, c in pairs(se.t) do merged.t[k] = (merged.t[k] or 0) + c end
-        for k, c in pairs(se.c) do merged.c[k] = (merged.c[k] or 0) + c end
-      else
-        keep[#keep + 1] = se
-      end
+      if ts >= se.s - gap and ts <= se.l + gap then merge_session(merged, se) else keep[#keep + 1] = se end
     end
     keep[#keep + 1] = merged
     st.sessions = keep
@@ -127,16 +118,10 @@ local function apply_click(ev, st, pr)
   hit.n = hit.n + 1
   hit.t[etype] = (hit.t[etype] or 0) + 1
   if etype == 'purchase' and (not hit.p or ts < hit.p) then hit.p = ts end
-
-  -- profile
-  touch(pr, ts)
-  pincr(pr, 'events', 1)
-  if ev[8] ~= '' then first_time(pr, 'device:' .. ev[8], ts) end
-  if ev[9] ~= '' then first_time(pr, 'country:' .. ev[9], ts) end
-  if etype == 'product_view' and category ~= '' then
-    hit.c[category] = (hit.c[category] or 0) + 1
-    pincr(pr, 'category:' .. category, 1)
-  end
+  -- what the profile learns from clicks travels with the session (folded in when it closes)
+  if device ~= '' and (not hit.dv[device] or ts < hit.dv[device]) then hit.dv[device] = ts end
+  if country ~= '' and (not hit.co[country] or ts < hit.co[country]) then hit.co[country] = ts end
+  if etype == 'product_view' and category ~= '' then hit.c[category] = (hit.c[category] or 0) + 1 end
 
   -- per-minute metrics, aggregated for the whole batch
   local m = math.floor(ts / US_PER_MIN)
@@ -147,9 +132,8 @@ local function apply_click(ev, st, pr)
 
   local c = (st.minutes[m] or 0) + 1
   st.minutes[m] = c
-  click_rules(ctx, pr, uid, st, m, c, ts, id)
-  -- the IP rule hears of a user once per minute (the user's first click of the minute)
-  if c == 1 and R.ip_n and ev[10] ~= '' then forward(ctx, {'ip', ev[10], uid, fmt(ts)}) end
+  click_rules(ctx, uid, st, m, c, ts, id)
+  if ip ~= '' then click_ip(ctx, uid, st, ip, ts) end
 end
 
 local function seen_tx(pr, fp)
@@ -165,7 +149,7 @@ local function seen_tx(pr, fp)
   return false
 end
 
-local function apply_tx(ev, pr)
+local function apply_tx(ev, st, pr)
   local id, uid, ts = ev[1], ev[3], ev[4]
   if seen_tx(pr, ev[5]) then
     dups = dups + 1
@@ -174,6 +158,7 @@ local function apply_tx(ev, pr)
   applied = applied + 1
   local tx = {fp = ev[5], completed = ev[6] == 1, amount = ev[7], currency = ev[8], card = ev[9], ip = ev[10],
               country = ev[11]}
+  note_open_sessions(pr, st)          -- first-seen times of the open sessions, for the rules
   tx_rules(ctx, pr, uid, ts, tx, id)
   touch(pr, ts)
   if tx.country ~= '' then first_time(pr, 'country:' .. tx.country, ts) end
@@ -219,8 +204,8 @@ for _, ev in ipairs(cjson.decode(ARGV[11])) do
     local uid, ts = ev[3], ev[4]
     local st, pr, unreadable = nil, nil, nil
     if src ~= 'c' or ts + gap >= wm then
-      pr, unreadable = load_profile(ctx, uid)
-      if src == 'c' and not unreadable then st, unreadable = load_user(ctx, uid) end
+      if src ~= 'c' then pr, unreadable = load_profile(ctx, uid) end
+      if src ~= 'k' and not unreadable then st, unreadable = load_user(ctx, uid) end
       if src == 'k' and not unreadable then
         local kind = rcall('TYPE', ctx.prefix .. 'tickets:' .. uid).ok
         if kind ~= 'none' and kind ~= 'hash' then unreadable = 'support tickets key of the user is not a hash' end
@@ -240,10 +225,10 @@ for _, ev in ipairs(cjson.decode(ARGV[11])) do
         elseif ev[6] ~= 0 and seen_before(st, ev[6]) then
           dups = dups + 1                 -- a producer retry of an event applied already
         else
-          apply_click(ev, st, pr)
+          apply_click(ev, st)
         end
       elseif src == 't' then
-        apply_tx(ev, pr)
+        apply_tx(ev, st, pr)
       else
         apply_ticket(ev, pr)
       end

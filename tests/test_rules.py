@@ -11,7 +11,8 @@ import pytest
 from consumers.consumer import Consumer
 from engine import control, export
 from engine.eventtime import format_us
-from engine.keys import SUPPORT, TX
+from engine.keys import SUPPORT, TX, Keys
+from engine.partitioning import partition_of
 from engine.producer import publish
 
 from .helpers import consume_all, event, format_us_us
@@ -112,11 +113,16 @@ async def test_users_per_card(backend, settings, users, fires):
     assert risky(out) == (sorted(set(users)) if fires else [])     # every user of the card, via the rekey stream
 
 
-# -- many users behind one IP in a minute (> 10, HyperLogLog) ----------------------------------------
-@pytest.mark.parametrize("n, split_minute, fires", [(11, False, True), (10, False, False), (11, True, False)])
-async def test_ip_users(backend, settings, n, split_minute, fires):
-    base = T0 + MIN - 6 * S if split_minute else T0 + 5 * S   # 11 users across a minute boundary: 6 + 5
-    clicks = [event(f"farm{i}", base + i * S, ip="198.51.100.7") for i in range(n)]
+# -- many users behind one IP in a tumbling 10-minute window (> 10; a set, a HyperLogLog beyond 64) --
+@pytest.mark.parametrize("n, spacing, split_window, fires", [
+    (11, S, False, True), (10, S, False, False), (11, S, True, False),
+    (11, 50 * S, False, True),            # 11 users over 8 min 20 s of one window
+    (11, 61 * S, False, False),           # ... over 10 min 10 s: two windows
+])
+async def test_ip_users(backend, settings, n, spacing, split_window, fires):
+    base = T0 + 10 * MIN - 6 * spacing if split_window else T0 + 5 * S   # T0 starts a window; split: 6 + 5
+    farm = [(base + i * spacing + again, f"farm{i}") for i in range(n) for again in (0, spacing // 2)]  # counted once
+    clicks = [event(user, ts, ip="198.51.100.7") for ts, user in sorted(farm)]
     clicks += [event(f"solo{i}", T0 + i * S, ip=f"10.1.1.{i}") for i in range(20)]
     out = await run(backend, settings, clicks)
     assert fired(out, "ip_users") == (["198.51.100.7"] if fires else [])
@@ -165,7 +171,10 @@ async def test_risk_score_decays_with_a_half_life(backend, settings):
     assert profile["risk_score"] == 75.0 and profile["last_alert"].startswith("failed_payments ")
 
 
-async def test_profile_unifies_clicks_transactions_and_tickets(backend, settings):
+@pytest.mark.parametrize("closed", [True, False])
+async def test_profile_unifies_clicks_transactions_and_tickets(backend, settings, closed):
+    """Clicks reach the stored profile when their session closes; before that, readers (export,
+    `shopstream profile`) see them folded in from the open session."""
     clicks = [event("p", T0, "page_view", device="ios", country="de"),
               event("p", T0 + S, "product_view", device="web", country="DE", product_id="P1",
                     properties={"category": "books"})]
@@ -175,15 +184,18 @@ async def test_profile_unifies_clicks_transactions_and_tickets(backend, settings
                {"ticket_id": "k2", "user_id": "p", "status": "open", "created_at": format_us(T0 + 5 * S)},
                {"ticket_id": "k1", "user_id": "p", "status": "resolved", "created_at": format_us(T0 + 4 * S),
                 "updated_at": format_us(T0 + 9 * S)}]
-    out = await run(backend, settings, clicks, txs, tickets)
+    out = await run(backend, settings, clicks, txs, tickets, flush=closed)
     (profile,) = out.profiles
     assert profile == {
         "user_id": "p", "first_seen": format_us_us(T0), "last_seen": format_us_us(T0 + 9 * S), "events": 2,
-        "sessions": 1, "device:ios": format_us_us(T0), "device:web": format_us_us(T0 + S),
+        "device:ios": format_us_us(T0), "device:web": format_us_us(T0 + S),
         "country:DE": format_us_us(T0), "country:US": format_us_us(T0 + 3 * S), "category:books": 1,
-        "orders": 1, "spend_minor": 1250, "currency": "USD", "failed_payments": 1, "tickets": 2, "open_tickets": 1}
-    (session,) = out.sessions
-    assert session["categories"] == {"books": 1}
+        "orders": 1, "spend_minor": 1250, "currency": "USD", "failed_payments": 1, "tickets": 2, "open_tickets": 1,
+        **({"sessions": 1} if closed else {})}
+    stored = backend.sync.hgetall(Keys("ss", settings.partitions).partition(partition_of("p", settings.partitions))
+                                  .profile("p"))
+    assert (b"events" in stored) == closed and (b"category:books" in stored) == closed
+    assert [s["categories"] for s in out.sessions] == ([{"books": 1}] if closed else [])
 
 
 async def test_rules_file_is_reloaded_without_a_restart(backend, settings, tmp_path):

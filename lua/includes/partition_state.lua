@@ -1,18 +1,20 @@
 --[[ partition_state: shared helpers for the scripts that change a partition's state.
   Included (inlined by engine/scripts.py) by apply_batch.lua and advance_watermark.lua.
   Times are integer microseconds since the epoch, carried in Lua doubles (exact below 2^53);
-  fmt() prints them without an exponent, and they are kept as strings inside JSON (cjson
-  prints numbers with 14 significant digits only).
+  fmt() prints them without an exponent.
 
-  Per-user state, STRING <prefix>user:<user_id>, JSON (GET it with redis-cli):
+  Per-user state, STRING <prefix>user:<user_id>, JSON (GET it with redis-cli, or `shopstream sessions ID`):
     {"s": [ ["<start us>", last - start, events, {event_type: count}, first purchase - start (-1: none),
-            {category: product views}], ... ]   open sessions
+            {category: product views}, {device: first - start}, {country: first - start}], ... ]
+                                 open sessions (the start is a string: cjson prints numbers with 14
+                                 significant digits); a session's click fields reach the profile
+                                 when it closes (profile.lua fold_session)
      "m": [minute, count, ...]   per-user counts of minutes that end after the watermark (rule 1;
                                  exact for events within the bound B, like the sessions)
      "d": due - start of the first session,   due = the user's score in <prefix>open, a lower
                                               bound of its earliest close time
-     "i": [fingerprint, ...]}    the user's last RECENT_IDS event_id fingerprints (producer retries)
-  Only the start is a string: offsets, counts and minute numbers stay exact as JSON numbers.
+     "i": [fingerprint, ...]     the user's last RECENT_IDS event_id fingerprints (producer retries)
+     "w": [window, ip]}          the last (IP-rule window, IP) pair forwarded for the user (rules.lua)
   Minute counts are kept one minute longer than the watermark needs: the sliding burst rule
   reads the previous minute.
   A session [start, last] is closed (emitted, deleted) once watermark > last + gap: no event
@@ -37,8 +39,18 @@ local function new_ctx(keys, gap, ttl, maxlen)
 end
 
 -- The user's state, or nil and a reason when it cannot be read (a key of another type, or not
--- our JSON): such a user's events are returned as poison instead of being applied, so a bad key
--- can never make the script fail half-way (Redis does not roll a script back).
+-- the engine's encoding): such a user's events are returned as poison instead of being applied, so
+-- a bad key can never make the script fail half-way (Redis does not roll a script back).
+local function is_map(x)
+  return x == nil or type(x) == 'table'
+end
+
+local function first_times(start, offsets)
+  local out = {}
+  for k, off in pairs(offsets or {}) do out[k] = start + off end
+  return out
+end
+
 local function load_user(ctx, uid)
   local st = ctx.users[uid]
   if st then return st end
@@ -51,31 +63,55 @@ local function load_user(ctx, uid)
     local ok, doc = pcall(cjson.decode, raw)
     if not ok or type(doc) ~= 'table' or type(doc.s) ~= 'table' or #doc.s == 0 or type(doc.m) ~= 'table'
         or type(doc.d) ~= 'number' then
-      return nil, 'state of the user is not valid engine JSON'
+      return nil, 'state of the user is not in engine JSON'
     end
     for i, se in ipairs(doc.s) do
       local start = type(se) == 'table' and tonumber(se[1])
       if not start or type(se[2]) ~= 'number' or type(se[3]) ~= 'number' or type(se[4]) ~= 'table'
-          or (se[5] ~= nil and type(se[5]) ~= 'number') or (se[6] ~= nil and type(se[6]) ~= 'table') then
-        return nil, 'state of the user is not valid engine JSON (session ' .. i .. ')'
+          or (se[5] ~= nil and type(se[5]) ~= 'number') or not is_map(se[6]) or not is_map(se[7])
+          or not is_map(se[8]) then
+        return nil, 'state of the user is not in engine JSON (session ' .. i .. ')'
       end
       local p = se[5]
       st.sessions[i] = {s = start, l = start + se[2], n = se[3], t = se[4], p = p and p >= 0 and start + p or nil,
-                        c = se[6] or {}}
+                        c = se[6] or {}, dv = first_times(start, se[7]), co = first_times(start, se[8])}
     end
     local m = doc.m
     for i = 1, #m, 2 do
       if type(m[i]) ~= 'number' or type(m[i + 1]) ~= 'number' then
-        return nil, 'state of the user is not valid engine JSON (minutes)'
+        return nil, 'state of the user is not in engine JSON (minutes)'
       end
       st.minutes[m[i]] = m[i + 1]
     end
     st.due = st.sessions[1].s + doc.d
     if type(doc.i) == 'table' then st.ids = doc.i end
+    if type(doc.w) == 'table' then st.fwd = doc.w end
   end
   st.ids = st.ids or {}
   ctx.users[uid] = st
   return st
+end
+
+local function new_session(ts)
+  return {s = ts, l = ts, n = 0, t = {}, c = {}, dv = {}, co = {}}
+end
+
+local function merge_first(into, from)
+  for k, t in pairs(from) do
+    if not into[k] or t < into[k] then into[k] = t end
+  end
+end
+
+-- Merge session se into session into (an event bridged the gap between them).
+local function merge_session(into, se)
+  if se.s < into.s then into.s = se.s end
+  if se.l > into.l then into.l = se.l end
+  if se.p and (not into.p or se.p < into.p) then into.p = se.p end
+  into.n = into.n + se.n
+  for k, c in pairs(se.t) do into.t[k] = (into.t[k] or 0) + c end
+  for k, c in pairs(se.c) do into.c[k] = (into.c[k] or 0) + c end
+  merge_first(into.dv, se.dv)
+  merge_first(into.co, se.co)
 end
 
 -- Was this event_id fingerprint among the user's last RECENT_IDS? Remembers it if not.
@@ -141,8 +177,12 @@ local function save_users(ctx, wm)
       end
       local doc = {s = {}, m = ms, d = st.due - st.sessions[1].s}
       if #st.ids > 0 then doc.i = st.ids end
+      if st.fwd then doc.w = st.fwd end
       for i, se in ipairs(st.sessions) do
-        doc.s[i] = {fmt(se.s), se.l - se.s, se.n, se.t, se.p and se.p - se.s or -1, se.c}
+        local dv, co = {}, {}
+        for k, t in pairs(se.dv) do dv[k] = t - se.s end
+        for k, t in pairs(se.co) do co[k] = t - se.s end
+        doc.s[i] = {fmt(se.s), se.l - se.s, se.n, se.t, se.p and se.p - se.s or -1, se.c, dv, co}
       end
       rcall('SET', key, cjson.encode(doc), 'PX', ctx.ttl)
     end

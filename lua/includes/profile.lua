@@ -3,11 +3,15 @@
   loaded once per script call (HGETALL), changed in memory, and written back once (HSET of the
   changed fields, PEXPIRE profile_ttl).  Fields (times are ISO-8601 UTC with microseconds):
     first_seen, last_seen       earliest / latest event time of any source
-    events                      click events applied
+    events                      click events of the closed sessions
     sessions                    sessions closed
     device:<name>               first time a device was seen (clicks)
     country:<CC>                first time a country was seen (clicks, transactions)
-    category:<name>             product views per catalog category
+    category:<name>             product views per catalog category (closed sessions)
+  What clicks teach the profile travels with the open session (partition_state.lua) and is folded
+  in once, when the session closes (fold_session): one profile write per session instead of one
+  per batch.  Rules that need it earlier read the open sessions (note_open_sessions), and
+  lua/read_profile.lua shows a profile with its open sessions folded in.
     orders, spend_minor, currency   completed transactions and their sum (minor units)
     failed_payments             failed transactions
     tickets, open_tickets       support tickets seen / open now (from <prefix>tickets:<user_id>)
@@ -112,17 +116,22 @@ local function touch(pr, ts)
   if not pr.last or ts > pr.last then pr.last = ts end
 end
 
+-- The first/last times of this call into the profile's fields (the earliest / latest wins).
+local function settle(pr)
+  for field, t in pairs(pr.first) do
+    local text = iso(t)
+    if not pr.f[field] or text < pr.f[field] then pset(pr, field, text) end
+  end
+  if pr.last then
+    local text = iso(pr.last)
+    if not pr.f.last_seen or text > pr.f.last_seen then pset(pr, 'last_seen', text) end
+  end
+end
+
 local function save_profiles(ctx, profile_ttl)
   for uid, pr in pairs(ctx.profiles) do
+    settle(pr)
     local args, n = {}, 0
-    for field, t in pairs(pr.first) do
-      local text = iso(t)
-      if not pr.f[field] or text < pr.f[field] then pset(pr, field, text) end
-    end
-    if pr.last then
-      local text = iso(pr.last)
-      if not pr.f.last_seen or text > pr.f.last_seen then pset(pr, 'last_seen', text) end
-    end
     for field in pairs(pr.dirty) do
       args[n + 1] = field
       args[n + 2] = pr.f[field]
@@ -133,5 +142,27 @@ local function save_profiles(ctx, profile_ttl)
       rcall('HSET', key, unpack(args))
       rcall('PEXPIRE', key, profile_ttl)
     end
+  end
+end
+
+-- A session's click fields into the profile.  The first/last times are idempotent (min / max), so
+-- note_open_sessions may have noted them already; the counters are added once, at close.
+local function fold_session(pr, se)
+  touch(pr, se.s)
+  touch(pr, se.l)
+  pincr(pr, 'events', se.n)
+  for d, t in pairs(se.dv) do first_time(pr, 'device:' .. d, t) end
+  for c, t in pairs(se.co) do first_time(pr, 'country:' .. c, t) end
+  for k, n in pairs(se.c) do pincr(pr, 'category:' .. k, n) end
+end
+
+-- The first/last-seen times of the user's open sessions (st from load_user; nil: none).
+local function note_open_sessions(pr, st)
+  if not st then return end
+  for _, se in ipairs(st.sessions) do
+    touch(pr, se.s)
+    touch(pr, se.l)
+    for d, t in pairs(se.dv) do first_time(pr, 'device:' .. d, t) end
+    for c, t in pairs(se.co) do first_time(pr, 'country:' .. c, t) end
   end
 end

@@ -17,13 +17,13 @@
     {'ip', ip, user_id, ts}      {'card', card, user_id, ts}
     {'risk', user_id, rule, severity, ts, kind, subject, window}
 ]]
-local IP_EXACT = 64           -- users of an IP and minute counted exactly (a set); more go to a HyperLogLog
+local IP_EXACT = 64           -- users of an IP and window counted exactly (a set); more go to a HyperLogLog
 
 -- What the rules need beyond partition_state's ctx.  keys: the script's KEYS (14 = outbox).
 local function extend_ctx(ctx, keys, now, channel, rules_json, ooo)
   ctx.now, ctx.channel, ctx.outbox = now, channel, keys[14]
   ctx.rules = cjson.decode(rules_json)
-  ctx.win_ttl = math.floor((ctx.gap + ooo) / 1000) + 60000   -- per-minute subject keys: past every non-late event
+  ctx.ip_ttl = ctx.rules.ip_n and math.floor((ctx.rules.ip_w + ctx.gap + ooo) / 1000)   -- IP keys: past every non-late event
   ctx.profiles, ctx.out, ctx.alerted, ctx.fired = {}, {}, {}, {}
   ctx.check_tombs = false
   ctx.on_close = nil
@@ -84,35 +84,55 @@ local function emit(ctx, a)
   return true
 end
 
+-- An alert on the user a.uid; pr = the user's profile (nil: loaded here, for the risk score).
 local function user_alert(ctx, pr, a, ts)
   a.kind, a.subject = 'user', a.uid
-  if emit(ctx, a) and pr then add_risk(ctx, pr, a.sev, ts, a.rule) end
+  if emit(ctx, a) then
+    pr = pr or load_profile(ctx, a.uid)
+    if pr then add_risk(ctx, pr, a.sev, ts, a.rule) end
+  end
 end
 
 -- Clicks: events_per_minute (the brief's rule) and burst (sliding 60 s, two-bucket estimate:
 -- this minute's count + the previous minute's count x the part of it still inside the window).
-local function click_rules(ctx, pr, uid, st, m, c, ts, entry)
+local function click_rules(ctx, uid, st, m, c, ts, entry)
   local R = ctx.rules
   if R.epm and c == R.epm + 1 then
-    user_alert(ctx, pr, {rule = 'events_per_minute', sev = R.epm_sev, uid = uid, window = m * US_PER_MIN,
+    user_alert(ctx, nil, {rule = 'events_per_minute', sev = R.epm_sev, uid = uid, window = m * US_PER_MIN,
       count = c, threshold = R.epm, entry = entry}, ts)
   end
   if R.burst then
     local prev = st.minutes[m - 1] or 0
     local est = c + prev * (1 - (ts - m * US_PER_MIN) / US_PER_MIN)
     if est > R.burst then
-      user_alert(ctx, pr, {rule = 'burst', sev = R.burst_sev, uid = uid, window = m * US_PER_MIN,
+      user_alert(ctx, nil, {rule = 'burst', sev = R.burst_sev, uid = uid, window = m * US_PER_MIN,
         count = math.floor(est), threshold = R.burst, entry = entry,
         evidence = {window_end = iso(ts), this_minute = c, previous_minute = prev}}, ts)
     end
   end
 end
 
--- Sessions, when they close (exact: every event of the session is in): inhuman_speed.
+-- The IP rule hears of a user once per (window, IP): on the user's first click of the window
+-- from that IP (remembered in the user's state as st.fwd; the rule counts users, not clicks).
+local function click_ip(ctx, uid, st, ip, ts)
+  local R = ctx.rules
+  if not R.ip_n then return end
+  local w = math.floor(ts / R.ip_w)
+  local last = st.fwd
+  if last and last[1] == w and last[2] == ip then return end
+  st.fwd = {w, ip}
+  forward(ctx, {'ip', ip, uid, fmt(ts)})
+end
+
+-- A session closes (exact: every event of the session is in): its click fields go into the
+-- profile (an unreadable profile key is left as it is), then the session rule inhuman_speed.
 local function session_rules(ctx, uid, se)
   local R = ctx.rules
   local pr = load_profile(ctx, uid)
-  if pr then pincr(pr, 'sessions', 1) end
+  if pr then
+    pincr(pr, 'sessions', 1)
+    fold_session(pr, se)
+  end
   local views, carts = se.t.product_view or 0, se.t.add_to_cart or 0
   if R.speed_us and se.p and se.p - se.s < R.speed_us then
     user_alert(ctx, pr, {rule = 'inhuman_speed', sev = R.speed_sev, uid = uid, window = se.s,
@@ -204,26 +224,26 @@ end
 local function apply_forwarded(ctx, rec, entry)
   local R, kind = ctx.rules, rec[1]
   if kind == 'ip' and R.ip_n then
-    -- the first IP_EXACT users of the IP and minute in a set (exact, and the alert's evidence),
-    -- the others in a HyperLogLog: small per-minute keys for the usual one-user IP
+    -- the first IP_EXACT users of the IP and window in a set (exact, and the alert's evidence),
+    -- the others in a HyperLogLog: small keys for the usual one-user IP
     local ip, uid, ts = rec[2], rec[3], tonumber(rec[4])
-    local m = math.floor(ts / US_PER_MIN)
-    local suffix = fmt(m) .. ':' .. ip
+    local wk = math.floor(ts / R.ip_w) * R.ip_w
+    local suffix = fmt(wk) .. ':' .. ip
     local skey = ctx.prefix .. 'ipu:' .. suffix
     if rcall('SADD', skey, uid) == 0 then return end
     local n = rcall('SCARD', skey)
-    if n == 1 then rcall('PEXPIRE', skey, ctx.win_ttl) end
+    if n == 1 then rcall('PEXPIRE', skey, ctx.ip_ttl) end
     if n > IP_EXACT then
       rcall('SREM', skey, uid)
       local hkey = ctx.prefix .. 'ipx:' .. suffix
       if rcall('PFADD', hkey, uid) == 0 then return end
-      rcall('PEXPIRE', hkey, ctx.win_ttl)
+      rcall('PEXPIRE', hkey, ctx.ip_ttl)
       n = IP_EXACT + rcall('PFCOUNT', hkey)
     end
     if n > R.ip_n then
       local members = rcall('SMEMBERS', skey)
       subject_alert(ctx, {rule = 'ip_users', sev = R.ip_sev, kind = 'ip', subject = ip, uid = uid,
-        window = m * US_PER_MIN, count = n, threshold = R.ip_n, entry = entry,
+        window = wk, count = n, threshold = R.ip_n, entry = entry,
         evidence = {users_sample = sorted(members)}}, members, uid, ts)
     end
   elseif kind == 'card' and R.cardu_n then
