@@ -162,7 +162,8 @@ def run_stage(url: str, base: Settings, payloads: list[bytes], name: str, consum
 
 def memory_profile(url: str, base: Settings, users: int = 20_000) -> dict:
     """Marginal memory: per open session (one per user), per partition-minute (count + HLL of
-    ~users/partitions users), per retained input entry; from MEMORY USAGE of the keys involved."""
+    ~users/partitions users), per retained input entry, and per profile once the sessions have
+    closed (a profile gets a session's click fields then); from MEMORY USAGE of the keys involved."""
     settings = base.replace(redis_url=url, namespace="mem")
     keys = Keys(settings.namespace, settings.partitions)
     client = redis.Redis.from_url(url)
@@ -180,9 +181,6 @@ def memory_profile(url: str, base: Settings, users: int = 20_000) -> dict:
     for part in keys.all_partitions():
         for key in client.scan_iter(match=part.prefix + "user:*", count=1000):
             state_bytes += client.memory_usage(key, samples=0) or 0
-        for key in client.scan_iter(match=part.prefix + "profile:*", count=1000):
-            profile_bytes += client.memory_usage(key, samples=0) or 0
-            profiles += 1
         sessions += client.zcard(part.key(OPEN))
         state_bytes += client.memory_usage(part.key(OPEN), samples=0) or 0
         for m in client.zrange(part.key(OPEN_MINUTES), 0, -1):
@@ -190,6 +188,12 @@ def memory_profile(url: str, base: Settings, users: int = 20_000) -> dict:
             minutes += 1
         stream_bytes += client.memory_usage(part.clicks, samples=0) or 0
         entries += client.xlen(part.clicks)
+    subprocess.run([sys.executable, "-m", "engine.cli", "--log-level", "warning", "flush"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    for part in keys.all_partitions():
+        for key in client.scan_iter(match=part.prefix + "profile:*", count=1000):
+            profile_bytes += client.memory_usage(key, samples=0) or 0
+            profiles += 1
     return {"open_sessions": sessions, "bytes_per_open_session": state_bytes / max(sessions, 1),
             "partition_minutes": minutes, "users_per_partition_minute": users / max(minutes, 1),
             "bytes_per_partition_minute": minute_bytes / max(minutes, 1),

@@ -7,6 +7,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .eventtime import US_PER_MINUTE, format_us
 from .keys import MINUTES, OPEN_MINUTES, SESSIONS, Keys
 from .settings import Settings
@@ -153,7 +155,8 @@ def print_user_sessions(client: Any, settings: Settings, user: str) -> None:
     state = client.get(part.user(user))
     print(f"user {user!r} lives in partition {part.p} ({part.user(user)})")
     if state:
-        for start, offset, n, types, *_ in json.loads(state)["s"]:
+        doc = json.loads(state) if state[:1] == b"{" else msgspec.msgpack.decode(state)  # JSON: earlier versions
+        for start, offset, n, types, *_ in doc["s"]:
             start = int(start)
             print(f"  open   {format_us(start)} .. {format_us(start + offset)}  {n} events  {json.dumps(types)}")
     for _, f in client.xrange(part.key(SESSIONS)):

@@ -2,6 +2,7 @@
 
 The real server is started once per session on a free port.  Locally the real variant is
 skipped when no ``redis-server`` binary exists; in CI (``CI`` set) that is a failure.
+fakeredis's Lua lacks Redis's built-in ``cmsgpack`` library: tests/lua/cmsgpack.lua stands in.
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ from engine.connection import embedded_cluster, embedded_redis
 from engine.settings import Settings
 
 IN_CI = bool(os.environ.get("CI"))
+LUA_MODULES = os.path.join(os.path.dirname(__file__), "lua")
+os.environ["LUA_PATH"] = f"{LUA_MODULES}/?.lua;;"     # read when fakeredis creates its Lua runtime
+
+
+def fake_clients() -> tuple[fakeredis.FakeRedis, fakeredis.FakeAsyncRedis]:
+    """A sync and an asyncio fakeredis client of one fresh server, with cmsgpack in its Lua."""
+    server = fakeredis.FakeServer()
+    return (fakeredis.FakeRedis(server=server, lua_modules={"cmsgpack"}),
+            fakeredis.FakeAsyncRedis(server=server, lua_modules={"cmsgpack"}))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -67,8 +77,7 @@ class Backend:
 @pytest.fixture(params=["fake", "real"])
 def backend(request):
     if request.param == "fake":
-        server = fakeredis.FakeServer()
-        b = Backend("fake", fakeredis.FakeRedis(server=server), fakeredis.FakeAsyncRedis(server=server), None)
+        b = Backend("fake", *fake_clients(), None)
     else:
         url = request.getfixturevalue("real_redis_url")
         b = Backend("real", redis.Redis.from_url(url), aioredis.Redis.from_url(url), url)

@@ -141,6 +141,8 @@ def test_the_documented_redis_cli_commands_show_something(real_redis_url, tmp_pa
                                   timeout=30)
             shown = (done.stdout + done.stderr).strip()
             assert shown and shown not in ("0", "(nil)", "(empty array)"), (command, shown)
+        (user,) = client.zrange("ss:{13}:open", 0, 0)              # a user with an open session
+        assert "  open   " in shopstream("sessions", user.decode(), env=env)
     finally:
         consumer.terminate()
         consumer.wait(timeout=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -195,7 +196,10 @@ def test_user_ids_cannot_escape_their_partition(settings):
 
 
 @pytest.mark.parametrize("corrupt", ["hash", "garbage", '{"s":[["x",1,1,{}]],"m":[],"d":0}',
-                                     '{"s":[["1",1,1,{}]],"m":["a",1],"d":0}', '{"s":[],"m":[],"d":0}'])
+                                     '{"s":[["1",1,1,{}]],"m":["a",1],"d":0}', '{"s":[],"m":[],"d":0}',
+                                     msgspec.msgpack.encode({"s": [["x", 1, 1, {}]], "m": [], "d": 0}),
+                                     msgspec.msgpack.encode({"s": [[1, 1, 1, {}, -1, {}, "dv"]], "m": [], "d": 0}),
+                                     b"\x92\xcd"])
 async def test_unreadable_user_state_is_poison_not_a_half_applied_batch(backend, settings, corrupt):
     """A user whose state key cannot be read: its events go to the DLQ, everyone else flows."""
     keys = Keys(settings.namespace, settings.partitions)
@@ -210,6 +214,24 @@ async def test_unreadable_user_state_is_poison_not_a_half_applied_batch(backend,
     assert len(out.dlq) == 2 and all("u1" in d["record"] and "state" in d["reason"] for d in out.dlq)
     state = await control.group_state(backend.aio, settings, list(range(settings.partitions)))
     assert all(pending == 0 for pending, _ in state.values())
+
+
+async def test_user_state_is_messagepack_and_the_json_of_earlier_versions_is_still_read(backend, settings):
+    """The state layout of lua/includes/partition_state.lua, read back by Python (fakeredis runs
+    tests/lua/cmsgpack.lua in place of Redis's cmsgpack: this also checks they agree).  A user
+    whose state an earlier version wrote as JSON carries on from it."""
+    keys = Keys(settings.namespace, settings.partitions)
+    old = keys.partition(partition_of("old", settings.partitions)).user("old")
+    await backend.aio.set(old, '{"s":[["%d",60000000,3,{"page_view":3},-1,{}]],"m":[],"d":1860000000}' % T0)
+    raws = [event("new", T0 + 1000, device="ios", country="FR", ip="10.0.0.9"), event("new", T0 + 2000),
+            event("old", T0 + 120_000_000)]
+    await run_events(backend, settings, raws, flush=False)
+    state = msgspec.msgpack.decode(await backend.aio.get(keys.partition(partition_of("new", settings.partitions))
+                                                           .user("new")))
+    assert state["s"] == [[T0 + 1000, 1000, 2, {"page_view": 2}, -1, [], {"ios": 0}, {"FR": 0}]]
+    assert state["d"] == 1000 + settings.session_gap_ms * 1000 and state["w"] == [T0 // 600_000_000, "10.0.0.9"]
+    (session,) = msgspec.msgpack.decode(await backend.aio.get(old))["s"]
+    assert session[:4] == [T0, 120_000_000, 4, {"page_view": 4}]
 
 
 async def test_an_entry_whose_apply_keeps_failing_goes_to_the_dlq_and_the_partition_flows(backend, settings):
