@@ -268,6 +268,7 @@ def run(events: int, users: int, runs: int, consumers: list[int], partitions: li
             "engine_events_per_s": med([e.events_per_s for _, e in pairs]),
             "ratio": med([e.events_per_s / t.events_per_s for t, e in pairs]),
             "redis_cpu_us_per_event": med([e.redis_cpu_us_per_event for _, e in pairs]),
+            "transport_redis_cpu_us_per_event": med([t.redis_cpu_us_per_event for t, _ in pairs]),
             "lua_us_per_call": med([e.lua_us_per_call for _, e in pairs]),
             "apply_us_per_event": med([e.apply_us_per_event for _, e in pairs]),
             "consumer_cpu_us_per_event": med([e.consumer_cpu_us_per_event for _, e in pairs]),
@@ -369,10 +370,20 @@ def limits(report: dict) -> list[str]:
                      f" + Redis {s['redis_cpu_us_per_event']:.1f} = {per_event:.1f} us per event on {cpus} shared cores"
                      f" (<= {cpus / per_event * 1e6:,.0f} events/s if perfectly parallel); Redis, single-threaded,"
                      f" is the serial part")
+        transport = s.get("transport_redis_cpu_us_per_event")
+        if transport:
+            notes.append(f"ratio: Redis spends {s['redis_cpu_us_per_event']:.1f} us per event on the engine and"
+                         f" {transport:.1f} us on the bare transport; with Redis the bottleneck the ratio is at most"
+                         f" about {transport / s['redis_cpu_us_per_event']:.2f}")
     if s["apply_us_per_event"] > 6:
-        notes.append(f"apply: {s['apply_us_per_event']:.1f} us per event = 1 XACK + loading, updating and storing"
-                     " the state of each user touched (once per batch: larger batches cost less per event)"
-                     " + emitting sessions; AOF adds the propagation of every write")
+        rules = s["apply_us_per_event"] - s["no_rules_apply_us_per_event"]
+        notes.append(f"apply: {s['apply_us_per_event']:.1f} us per event = 1 XACK + the state of each user touched"
+                     f" (GET + unpack, pack + SET; batches span milliseconds, users click every few seconds, so"
+                     f" nearly every event is a fresh touch) + closing sessions (XADD, profile fold) + the rule set"
+                     f" ({rules:.1f} us); AOF adds the propagation of every write")
+    if s["fixed_rate_latency_ms"].get("p99", 0) > 50:
+        notes.append("latency: an alert waits for the consumer's next read round (read, decode, apply every owned"
+                     " partition) plus linger_ms; at this load a round takes tens of ms")
     return notes
 
 

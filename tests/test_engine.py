@@ -225,7 +225,9 @@ async def test_user_state_is_messagepack_and_the_json_of_earlier_versions_is_sti
     await backend.aio.set(old, '{"s":[["%d",60000000,3,{"page_view":3},-1,{}]],"m":[],"d":1860000000}' % T0)
     raws = [event("new", T0 + 1000, device="ios", country="FR", ip="10.0.0.9"), event("new", T0 + 2000),
             event("old", T0 + 120_000_000)]
-    await run_events(backend, settings, raws, flush=False)
+    out = await run_events(backend, settings, raws, flush=False)
+    (profile,) = [p for p in out.profiles if p["user_id"] == "new"]   # no profile hash yet: the open session
+    assert profile["events"] == 2 and "device:ios" in profile and "sessions" not in profile
     state = msgspec.msgpack.decode(await backend.aio.get(keys.partition(partition_of("new", settings.partitions))
                                                            .user("new")))
     assert state["s"] == [[T0 + 1000, 1000, 2, {"page_view": 2}, -1, [], {"ios": 0}, {"FR": 0}]]

@@ -8,16 +8,16 @@
     device:<name>               first time a device was seen (clicks)
     country:<CC>                first time a country was seen (clicks, transactions)
     category:<name>             product views per catalog category (closed sessions)
-  What clicks teach the profile travels with the open session (partition_state.lua) and is folded
-  in once, when the session closes (fold_session): one profile write per session instead of one
-  per batch.  Rules that need it earlier read the open sessions (note_open_sessions), and
-  lua/read_profile.lua shows a profile with its open sessions folded in.
     orders, spend_minor, currency   completed transactions and their sum (minor units)
     failed_payments             failed transactions
     tickets, open_tickets       support tickets seen / open now (from <prefix>tickets:<user_id>)
     last_alert                  "<rule> <detected event time>"
     risk_score, risk_at         decayed sum of alert weights as of risk_at (see rules.lua)
     recent_tx                   fingerprints of the last RECENT_IDS transaction ids (producer retries)
+  What clicks teach the profile travels with the open session (partition_state.lua) and is folded
+  in once, when the session closes (fold_session): one profile write per session instead of one
+  per batch.  Rules that need it earlier read the open sessions (note_open_sessions), and
+  lua/read_profile.lua shows a profile with its open sessions folded in.
 ]]
 
 -- Howard Hinnant's civil-from-days / days-from-civil: µs <-> 'YYYY-MM-DDTHH:MM:SS.ffffffZ'.  The
