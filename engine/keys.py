@@ -26,7 +26,7 @@ ALERTS = "alerts"        # STREAM  anomaly alerts (also PUBLISHed)
 LATE = "late"            # STREAM  events behind the watermark
 MINUTES = "minutes"      # STREAM  finalized per-minute metrics
 LEASE = "lease"          # STRING  owning consumer's name, PX lease_ttl
-USER = "user:"           # STRING  user:<user_id> open sessions + per-minute counts (JSON)
+USER = "user:"           # STRING  user:<user_id> open sessions + per-minute counts (MessagePack)
 COUNT = "count:"         # STRING  count:<minute> events in that minute
 HLL = "hll:"             # HLL     hll:<minute> users in that minute
 FIRED = "fired:"         # STRING  fired:<rule>:<window>:<kind>:<subject>[:<user_id>] alerted (at most once)
@@ -37,7 +37,7 @@ FAILS = "fails:"         # ZSET    fails:<user_id> failed transactions in the ve
 UCARDS = "ucards:"       # SET     ucards:<window>:<user_id> cards used by the user
 CARD_USERS = "cardu:"    # SET     cardu:<window>:<card> users of a card (card's partition)
 IP_USERS = "ipu:"        # SET     ipu:<window>:<ip> the first 64 users behind an IP (IP's partition)
-IP_MORE = "ipx:"         # HLL     ipx:<minute>:<ip> the users beyond those 64
+IP_MORE = "ipx:"         # HLL     ipx:<window>:<ip> the users beyond those 64
 INPUTS = (CLICKS, TX, SUPPORT, REKEY)   # every input stream of a partition, read by its owner
 
 

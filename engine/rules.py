@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 log = logging.getLogger("shopstream.rules")
 
 Severity = Literal["low", "medium", "high"]
+Minutes = Annotated[int, msgspec.Meta(ge=1)]      # a window or half-life: event times are divided by it
 
 
 class _Rule(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -40,20 +41,20 @@ class Burst(_Rule):
 
 class FailedPayments(_Rule):
     count: int = 3                  # fires on the count-th failed transaction ...
-    window_minutes: int = 10        # ... within any window of this length
+    window_minutes: Minutes = 10    # ... within any window of this length
     severity: Severity = "high"
 
 
 class CardTesting(_Rule):
     cards_per_user: int = 3         # distinct cards of one user, or ...
     users_per_card: int = 3         # ... distinct users of one card, within one tumbling window
-    window_minutes: int = 60
+    window_minutes: Minutes = 60
     severity: Severity = "high"
 
 
 class IpUsers(_Rule):
     threshold: int = 10             # fires when more than this many distinct users use one IP ...
-    window_minutes: int = 10        # ... within one tumbling window
+    window_minutes: Minutes = 10    # ... within one tumbling window
     severity: Severity = "medium"
 
 
@@ -71,7 +72,7 @@ class NewCountryPurchase(_Rule):
 
 
 class Risk(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    half_life_minutes: int = 60     # an alert's weight halves every half-life (event time)
+    half_life_minutes: Minutes = 60  # an alert's weight halves every half-life (event time)
     low: float = 10.0
     medium: float = 25.0
     high: float = 50.0

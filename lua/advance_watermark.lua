@@ -26,6 +26,7 @@ end
 local ctx = new_ctx(KEYS, gap, ttl, maxlen)
 extend_ctx(ctx, KEYS, tonumber(ARGV[7]), ARGV[8], ARGV[10], 0)
 ctx.on_close = session_rules
+ctx.on_legacy = uncount_legacy
 local wm = read_watermark(ctx)
 if target > wm then
   wm = target

@@ -2,8 +2,8 @@
   forwarded records) atomically, in stream order; evaluate the fraud rules; update profiles.
   KEYS[1]  ss:{p}:           PREFIX  derived here (same hash tag, same slot): user:<id> STRING,
                                      profile:<id> HASH, tickets:<id> HASH, fails:<id> ZSET,
-                                     ucards:<w>:<id> SET, cardu:<w>:<card> SET, ipu:<m>:<ip> SET,
-                                     ipx:<m>:<ip> HLL, count:<m> STRING, hll:<m> HLL,
+                                     ucards:<w>:<id> SET, cardu:<w>:<card> SET, ipu:<w>:<ip> SET,
+                                     ipx:<w>:<ip> HLL, count:<m> STRING, hll:<m> HLL,
                                      fired:<rule>:<window>:<kind>:<subject>[:<id>] STRING, tomb:<id> STRING
   KEYS[2]  ss:{p}:clicks     STREAM  input (XACK target; XRANGE of a late entry's payload)
   KEYS[3]  ss:{p}:state      HASH    wm, max, tombs_until, applied, duplicates, late, erased
@@ -29,8 +29,10 @@
   Returns {applied (clicks, transactions, tickets), duplicates, late, sessions_closed, minutes_finalized, watermark_us, erased,
            alerts {entry_id, rule, subject, window_start_us, ...}, poison {entry_id, reason, source, ...},
            outbox {entry_id, records JSON} or {} (the caller forwards the records and deletes the entry)}
-  Poison: entries of a user whose state or profile key cannot be read are neither applied nor
-  acknowledged; the caller moves them to the dead-letter stream.
+  Poison: entries that cannot be applied because a key of their user cannot be read (clicks: the
+  state; transactions and tickets: the profile; tickets: the tickets hash) are neither applied nor
+  acknowledged; the caller moves them to the dead-letter stream.  A click's session reaches the
+  profile when it closes; an unreadable profile then is left as it is (the session is emitted).
   Erased users (KEYS[1] tomb:<id>, looked up only while KEYS[3].tombs_until > now): their
   entries are acknowledged, deleted from their input stream and counted as erased, nothing else.
   Errors  SS_NOT_OWNER when KEYS[10] does not hold ARGV[1]; nothing is changed.
@@ -56,13 +58,13 @@ end
 local ctx = new_ctx(KEYS, gap, ttl, maxlen)
 extend_ctx(ctx, KEYS, now, channel, ARGV[10], ooo)
 ctx.on_close = session_rules
+ctx.on_legacy = uncount_legacy
 local wm, maxts, tombs_until = read_watermark(ctx)
 ctx.check_tombs = tombs_until > now
 local applied, dups, late, dropped = 0, 0, 0, 0
 local poison = {}
 local mcount, musers, mseen = {}, {}, {}
 local streams = {c = KEYS[2], t = KEYS[11], k = KEYS[12], r = KEYS[13]}
-local R = ctx.rules
 
 local function reject(id, reason, src)
   poison[#poison + 1] = id              -- not acknowledged: the caller dead-letters it
@@ -88,6 +90,7 @@ end
 local function apply_click(ev, st)
   local id, uid, ts, etype, category, device, country, ip = ev[1], ev[3], ev[4], ev[5], ev[7], ev[8], ev[9], ev[10]
   applied = applied + 1
+  st.clean = false
   if ts > maxts then
     maxts = ts
     if ts - ooo > wm then wm = ts - ooo end
@@ -205,7 +208,8 @@ for _, ev in ipairs(cjson.decode(ARGV[11])) do
     local st, pr, unreadable = nil, nil, nil
     if src ~= 'c' or ts + gap >= wm then
       if src ~= 'c' then pr, unreadable = load_profile(ctx, uid) end
-      if src ~= 'k' and not unreadable then st, unreadable = load_user(ctx, uid) end
+      if src == 'c' and not unreadable then st, unreadable = load_user(ctx, uid) end
+      if src == 't' and not unreadable then st = load_user(ctx, uid) end   -- unreadable: no open sessions to see
       if src == 'k' and not unreadable then
         local kind = rcall('TYPE', ctx.prefix .. 'tickets:' .. uid).ok
         if kind ~= 'none' and kind ~= 'hash' then unreadable = 'support tickets key of the user is not a hash' end

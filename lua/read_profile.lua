@@ -5,14 +5,14 @@
   KEYS[1]  ss:{p}:  PREFIX  derived here: profile:<id> HASH, user:<id> STRING (as apply_batch.lua)
   ARGV     user_id
   Returns  {field, value, ...} (empty when the user has neither a profile nor an open session).
-           A key that cannot be read (another type, not the engine's JSON) contributes nothing:
+           A key that cannot be read (another type, not the engine's encoding) contributes nothing:
            the apply dead-letters that user's events, and a reader still gets what can be read.
 ]]
 --@include partition_state
 --@include profile
 
 local uid = ARGV[1]
-local ctx = {prefix = KEYS[1], users = {}, profiles = {}}
+local ctx = {prefix = KEYS[1], users = {}, profiles = {}, on_legacy = uncount_legacy}
 local pr = load_profile(ctx, uid) or {f = {}, tm = {}, first = {}, dirty = {}}
 local st = load_user(ctx, uid)
 for _, se in ipairs(st and st.sessions or {}) do fold_session(pr, se) end

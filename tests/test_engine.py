@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from consumers.consumer import Consumer
 from engine import control, export
 from engine.batch import apply_args, decode_entries
-from engine.keys import CLICKS, Keys
+from engine.keys import CLICKS, OPEN, Keys
 from engine.rules import Rules
 from engine.metrics import ConsumerMetrics
 from engine.partitioning import partition_of
@@ -199,6 +199,8 @@ def test_user_ids_cannot_escape_their_partition(settings):
                                      '{"s":[["1",1,1,{}]],"m":["a",1],"d":0}', '{"s":[],"m":[],"d":0}',
                                      msgspec.msgpack.encode({"s": [["x", 1, 1, {}]], "m": [], "d": 0}),
                                      msgspec.msgpack.encode({"s": [[1, 1, 1, {}, -1, {}, "dv"]], "m": [], "d": 0}),
+                                     msgspec.msgpack.encode({"s": [[1, 1, 1, {"a": 1}, -1, {}, {"ios": "x"}]],
+                                                             "m": [], "d": 0}),
                                      b"\x92\xcd"])
 async def test_unreadable_user_state_is_poison_not_a_half_applied_batch(backend, settings, corrupt):
     """A user whose state key cannot be read: its events go to the DLQ, everyone else flows."""
@@ -219,21 +221,31 @@ async def test_unreadable_user_state_is_poison_not_a_half_applied_batch(backend,
 async def test_user_state_is_messagepack_and_the_json_of_earlier_versions_is_still_read(backend, settings):
     """The state layout of lua/includes/partition_state.lua, read back by Python (fakeredis runs
     tests/lua/cmsgpack.lua in place of Redis's cmsgpack: this also checks they agree).  A user
-    whose state an earlier version wrote as JSON carries on from it."""
+    whose state and profile an earlier version wrote (JSON state; clicks counted into the profile
+    at once) carries on from them, and every click is counted once."""
     keys = Keys(settings.namespace, settings.partitions)
-    old = keys.partition(partition_of("old", settings.partitions)).user("old")
-    await backend.aio.set(old, '{"s":[["%d",60000000,3,{"page_view":3},-1,{}]],"m":[],"d":1860000000}' % T0)
+    old = keys.partition(partition_of("old", settings.partitions))
+    await backend.aio.set(old.user("old"), '{"s":[["%d",60000000,3,{"page_view":2,"product_view":1},-1,'
+                                           '{"shoes":1}]],"m":[],"d":1860000000}' % T0)
+    await backend.aio.zadd(old.key(OPEN), {"old": T0 + 1_860_000_000})          # its due time, as it was kept
+    await backend.aio.hset(old.profile("old"), mapping={"events": 3, "category:shoes": 1,
+                                                       "first_seen": "2026-11-01T06:40:00.000000Z"})
     raws = [event("new", T0 + 1000, device="ios", country="FR", ip="10.0.0.9"), event("new", T0 + 2000),
             event("old", T0 + 120_000_000)]
     out = await run_events(backend, settings, raws, flush=False)
-    (profile,) = [p for p in out.profiles if p["user_id"] == "new"]   # no profile hash yet: the open session
-    assert profile["events"] == 2 and "device:ios" in profile and "sessions" not in profile
+    profiles = {p["user_id"]: p for p in out.profiles}
+    assert profiles["new"]["events"] == 2 and "device:ios" in profiles["new"]    # no profile hash yet
+    assert "sessions" not in profiles["new"]
+    assert (profiles["old"]["events"], profiles["old"]["category:shoes"]) == (4, 1)
     state = msgspec.msgpack.decode(await backend.aio.get(keys.partition(partition_of("new", settings.partitions))
                                                            .user("new")))
     assert state["s"] == [[T0 + 1000, 1000, 2, {"page_view": 2}, -1, [], {"ios": 0}, {"FR": 0}]]
-    assert state["d"] == 1000 + settings.session_gap_ms * 1000 and state["w"] == [T0 // 600_000_000, "10.0.0.9"]
-    (session,) = msgspec.msgpack.decode(await backend.aio.get(old))["s"]
-    assert session[:4] == [T0, 120_000_000, 4, {"page_view": 4}]
+    assert state["d"] == 1000 + settings.session_gap_ms * 1000 and state["w"] == [T0, "10.0.0.9"]
+    (session,) = msgspec.msgpack.decode(await backend.aio.get(old.user("old")))["s"]
+    assert session[:4] == [T0, 120_000_000, 4, {"page_view": 3, "product_view": 1}]
+    await control.flush(backend.aio, settings)
+    profiles = {p["user_id"]: p for p in (await export.collect(backend.aio, settings)).profiles}
+    assert (profiles["old"]["events"], profiles["old"]["category:shoes"], profiles["old"]["sessions"]) == (4, 1, 1)
 
 
 async def test_an_entry_whose_apply_keeps_failing_goes_to_the_dlq_and_the_partition_flows(backend, settings):

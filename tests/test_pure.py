@@ -242,7 +242,8 @@ def test_rules_defaults_and_validation():
     from engine.rules import Rules, parse_rules
     assert parse_rules("") == Rules()
     assert parse_rules("[ip_users]\nthreshold = 3\n").ip_users.threshold == 3
-    for bad in ("[ip_users]\nthreshold = 'x'\n", "[no_such_rule]\n", "[burst]\nseverity = 'extreme'\n", "= broken"):
+    for bad in ("[ip_users]\nthreshold = 'x'\n", "[no_such_rule]\n", "[burst]\nseverity = 'extreme'\n", "= broken",
+                "[ip_users]\nwindow_minutes = 0\n", "[risk]\nhalf_life_minutes = 0\n"):   # time is divided by them
         with pytest.raises(ValueError, match="invalid rules"):
             parse_rules(bad)
     lua = msgspec.json.decode(parse_rules("[burst]\nenabled = false\n").to_lua())

@@ -198,6 +198,17 @@ async def test_profile_unifies_clicks_transactions_and_tickets(backend, settings
     assert [s["categories"] for s in out.sessions] == ([{"books": 1}] if closed else [])
 
 
+async def test_a_transaction_is_applied_when_the_users_session_state_is_unreadable(backend, settings):
+    """The state only adds the open sessions' first-seen times to the transaction rules: a user
+    whose state key is broken has their clicks dead-lettered, their transactions still count."""
+    part = Keys("ss", settings.partitions).partition(partition_of("z", settings.partitions))
+    backend.sync.hset(part.user("z"), "not", "state")
+    out = await run(backend, settings, [event("z", T0)], [tx("z", T0 + S, "completed", "5.00")])
+    assert [d["stream"].rsplit(":", 1)[1] for d in out.dlq] == ["clicks"]
+    (profile,) = out.profiles
+    assert profile["orders"] == 1 and profile["spend_minor"] == 500
+
+
 async def test_rules_file_is_reloaded_without_a_restart(backend, settings, tmp_path):
     rules = tmp_path / "rules.toml"
     rules.write_text("[events_per_minute]\nthreshold = 5\n[burst]\nenabled = false\n")

@@ -1,5 +1,5 @@
 --[[ partition_state: shared helpers for the scripts that change a partition's state.
-  Included (inlined by engine/scripts.py) by apply_batch.lua and advance_watermark.lua.
+  Included (inlined by engine/scripts.py) by apply_batch.lua, advance_watermark.lua and read_profile.lua.
   Times are integer microseconds since the epoch, carried in Lua doubles (exact below 2^53);
   fmt() prints them without an exponent.
 
@@ -47,8 +47,14 @@ local function decode_state(raw)
   return pcall(cmsgpack.unpack, raw)
 end
 
-local function is_map(x)
-  return x == nil or type(x) == 'table'
+-- nil, or a table of numbers (counts, or offsets from the session start)
+local function is_counts(x)
+  if x == nil then return true end
+  if type(x) ~= 'table' then return false end
+  for _, v in pairs(x) do
+    if type(v) ~= 'number' then return false end
+  end
+  return true
 end
 
 local function first_times(start, offsets)
@@ -64,7 +70,7 @@ local function load_user(ctx, uid)
   if type(raw) == 'table' then
     return nil, 'state key of the user is unreadable: ' .. tostring(raw.err)
   end
-  st = {sessions = {}, minutes = {}}
+  st = {sessions = {}, minutes = {}, clean = true}   -- clean: nothing to write back unless changed
   if raw then
     local ok, doc = decode_state(raw)
     if not ok or type(doc) ~= 'table' or type(doc.s) ~= 'table' or #doc.s == 0 or type(doc.m) ~= 'table'
@@ -74,8 +80,8 @@ local function load_user(ctx, uid)
     for i, se in ipairs(doc.s) do
       local start = type(se) == 'table' and tonumber(se[1])
       if not start or type(se[2]) ~= 'number' or type(se[3]) ~= 'number' or type(se[4]) ~= 'table'
-          or (se[5] ~= nil and type(se[5]) ~= 'number') or not is_map(se[6]) or not is_map(se[7])
-          or not is_map(se[8]) then
+          or not is_counts(se[4]) or (se[5] ~= nil and type(se[5]) ~= 'number') or not is_counts(se[6])
+          or not is_counts(se[7]) or not is_counts(se[8]) then
         return nil, "state of the user is not in the engine's format (session " .. i .. ')'
       end
       local p = se[5]
@@ -92,6 +98,11 @@ local function load_user(ctx, uid)
     st.due = st.sessions[1].s + doc.d
     if type(doc.i) == 'table' then st.ids = doc.i end
     if type(doc.w) == 'table' then st.fwd = doc.w end
+    st.stored = true
+    if raw:byte(1) == 123 then           -- JSON: written by a version that counted clicks into the profile
+      st.clean = false                   -- rewritten in the current format
+      if ctx.on_legacy then ctx.on_legacy(ctx, uid, st) end
+    end
   end
   st.ids = st.ids or {}
   ctx.users[uid] = st
@@ -130,6 +141,7 @@ local function seen_before(st, fp)
   end
   if set[fp] then return true end
   set[fp] = true
+  st.clean = false
   local ids = st.ids
   ids[#ids + 1] = fp
   if #ids > RECENT_IDS then set[table.remove(ids, 1)] = nil end
@@ -154,19 +166,22 @@ local function close_due(ctx, uid, st, wm)
       if se.l + gap >= wm then keep[#keep + 1] = se end
     end
     st.sessions = keep
+    st.clean = false
   end
 end
 
--- Close what is due at the final watermark, then write every user loaded in this call back
--- (or delete it when it has no open session left).
+-- Close what is due at the final watermark, then write back every user loaded in this call whose
+-- state changed (or delete it when it has no open session left).
 local function save_users(ctx, wm)
   local gap = ctx.gap
   for uid, st in pairs(ctx.users) do
     local key = ctx.prefix .. 'user:' .. uid
     close_due(ctx, uid, st, wm)
     if #st.sessions == 0 then
-      rcall('DEL', key)
-      rcall('ZREM', ctx.open, uid)
+      if st.stored or st.swept then        -- (a transaction's user without state has nothing to delete)
+        rcall('DEL', key)
+        rcall('ZREM', ctx.open, uid)
+      end
     else
       local due = st.sessions[1].l + gap
       for i = 2, #st.sessions do
@@ -176,21 +191,24 @@ local function save_users(ctx, wm)
       if st.due == nil or due < st.due or st.due < wm then
         rcall('ZADD', ctx.open, fmt(due), uid)
         st.due = due
+        st.clean = false                   -- the state keeps due - start
       end
-      local ms = {}
-      for m, c in pairs(st.minutes) do   -- kept while events within B can reach them or the next minute
-        if (m + 2) * US_PER_MIN > wm then ms[#ms + 1] = m; ms[#ms + 1] = c end
+      if not st.clean then
+        local ms = {}
+        for m, c in pairs(st.minutes) do   -- kept while events within B can reach them or the next minute
+          if (m + 2) * US_PER_MIN > wm then ms[#ms + 1] = m; ms[#ms + 1] = c end
+        end
+        local doc = {s = {}, m = ms, d = st.due - st.sessions[1].s}
+        if #st.ids > 0 then doc.i = st.ids end
+        if st.fwd then doc.w = st.fwd end
+        for i, se in ipairs(st.sessions) do
+          local dv, co = {}, {}
+          for k, t in pairs(se.dv) do dv[k] = t - se.s end
+          for k, t in pairs(se.co) do co[k] = t - se.s end
+          doc.s[i] = {se.s, se.l - se.s, se.n, se.t, se.p and se.p - se.s or -1, se.c, dv, co}
+        end
+        rcall('SET', key, cmsgpack.pack(doc), 'PX', ctx.ttl)
       end
-      local doc = {s = {}, m = ms, d = st.due - st.sessions[1].s}
-      if #st.ids > 0 then doc.i = st.ids end
-      if st.fwd then doc.w = st.fwd end
-      for i, se in ipairs(st.sessions) do
-        local dv, co = {}, {}
-        for k, t in pairs(se.dv) do dv[k] = t - se.s end
-        for k, t in pairs(se.co) do co[k] = t - se.s end
-        doc.s[i] = {se.s, se.l - se.s, se.n, se.t, se.p and se.p - se.s or -1, se.c, dv, co}
-      end
-      rcall('SET', key, cmsgpack.pack(doc), 'PX', ctx.ttl)
     end
   end
 end
@@ -200,7 +218,8 @@ end
 local function sweep(ctx, wm, limit)
   local due = rcall('ZRANGEBYSCORE', ctx.open, '-inf', '(' .. fmt(wm), 'LIMIT', 0, limit)
   for _, uid in ipairs(due) do   -- save_users closes and writes them
-    if not load_user(ctx, uid) then rcall('ZREM', ctx.open, uid) end   -- unreadable: left for inspection
+    local st = load_user(ctx, uid)
+    if st then st.swept = true else rcall('ZREM', ctx.open, uid) end   -- unreadable: left for inspection
   end
   return #due == limit
 end

@@ -1,5 +1,5 @@
 --[[ profile: the unified customer profile, HASH <prefix>profile:<user_id>, readable with HGETALL.
-  Included after partition_state by the scripts that change a partition's state.  A profile is
+  Included after partition_state by the scripts that change a partition's state, and by read_profile.lua.  A profile is
   loaded once per script call (HGETALL), changed in memory, and written back once (HSET of the
   changed fields, PEXPIRE profile_ttl).  Fields (times are ISO-8601 UTC with microseconds):
     first_seen, last_seen       earliest / latest event time of any source
@@ -164,5 +164,18 @@ local function note_open_sessions(pr, st)
     touch(pr, se.l)
     for d, t in pairs(se.dv) do first_time(pr, 'device:' .. d, t) end
     for c, t in pairs(se.co) do first_time(pr, 'country:' .. c, t) end
+  end
+end
+
+-- State in the JSON of earlier versions (partition_state.lua load_user, ctx.on_legacy): those versions
+-- added a click's event and category counts to the profile at once.  Take the open sessions' counts
+-- out again, in the same call that rewrites the state in the current format, so that folding the
+-- sessions when they close counts every click once.
+local function uncount_legacy(ctx, uid, st)
+  local pr = load_profile(ctx, uid)
+  if not pr then return end
+  for _, se in ipairs(st.sessions) do
+    pincr(pr, 'events', -se.n)
+    for k, n in pairs(se.c) do pincr(pr, 'category:' .. k, -n) end
   end
 end

@@ -117,7 +117,7 @@ end
 local function click_ip(ctx, uid, st, ip, ts)
   local R = ctx.rules
   if not R.ip_n then return end
-  local w = math.floor(ts / R.ip_w)
+  local w = math.floor(ts / R.ip_w) * R.ip_w     -- the window's start (stays right if the window changes)
   local last = st.fwd
   if last and last[1] == w and last[2] == ip then return end
   st.fwd = {w, ip}
