@@ -40,6 +40,7 @@ _records = msgspec.json.Decoder(list[list])
 
 STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in other consumers' lists
 READ_MARGIN_S = 0.05         # a read must end this long before our lease could expire
+RATE_WINDOW_S = 0.5          # the input rate that decides lingering is measured over this long
 MAX_FAILURES_UNTIL_IDLE = 20  # a bounded run gives up (exit 1) instead of retrying a broken apply forever
 
 
@@ -94,6 +95,8 @@ class Consumer:
         self.last_idle_tick: dict[int, float] = {}
         self.has_data: set[int] = set()
         self.failures = 0                           # consecutive failed apply calls
+        self.rate_per_partition = 0.0               # input events/s per owned partition (linger under load)
+        self._window_start, self._window_read = time.perf_counter(), 0
         self.batch_failures: dict[tuple, int] = {}   # (partition, first entry's source and id) -> failures
         self.closing = False
 
@@ -166,6 +169,7 @@ class Consumer:
             await asyncio.sleep(self.settings.block_ms / 1000)
             return False
         batches = await self.read(owned)
+        self._observe_rate(sum(len(entries) for _, entries, _, _ in batches), len(owned))
         # Partitions are independent: while Redis runs one partition's apply script, the next
         # partition's batch is decoded (each process() decodes, then awaits its script call).
         # All of them finish before an error (e.g. Redis unavailable) goes up: no apply of this
@@ -180,13 +184,25 @@ class Consumer:
         if self.idle_advance:
             await self.advance_idle(owned)
         read = sum(len(entries) for _, entries, _, _ in batches)
-        if self.settings.linger_ms and read >= self.settings.linger_min_batch * len(owned):
-            # Under load only (like Kafka's linger.ms, but only when busy): let entries accumulate so
-            # the next calls are larger and cheaper per event (at saturation 40 ms: +16 % events/s).
-            # A light load reads a few entries per partition and goes on at once: its latency is
-            # the round itself (p99 37 ms at 1M events/min; with 10 ms of linger always: 85 ms).
+        busy = self.rate_per_partition >= self.settings.linger_above_rate
+        if self.settings.linger_ms and busy and not any(full for _, _, _, full in batches):
+            # Under load only (like Kafka's linger.ms, but only when busy): when the partitions take
+            # in more than linger_above_rate events/s each, let entries accumulate so the next calls
+            # are larger and cheaper per event (at saturation: +20 % events/s).  Below it, go on at
+            # once: detection latency is the round itself (docs/benchmarks.md).  The rate does not
+            # depend on the linger, so the choice does not feed on itself.  A full read means a
+            # backlog: the next read is full anyway, no waiting.
             await asyncio.sleep(self.settings.linger_ms / 1000)
         return read > 0
+
+    def _observe_rate(self, read: int, partitions: int) -> None:
+        """Input rate per owned partition (events/s), over windows of at least RATE_WINDOW_S."""
+        now = time.perf_counter()
+        self._window_read += read
+        elapsed = now - self._window_start
+        if elapsed >= RATE_WINDOW_S:
+            self.rate_per_partition = self._window_read / elapsed / max(partitions, 1)
+            self._window_start, self._window_read = now, 0
 
     def _by_partition(self, reply, from_pending: bool) -> list[tuple[int, list, bool, bool]]:
         """(partition, its entries of every input stream merged in id order, from_pending, full)."""

@@ -35,8 +35,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     batch_size: int = 1000                # XREADGROUP COUNT per partition
     block_ms: int = 100                   # XREADGROUP BLOCK when there is nothing to do
     poll_ms: int = 10                     # Redis Cluster (no multi-slot BLOCK): pause after a read that found nothing
-    linger_ms: int = 40                   # under load, wait this long after a read so that batches grow ...
-    linger_min_batch: int = 64            # ... under load = the read averaged this many entries per partition
+    linger_ms: int = 40                   # under load, wait this long after a round so that batches grow ...
+    linger_above_rate: int = 1_500        # ... under load = more than this many events/s per partition read
     input_maxlen: int = 2_000_000         # MAXLEN ~ per input stream partition
     wait_replicas: int = 0                # producer: a batch is published once this many replicas have it (WAIT)
     wait_timeout_ms: int = 1_000          # ... or NotReplicated after this long

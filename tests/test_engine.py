@@ -317,3 +317,21 @@ async def test_a_consumer_that_stalled_past_its_lease_reads_nothing(real, settin
 def test_a_lease_shorter_than_a_renewal_and_a_read_is_refused(settings):
     with pytest.raises(ValueError, match="lease_ttl_ms"):
         Consumer(None, settings.replace(lease_ttl_ms=60, heartbeat_ms=50, block_ms=20), "x")
+
+
+def test_the_linger_decision_uses_the_input_rate_over_half_a_second_windows(backend, settings, monkeypatch):
+    """Consumers linger only when their partitions take in more than linger_above_rate events/s
+    each.  The rate is counted over windows of RATE_WINDOW_S: a burst read right after the previous
+    read must not look like a high rate (it did when each read was divided by its own interval)."""
+    from consumers import consumer as module
+    clock = [1000.0]
+    monkeypatch.setattr(module.time, "perf_counter", lambda: clock[0])
+    c = Consumer(backend.aio, settings, "c")
+    for dt, read in [(0.1, 100), (0.002, 170), (0.4, 30)]:      # 300 events in 0.502 s over 2 partitions
+        clock[0] += dt
+        c._observe_rate(read, 2)
+    assert c.rate_per_partition == pytest.approx(300 / 0.502 / 2)
+    clock[0] += 0.1
+    c._observe_rate(10_000, 2)                                   # inside the next window: not yet counted
+    assert c.rate_per_partition == pytest.approx(300 / 0.502 / 2)
+    assert c.rate_per_partition < settings.linger_above_rate
