@@ -169,7 +169,8 @@ class Consumer:
             await asyncio.sleep(self.settings.block_ms / 1000)
             return False
         batches = await self.read(owned)
-        self._observe_rate(sum(len(entries) for _, entries, _, _ in batches), len(owned))
+        read = sum(len(entries) for _, entries, _, _ in batches)
+        self._observe_rate(read, len(owned))
         # Partitions are independent: while Redis runs one partition's apply script, the next
         # partition's batch is decoded (each process() decodes, then awaits its script call).
         # All of them finish before an error (e.g. Redis unavailable) goes up: no apply of this
@@ -183,7 +184,6 @@ class Consumer:
                 self.leases.recovering.discard(p)
         if self.idle_advance:
             await self.advance_idle(owned)
-        read = sum(len(entries) for _, entries, _, _ in batches)
         busy = self.rate_per_partition >= self.settings.linger_above_rate
         if self.settings.linger_ms and busy and not any(full for _, _, _, full in batches):
             # Under load only (like Kafka's linger.ms, but only when busy): when the partitions take
