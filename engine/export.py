@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .scripts import Scripts
 from .settings import Settings
 
 PAGE = 5000
+PROFILE_READS = 32
 
 
 async def read_stream(client: Any, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
@@ -100,10 +102,11 @@ async def collect_profiles(client: Any, settings: Settings) -> list[dict]:
             prefix = part.key(suffix).encode()
             async for key in client.scan_iter(match=glob_escape(part.key(suffix)) + "*", count=1000):
                 users.add(key[len(prefix):].decode("utf-8", "replace"))
-        for user in users:
-            record = await read_profile(client, settings, user, scripts)
-            if record:
-                out.append(record)
+        ordered = sorted(users)
+        for i in range(0, len(ordered), PROFILE_READS):     # a few script calls in flight, not one at a time
+            records = await asyncio.gather(*(read_profile(client, settings, user, scripts)
+                                             for user in ordered[i:i + PROFILE_READS]))
+            out.extend(record for record in records if record)
     return sorted(out, key=lambda r: r["user_id"])
 
 

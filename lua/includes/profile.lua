@@ -58,6 +58,11 @@ local function parse_iso(text)
   return (days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(s)) * 1000000 + tonumber(f)
 end
 
+-- A profile of stored fields f (field -> text), nothing changed yet.
+local function new_profile(f)
+  return {f = f, tm = {}, first = {}, last = nil, dirty = {}}
+end
+
 -- The user's profile {f = fields as stored, tm = parsed times, first = earliest times of this call,
 -- last = latest event time of this call, dirty = {field = true}}, or nil and a reason when the key is
 -- not a hash (such events are returned as poison, like unreadable session state).
@@ -68,7 +73,7 @@ local function load_profile(ctx, uid)
   if raw.err then return nil, 'profile of the user is unreadable: ' .. tostring(raw.err) end
   local f = {}
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-  pr = {f = f, tm = {}, first = {}, last = nil, dirty = {}}
+  pr = new_profile(f)
   ctx.profiles[uid] = pr
   return pr
 end
@@ -145,26 +150,31 @@ local function save_profiles(ctx, profile_ttl)
   end
 end
 
--- A session's click fields into the profile.  The first/last times are idempotent (min / max), so
--- note_open_sessions may have noted them already; the counters are added once, at close.
-local function fold_session(pr, se)
+-- A session's times, devices and countries into the profile.  Idempotent (the earliest / latest
+-- wins): the transaction rules note open sessions, which are noted again when they close.
+local function note_session_times(pr, se)
   touch(pr, se.s)
   touch(pr, se.l)
-  pincr(pr, 'events', se.n)
   for d, t in pairs(se.dv) do first_time(pr, 'device:' .. d, t) end
   for c, t in pairs(se.co) do first_time(pr, 'country:' .. c, t) end
-  for k, n in pairs(se.c) do pincr(pr, 'category:' .. k, n) end
+end
+
+-- A session's event and category counts into the profile (sign -1: out of it).
+local function add_session_counts(pr, se, sign)
+  pincr(pr, 'events', sign * se.n)
+  for k, n in pairs(se.c) do pincr(pr, 'category:' .. k, sign * n) end
+end
+
+-- A session's click fields into the profile: once, when it closes (or into a reader's copy).
+local function fold_session(pr, se)
+  note_session_times(pr, se)
+  add_session_counts(pr, se, 1)
 end
 
 -- The first/last-seen times of the user's open sessions (st from load_user; nil: none).
 local function note_open_sessions(pr, st)
   if not st then return end
-  for _, se in ipairs(st.sessions) do
-    touch(pr, se.s)
-    touch(pr, se.l)
-    for d, t in pairs(se.dv) do first_time(pr, 'device:' .. d, t) end
-    for c, t in pairs(se.co) do first_time(pr, 'country:' .. c, t) end
-  end
+  for _, se in ipairs(st.sessions) do note_session_times(pr, se) end
 end
 
 -- State in the JSON of earlier versions (partition_state.lua load_user, ctx.on_legacy): those versions
@@ -174,8 +184,5 @@ end
 local function uncount_legacy(ctx, uid, st)
   local pr = load_profile(ctx, uid)
   if not pr then return end
-  for _, se in ipairs(st.sessions) do
-    pincr(pr, 'events', -se.n)
-    for k, n in pairs(se.c) do pincr(pr, 'category:' .. k, -n) end
-  end
+  for _, se in ipairs(st.sessions) do add_session_counts(pr, se, -1) end
 end
