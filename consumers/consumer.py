@@ -313,6 +313,8 @@ class Consumer:
             await self.dead_letter(p, dead)
         if reply[9]:
             await self.forward(p, [tuple(reply[9])])
+        if reply[10]:            # more was due than one call closes: close the rest, call by call
+            await self.advance_to(p, 0)
         return None
 
     async def forward(self, p: int, entries: list | None = None) -> int:
@@ -373,6 +375,8 @@ class Consumer:
         m.sessions.inc(closed)
         m.minutes.inc(finalized)
         m.watermark.labels(str(p)).set(int(wm) / 1e6)
+        m.guarded.labels("clock_ahead").inc(reply[11])
+        m.guarded.labels("capped").inc(reply[12])
         if applied:
             self.has_data.add(p)
         self.record_alerts(reply[7])
@@ -421,17 +425,20 @@ class Consumer:
             if now - last < idle or now - self.last_idle_tick.get(p, 0.0) < s.heartbeat_ms / 1000:
                 continue
             self.last_idle_tick[p] = now
-            target = time.time_ns() // 1000 - (s.idle_timeout_ms + s.out_of_order_ms) * 1000
-            try:
-                done = await advance(self.client, self.scripts, self.parts[p], s, target, self.rules.current(),
-                                     self.name)
-            except NotOwner:
-                self.leases.owned.discard(p)
-                continue
-            self.metrics.sessions.inc(done.closed)
-            self.metrics.minutes.inc(done.finalized)
-            self.metrics.watermark.labels(str(p)).set(done.watermark_us / 1e6)
-            self.record_alerts(done.alerts)
+            await self.advance_to(p, time.time_ns() // 1000 - (s.idle_timeout_ms + s.out_of_order_ms) * 1000)
+
+    async def advance_to(self, p: int, target_us: int) -> None:
+        """Move partition p's watermark to at least target_us and close what is due, in bounded calls."""
+        try:
+            done = await advance(self.client, self.scripts, self.parts[p], self.settings, target_us,
+                                 self.rules.current(), self.name)
+        except NotOwner:
+            self.leases.owned.discard(p)
+            return
+        self.metrics.sessions.inc(done.closed)
+        self.metrics.minutes.inc(done.finalized)
+        self.metrics.watermark.labels(str(p)).set(done.watermark_us / 1e6)
+        self.record_alerts(done.alerts)
 
     # -- state of the group ----------------------------------------------------------------
     async def observe_lag(self) -> None:

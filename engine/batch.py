@@ -140,4 +140,4 @@ def apply_args(settings: Settings, consumer: str, now_us: int, rules: bytes, eve
     s = settings
     return [consumer, s.group, now_us, s.session_gap_ms * 1000, s.out_of_order_ms * 1000, s.state_ttl_ms,
             s.output_maxlen, Keys(s.namespace, s.partitions).channel(s.alerts_channel), s.profile_ttl_ms,
-            rules, events]
+            rules, events, s.watermark_quorum, s.close_per_call]

@@ -12,7 +12,6 @@ from .rules import RulesFile
 from .scripts import Scripts, translate
 from .settings import Settings
 
-FLUSH_LIMIT = 1000                 # users / minutes closed per script call (keeps each call short)
 END_OF_TIME_US = 2**53             # the final flush's watermark: every session and minute closes
 
 
@@ -35,7 +34,7 @@ async def advance(client: Any, scripts: Scripts, part: Partition, settings: Sett
             reply = await scripts.call(
                 "advance_watermark", part.apply_keys(),
                 [consumer, target_us, settings.session_gap_ms * 1000, settings.state_ttl_ms,
-                 settings.output_maxlen, FLUSH_LIMIT, time.time_ns() // 1000,
+                 settings.output_maxlen, settings.close_per_call, time.time_ns() // 1000,
                  Keys(settings.namespace, settings.partitions).channel(settings.alerts_channel),
                  settings.profile_ttl_ms, rules])
         except ResponseError as exc:

@@ -57,6 +57,17 @@ async def _extend_tombstone_horizon(client: Any, part: Partition, until_us: int)
         await client.hset(part.key(STATE), "tombs_until", until_us)
 
 
+async def _forget_clock_user(client: Any, part: Partition, user_id: str) -> None:
+    """The partition's clock names the few users with the latest click times (state field ``top``,
+    lua/includes/partition_state.lua): the user leaves it.  (The tombstone keeps their later clicks out.)"""
+    raw = await client.hget(part.key(STATE), "top")
+    if raw:
+        top = msgspec.json.decode(raw)
+        kept = [entry for entry in top if entry[0] != user_id]
+        if len(kept) != len(top):
+            await client.hset(part.key(STATE), "top", msgspec.json.encode(kept))
+
+
 async def _redact_alerts(client: Any, stream: str, user_id: str) -> tuple[int, int]:
     """Alerts about the user are deleted; alerts about another subject (an IP, a card) that list
     the user in their evidence are re-written without the user.  Returns (deleted, redacted)."""
@@ -95,6 +106,7 @@ async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]
     report["state_keys"] = await client.delete(part.user(user_id), part.profile(user_id),
                                                part.key(TICKETS) + user_id, part.key(FAILS) + user_id)
     await client.zrem(part.key(OPEN), user_id)
+    await _forget_clock_user(client, part, user_id)
     escaped = glob_escape(user_id)
     for pattern, counter in ((f"{part.prefix}{FIRED}*:{escaped}", "alert_markers"),
                              (f"{part.prefix}{UCARDS}*:{escaped}", "state_keys")):

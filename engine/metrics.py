@@ -23,6 +23,11 @@ class ConsumerMetrics:
         self.detection = Histogram("shopstream_detection_latency_seconds",
                                    "Triggering entry appended to Redis -> alert published", registry=r,
                                    buckets=LATENCY_BUCKETS)
+        self.guarded = Counter("shopstream_guarded_events_total",
+                               "Hostile-input guards: clicks ahead of the partition clock (clock_ahead), "
+                               "values a per-user cap left out (capped)", ["guard"], registry=r)
+        for guard in ("clock_ahead", "capped"):
+            self.guarded.labels(guard)
         self.alerts = Counter("shopstream_alerts_total", "Alerts emitted, by rule", ["rule"], registry=r)
         self.sessions = Counter("shopstream_sessions_closed_total", "Sessions closed and emitted", registry=r)
         self.minutes = Counter("shopstream_minutes_finalized_total", "Per-minute metrics finalized", registry=r)

@@ -21,7 +21,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     group: str = "shopstream"             # consumer group on every input stream
 
     session_gap_ms: int = 30 * 60_000     # G: inactivity gap that ends a session
-    out_of_order_ms: int = 5 * 60_000     # B: watermark = max event time - B
+    out_of_order_ms: int = 5 * 60_000     # B: watermark = the partition's clock - B
+    watermark_quorum: int = 3             # the clock = the quorum-th latest of the users' latest click times
     idle_timeout_ms: int = 60_000         # live mode: an idle partition's watermark follows the wall clock (0 = off)
     max_future_ms: int = 86_400_000       # events further ahead of the wall clock are bad input
     max_id_bytes: int = 256               # longer user ids are bad input
@@ -33,6 +34,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     alerts_channel: str = "alerts"        # pub/sub channel (namespaced: <namespace>:alerts)
 
     batch_size: int = 1000                # XREADGROUP COUNT per partition
+    close_per_call: int = 200             # users / minutes one script call closes at most (bounds its length)
     block_ms: int = 100                   # XREADGROUP BLOCK when there is nothing to do
     poll_ms: int = 10                     # Redis Cluster (no multi-slot BLOCK): pause after a read that found nothing
     linger_ms: int = 40                   # under load, wait this long after a round so that batches grow ...

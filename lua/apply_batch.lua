@@ -6,7 +6,8 @@
                                      ipx:<w>:<ip> HLL, count:<m> STRING, hll:<m> HLL,
                                      fired:<rule>:<window>:<kind>:<subject>[:<id>] STRING, tomb:<id> STRING
   KEYS[2]  ss:{p}:clicks     STREAM  input (XACK target; XRANGE of a late entry's payload)
-  KEYS[3]  ss:{p}:state      HASH    wm, max, tombs_until, applied, duplicates, late, erased
+  KEYS[3]  ss:{p}:state      HASH    wm, max (the clock), top (its quorum users), tombs_until, applied,
+                                     duplicates, late, erased, ahead, capped
   KEYS[4]  ss:{p}:open       ZSET    user -> due (earliest close time, lower bound)
   KEYS[5]  ss:{p}:mopen      ZSET    minutes not yet finalized
   KEYS[6]  ss:{p}:sessions   STREAM  closed sessions (out)
@@ -19,16 +20,20 @@
   KEYS[13] ss:{p}:rekey      STREAM  input: records forwarded from other partitions (XACK, then XDEL)
   KEYS[14] ss:{p}:outbox     STREAM  records for other partitions (out; the consumer forwards them)
   ARGV  consumer, group, now_us, gap_us, ooo_us, ttl_ms, maxlen, channel, profile_ttl_ms,
-        rules (JSON, engine/rules.py), events (JSON array in stream-id order, engine/batch.py):
+        rules (JSON, engine/rules.py), events (JSON array in stream-id order, engine/batch.py),
+        quorum (users whose click times move the watermark), limit (users / minutes closed per call):
           [id, "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip]
           [id, "t", user_id, ts_us, fingerprint, completed, amount_minor, currency, card, ip, country]
           [id, "k", user_id, ts_us, ticket_id, open]
           [id, "r", [record, ...] ]  (records: lua/includes/rules.lua)
-        (fingerprint of the producer's event_id / transaction_id, 0 if none: a retry seen among the
-        user's last 16 is acknowledged and counted as a duplicate)
+        (fingerprint of the producer's event_id / transaction_id, 0 if none: a retried click is
+        acknowledged and counted as a duplicate as long as it is not late, see partition_state.lua;
+        a retried transaction, among the user's last 16)
   Returns {applied (clicks, transactions, tickets), duplicates, late, sessions_closed, minutes_finalized, watermark_us, erased,
            alerts {entry_id, rule, subject, window_start_us, ...}, poison {entry_id, reason, source, ...},
-           outbox {entry_id, records JSON} or {} (the caller forwards the records and deletes the entry)}
+           outbox {entry_id, records JSON} or {} (the caller forwards the records and deletes the entry),
+           more (1: more users or minutes are due than one call closes; call advance_watermark),
+           ahead (clicks more than ooo ahead of the partition's clock), capped (values a cap dropped)}
   Poison: entries that cannot be applied because a key of their user cannot be read (clicks: the
   state; transactions and tickets: the profile; tickets: the tickets hash) are neither applied nor
   acknowledged; the caller moves them to the dead-letter stream.  A click's session reaches the
@@ -37,11 +42,15 @@
   entries are acknowledged, deleted from their input stream and counted as erased, nothing else.
   Errors  SS_NOT_OWNER when KEYS[10] does not hold ARGV[1]; nothing is changed.
   Idempotent: yes - an entry is applied only if its XACK returned 1.
-  Semantics (DESIGN §3): watermark W = max click time - ooo, never decreasing; a click is late
-  when ts + gap < W (to KEYS[8], not applied); before a click touches a user, that user's
-  sessions with last + gap < W are closed, so results depend on stream order only, not on
-  how entries were batched.  Transactions and tickets are applied whatever W (profile sums,
-  rule windows of their own); they do not move W.
+  Semantics (DESIGN §3): the partition's clock is the quorum-th latest of its users' latest click
+  times (one user's clock, however wrong, cannot move it: a click far ahead is applied to its
+  user but moves nothing else; counted as `ahead`); watermark W = clock - ooo, never decreasing;
+  a click is late when ts + gap < W (to KEYS[8], not applied); before a click touches a user, the
+  user's state is settled at W (partition_state.lua settle_user), so results depend on stream
+  order only, not on how entries were batched.  Transactions and tickets are applied whatever W
+  (profile sums, rule windows of their own); they do not move W.  After a flush (W = end of time)
+  no input is applied: every entry goes to KEYS[8] with the reason "input ended".
+  Bounded: at most `limit` users and minutes are closed per call (more = 1 says there are more).
 ]]
 --@include partition_state
 --@include profile
@@ -50,6 +59,7 @@
 local consumer, group = ARGV[1], ARGV[2]
 local now, gap, ooo = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local ttl, maxlen, channel, profile_ttl = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local limit = tonumber(ARGV[13])
 
 if rcall('GET', KEYS[10]) ~= consumer then
   return redis.error_reply('SS_NOT_OWNER ' .. KEYS[10] .. ' is not held by ' .. consumer)
@@ -60,8 +70,10 @@ extend_ctx(ctx, KEYS, now, channel, ARGV[10], ooo)
 ctx.on_close = session_rules
 ctx.on_legacy = uncount_legacy
 local wm, maxts, tombs_until = read_watermark(ctx)
+ctx.quorum = tonumber(ARGV[12])
 ctx.check_tombs = tombs_until > now
-local applied, dups, late, dropped = 0, 0, 0, 0
+local ended = wm >= END_OF_TIME
+local applied, dups, late, dropped, ahead = 0, 0, 0, 0, 0
 local poison = {}
 local mcount, musers, mseen = {}, {}, {}
 local streams = {c = KEYS[2], t = KEYS[11], k = KEYS[12], r = KEYS[13]}
@@ -87,15 +99,19 @@ local function take(id, src, uid)
   return true
 end
 
+-- An acknowledged entry that is not applied: to the late stream with the reason and its payload.
+local function to_late(id, src, uid, ts, reason)
+  late = late + 1
+  local entry = rcall('XRANGE', streams[src], id, id)[1]
+  local payload = entry and entry[2][2] or ''
+  rcall('XADD', ctx.late, 'MAXLEN', '~', maxlen, '*', 'entry_id', id, 'user_id', uid, 'ts', fmt(ts),
+    'watermark', fmt(wm), 'reason', reason, 'payload', payload)
+end
+
+-- Returns nil when applied, or the reason it was not (a cap).
 local function apply_click(ev, st)
   local id, uid, ts, etype, category, device, country, ip = ev[1], ev[3], ev[4], ev[5], ev[7], ev[8], ev[9], ev[10]
-  applied = applied + 1
-  st.clean = false
-  if ts > maxts then
-    maxts = ts
-    if ts - ooo > wm then wm = ts - ooo end
-  end
-  if #st.sessions > 0 then close_due(ctx, uid, st, wm) end
+  settle_user(ctx, uid, st, wm)
 
   -- sessions: merge the event into every open session it is within gap of
   local hit, many = nil, false
@@ -104,13 +120,30 @@ local function apply_click(ev, st)
       if hit then many = true else hit = se end
     end
   end
+  if not hit and #st.sessions >= MAX_SESSIONS then
+    return 'quarantined: the user has ' .. MAX_SESSIONS .. ' open sessions (the cap); this click would open one more'
+  end
+  if ev[6] ~= 0 and seen_before(ctx, st, ev[6], ts) then
+    dups = dups + 1                       -- a producer retry of a click applied already
+    return nil
+  end
+  applied = applied + 1
+  st.clean = false
+  if ts > maxts or #ctx.top < ctx.quorum then
+    local clock = note_clock(ctx, uid, ts)
+    if clock and clock > maxts then
+      maxts = clock
+      if maxts - ooo > wm then wm = maxts - ooo end
+    end
+  end
+  if ts > maxts + ooo then ahead = ahead + 1 end
   if not hit then
     hit = new_session(ts)
     st.sessions[#st.sessions + 1] = hit
   elseif many then
     local merged, keep = new_session(ts), {}
     for _, se in ipairs(st.sessions) do
-      if ts >= se.s - gap and ts <= se.l + gap then merge_session(merged, se) else keep[#keep + 1] = se end
+      if ts >= se.s - gap and ts <= se.l + gap then merge_session(ctx, merged, se) else keep[#keep + 1] = se end
     end
     keep[#keep + 1] = merged
     st.sessions = keep
@@ -119,12 +152,12 @@ local function apply_click(ev, st)
   if ts < hit.s then hit.s = ts end
   if ts > hit.l then hit.l = ts end
   hit.n = hit.n + 1
-  hit.t[etype] = (hit.t[etype] or 0) + 1
+  count_capped(ctx, hit.t, etype, 1, MAX_TYPES)
   if etype == 'purchase' and (not hit.p or ts < hit.p) then hit.p = ts end
   -- what the profile learns from clicks travels with the session (folded in when it closes)
-  if device ~= '' and (not hit.dv[device] or ts < hit.dv[device]) then hit.dv[device] = ts end
-  if country ~= '' and (not hit.co[country] or ts < hit.co[country]) then hit.co[country] = ts end
-  if etype == 'product_view' and category ~= '' then hit.c[category] = (hit.c[category] or 0) + 1 end
+  if device ~= '' then first_capped(ctx, hit.dv, device, ts, MAX_VALUES) end
+  if country ~= '' then first_capped(ctx, hit.co, country, ts, MAX_VALUES) end
+  if etype == 'product_view' and category ~= '' then count_capped(ctx, hit.c, category, 1, MAX_VALUES) end
 
   -- per-minute metrics, aggregated for the whole batch
   local m = math.floor(ts / US_PER_MIN)
@@ -133,10 +166,10 @@ local function apply_click(ev, st)
   if not seen then seen = {}; mseen[m] = seen; musers[m] = {} end
   if not seen[uid] then seen[uid] = true; local us = musers[m]; us[#us + 1] = uid end
 
-  local c = (st.minutes[m] or 0) + 1
-  st.minutes[m] = c
+  local c = count_minute(ctx, st, m)
   click_rules(ctx, uid, st, m, c, ts, id)
   if ip ~= '' then click_ip(ctx, uid, st, ip, ts) end
+  return nil
 end
 
 local function seen_tx(pr, fp)
@@ -164,7 +197,9 @@ local function apply_tx(ev, st, pr)
   note_open_sessions(pr, st)          -- first-seen times of the open sessions, for the rules
   tx_rules(ctx, pr, uid, ts, tx, id)
   touch(pr, ts)
-  if tx.country ~= '' then first_time(pr, 'country:' .. tx.country, ts) end
+  if tx.country ~= '' and admit(pr, 'country', 'country:' .. tx.country) then
+    first_time(pr, 'country:' .. tx.country, ts)
+  end
   if tx.completed then
     pincr(pr, 'orders', 1)
     pincr(pr, 'spend_minor', tx.amount)
@@ -174,7 +209,9 @@ local function apply_tx(ev, st, pr)
   end
 end
 
--- A ticket snapshot: the latest one by event time decides the ticket's status.
+-- A ticket snapshot: the latest one by event time decides the ticket's status (the statuses of at
+-- most MAX_TICKETS tickets per user are followed).
+local MAX_TICKETS = 256
 local function apply_ticket(ev, pr)
   local uid, ts, ticket, open = ev[3], ev[4], ev[5], ev[6] == 1
   applied = applied + 1
@@ -187,6 +224,10 @@ local function apply_ticket(ev, pr)
     prev_ts = parse_iso(prev:sub(was_open and 6 or 8))
   else
     pincr(pr, 'tickets', 1)
+    if rcall('HLEN', key) >= MAX_TICKETS then      -- counted, but its status is not followed
+      pincr(pr, 'capped', 1)
+      return
+    end
   end
   if prev_ts and ts < prev_ts then return end
   rcall('HSET', key, ticket, (open and 'open ' or 'closed ') .. iso(ts))
@@ -206,7 +247,7 @@ for _, ev in ipairs(cjson.decode(ARGV[11])) do
   else
     local uid, ts = ev[3], ev[4]
     local st, pr, unreadable = nil, nil, nil
-    if src ~= 'c' or ts + gap >= wm then
+    if not ended and (src ~= 'c' or ts + gap >= wm) then
       if src ~= 'c' then pr, unreadable = load_profile(ctx, uid) end
       if src == 'c' and not unreadable then st, unreadable = load_user(ctx, uid) end
       if src == 't' and not unreadable then st = load_user(ctx, uid) end   -- unreadable: no open sessions to see
@@ -218,18 +259,15 @@ for _, ev in ipairs(cjson.decode(ARGV[11])) do
     if unreadable then
       reject(id, unreadable, src)
     elseif take(id, src, uid) then
-      if src == 'c' then
+      if ended then
+        to_late(id, src, uid, ts, 'input ended: the partition was flushed (end of input) and its results are final;'
+          .. ' run `shopstream reset` to start over, or use another --namespace')
+      elseif src == 'c' then
         if ts + gap < wm then
-          late = late + 1
-          local entry = rcall('XRANGE', KEYS[2], id, id)[1]
-          local payload = entry and entry[2][2] or ''
-          rcall('XADD', ctx.late, 'MAXLEN', '~', maxlen, '*', 'entry_id', id, 'user_id', uid, 'ts', fmt(ts),
-            'watermark', fmt(wm), 'reason', 'late: event time + session gap is behind the partition watermark',
-            'payload', payload)
-        elseif ev[6] ~= 0 and seen_before(st, ev[6]) then
-          dups = dups + 1                 -- a producer retry of an event applied already
+          to_late(id, src, uid, ts, 'late: event time + session gap is behind the partition watermark')
         else
-          apply_click(ev, st)
+          local refused = apply_click(ev, st)
+          if refused then to_late(id, src, uid, ts, refused) end
         end
       elseif src == 't' then
         apply_tx(ev, st, pr)
@@ -253,15 +291,19 @@ for m, c in pairs(mcount) do
   rcall('ZADD', ctx.mopen, m, mk)
 end
 
-sweep(ctx, wm, 1000000)
+local more_users = sweep(ctx, wm, limit)
 save_users(ctx, wm)
 save_profiles(ctx, profile_ttl)
 local outbox = flush_outbox(ctx)
-finalize_minutes(ctx, wm, 1000000)
+local more_minutes = finalize_minutes(ctx, wm, limit)
+save_clock(ctx)
 rcall('HSET', ctx.state, 'wm', fmt(wm), 'max', fmt(maxts))
 if applied > 0 then rcall('HINCRBY', ctx.state, 'applied', applied) end
 if dups > 0 then rcall('HINCRBY', ctx.state, 'duplicates', dups) end
 if late > 0 then rcall('HINCRBY', ctx.state, 'late', late) end
 if dropped > 0 then rcall('HINCRBY', ctx.state, 'erased', dropped) end
+if ahead > 0 then rcall('HINCRBY', ctx.state, 'ahead', ahead) end
+if ctx.capped > 0 then rcall('HINCRBY', ctx.state, 'capped', ctx.capped) end
 
-return {applied, dups, late, ctx.closed, ctx.finalized, fmt(wm), dropped, ctx.alerted, poison, outbox}
+return {applied, dups, late, ctx.closed, ctx.finalized, fmt(wm), dropped, ctx.alerted, poison, outbox,
+        (more_users or more_minutes) and 1 or 0, ahead, ctx.capped}

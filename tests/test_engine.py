@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from consumers.consumer import Consumer
 from engine import control, export
 from engine.batch import apply_args, decode_entries
-from engine.keys import CLICKS, OPEN, Keys
+from engine.keys import CLICKS, OPEN, STATE, Keys
 from engine.rules import Rules
 from engine.metrics import ConsumerMetrics
 from engine.partitioning import partition_of
@@ -240,7 +240,8 @@ async def test_user_state_is_messagepack_and_the_json_of_earlier_versions_is_sti
     state = msgspec.msgpack.decode(await backend.aio.get(keys.partition(partition_of("new", settings.partitions))
                                                            .user("new")))
     assert state["s"] == [[T0 + 1000, 1000, 2, {"page_view": 2}, -1, [], {"ios": 0}, {"FR": 0}]]
-    assert state["d"] == 1000 + settings.session_gap_ms * 1000 and state["w"] == [T0, "10.0.0.9"]
+    assert state["u"] == T0 + 2000 + settings.session_gap_ms * 1000 and state["w"] == [T0, "10.0.0.9"]
+    assert state["m"] == [T0 // 60_000_000, 2]              # the user's clicks of the minute (rule 1)
     (session,) = msgspec.msgpack.decode(await backend.aio.get(old.user("old")))["s"]
     assert session[:4] == [T0, 120_000_000, 4, {"page_view": 3, "product_view": 1}]
     await control.flush(backend.aio, settings)
@@ -258,7 +259,7 @@ async def test_an_entry_whose_apply_keeps_failing_goes_to_the_dlq_and_the_partit
     real_call = consumer.scripts.call
 
     def failing_call(name, keys, args, client=None):
-        if name == "apply_batch" and b'"poison"' in args[-1]:
+        if name == "apply_batch" and b'"poison"' in args[10]:
             raise ResponseError("ERR user_script:42: attempt to index a nil value script: abc, on @user_script:42.")
         return real_call(name, keys, args, client)
     consumer.scripts.call = failing_call
@@ -280,11 +281,17 @@ async def test_a_producer_retry_of_the_same_event_id_is_applied_once(backend, se
     assert sum(m["events"] for m in out.minutes) == 4
 
 
-async def test_retry_dedup_horizon_is_the_users_last_16_events(backend, settings):
-    raws = [event("u1", T0 + i * 1000, event_id=f"e{i}") for i in range(20)]
-    raws += [event("u1", T0 + 19 * 1000, event_id="e19"), event("u1", T0, event_id="e0")]  # e0 is out of the horizon
-    out = await run_events(backend, settings, raws)
-    assert [s["event_count"] for s in out.sessions] == [21]
+async def test_a_retried_batch_of_1000_clicks_of_one_user_counts_once(backend, settings):
+    """The dedup horizon is a time, not a count: a click's event_id is remembered as long as the click
+    is not late (its minute is kept), so a producer retrying a whole batch counts every event once.
+    (Before: only the user's last 16 ids were remembered, and the retry counted 984 events twice.)"""
+    batch = [event("u1", T0 + i * 50_000, event_id=f"e{i}") for i in range(1000)]     # 50 s of clicks
+    out = await run_events(backend, settings, batch + batch)
+    assert [s["event_count"] for s in out.sessions] == [1000]
+    assert sum(m["events"] for m in out.minutes) == 1000
+    state = await backend.aio.hgetall(Keys(settings.namespace, settings.partitions)
+                                      .partition(partition_of("u1", settings.partitions)).key(STATE))
+    assert (int(state[b"applied"]), int(state[b"duplicates"])) == (1000, 1000)
 
 
 async def test_a_consumer_that_stalled_past_its_lease_reads_nothing(real, settings):

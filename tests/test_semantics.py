@@ -71,14 +71,16 @@ async def test_event_behind_the_watermark_goes_to_the_late_stream(backend, setti
     minute = 60_000_000
     # same partition for both users keeps one watermark: pick ids that share partition 0 of 4
     from engine.partitioning import partition_of
-    users = [u for u in (f"u{i}" for i in range(100)) if partition_of(u, settings.partitions) == 0][:2]
-    evs = [(users[0], T0, "page_view"), (users[1], T0 + 100 * minute, "page_view"),  # W = T0 + 95 min
+    users = [u for u in (f"u{i}" for i in range(100)) if partition_of(u, settings.partitions) == 0][:4]
+    # the partition's clock is the 3rd latest of its users' latest click times (watermark_quorum)
+    evs = [(users[0], T0, "page_view"), (users[1], T0 + 100 * minute, "page_view"),
+           (users[2], T0 + 100 * minute, "page_view"), (users[3], T0 + 100 * minute, "page_view"),  # W = T0 + 95
            (users[0], T0 + 60 * minute, "page_view")]                                 # 60 + 30 < 95: late
     out = await run_events(backend, settings, [event(*e) for e in evs])
     assert [(l["user_id"], l["timestamp"]) for l in out.late] == [(users[0], format_us(T0 + 60 * minute))]
     assert "late" in out.late[0]["reason"] and users[0] in out.late[0]["record"]
-    assert sorted(s["event_count"] for s in out.sessions) == [1, 1]
-    assert sum(m["events"] for m in out.minutes) == 2          # late events are not counted
+    assert sorted(s["event_count"] for s in out.sessions) == [1, 1, 1, 1]
+    assert sum(m["events"] for m in out.minutes) == 4          # late events are not counted
 
 
 async def test_one_alert_per_user_minute_on_the_101st_event(backend, settings):

@@ -8,23 +8,41 @@
   prints it; the JSON of earlier versions, which starts with '{', is still read):
     {s = { {start us, last - start, events, {event_type = count}, first purchase - start (-1: none),
             {category = product views}, {device = first - start}, {country = first - start}}, ... }
-                                 open sessions; a session's click fields reach the profile when it
-                                 closes (profile.lua fold_session)
-     m = {minute, count, ...}    per-user counts of minutes that end after the watermark (rule 1;
-                                 exact for events within the bound B, like the sessions)
-     d = due - start of the first session,   due = the user's score in <prefix>open, a lower
-                                              bound of its earliest close time
-     i = {fingerprint, ...}      the user's last RECENT_IDS event_id fingerprints (producer retries)
+                                 open sessions (at most MAX_SESSIONS); a session's click fields reach
+                                 the profile when it closes (profile.lua fold_session)
+     m = {minute, count, ...}    per-user click counts of the minutes a click that is not late can
+                                 still reach (rule 1, burst; at most MAX_MINUTES)
+     i = {minute, {fingerprint, ...}, ...}   event_id fingerprints of the user's clicks, by minute,
+                                 kept as long as the minute's counts (producer retries; at most MAX_IDS)
+     u = due                     the user's score in <prefix>open: a lower bound of the time the
+                                 watermark must pass before a session closes or a minute is dropped
      w = {window, ip}}           the last (IP-rule window, IP) pair forwarded for the user (rules.lua)
-  Minute counts are kept one minute longer than the watermark needs: the sliding burst rule
-  reads the previous minute.
-  A session [start, last] is closed (emitted, deleted) once watermark > last + gap: no event
-  that is not late can reach it any more.
+  (States written by earlier versions: d = due - start of the first session, i = {fingerprint, ...};
+  still read.)
+  Retention, a function of the watermark W only (so of event times, never of how work was batched):
+  a click is late when ts + gap < W; a session [start, last] is closed (emitted, deleted) once
+  W > last + gap; a minute m (its counts and fingerprints) is kept while a click that is not late
+  can still fall in it or in the next minute (the sliding burst rule reads the previous minute):
+  while (m + 2) minutes + gap > W.  The state is deleted when nothing is left.
+  Caps (hostile input: every per-user structure is bounded, no call can fail half-way):
+  MAX_SESSIONS open sessions (a click that would open one more goes to the late stream with the
+  reason), MAX_TYPES event types and MAX_VALUES categories per session (more count under OTHER),
+  MAX_VALUES devices and countries per session (more are not remembered), MAX_MINUTES minutes (the
+  oldest is dropped), MAX_IDS fingerprints (more are not remembered).  What a cap drops is counted
+  in ctx.capped (the partition's `capped` counter).
 ]]
 local rcall = redis.call
 local US_PER_MIN = 60000000
 local NEG_INF = -9007199254740992
-local RECENT_IDS = 16
+local RECENT_IDS = 16          -- transaction id fingerprints kept in the profile (profile.lua)
+local END_OF_TIME = 9007199254740992   -- 2^53: the watermark of a flushed partition (engine/control.py)
+local MAX_SESSIONS = 64
+local MAX_TYPES = 32
+local MAX_VALUES = 32
+local MAX_MINUTES = 128
+local MAX_IDS = 4096
+local OTHER = '(other)'
+local HSET_CHUNK = 200          -- field/value pairs per HSET (unpack() has a limit)
 
 local function fmt(x)
   return string.format('%.0f', x)
@@ -34,9 +52,46 @@ local function new_ctx(keys, gap, ttl, maxlen)
   return {
     prefix = keys[1], stream = keys[2], state = keys[3], open = keys[4], mopen = keys[5],
     sessions = keys[6], alerts = keys[7], late = keys[8], minutes = keys[9], lease = keys[10],
-    gap = gap, ttl = ttl, maxlen = maxlen, users = {}, tombs = {}, closed = 0, finalized = 0,
+    gap = gap, ttl = ttl, maxlen = maxlen, users = {}, tombs = {}, closed = 0, finalized = 0, capped = 0,
     on_close = nil,   -- function(ctx, uid, session) called for every session closed
   }
+end
+
+-- HSET key with the pairs of args, chunked: a command's arguments come from unpack(), which has a
+-- limit, and a script must not fail after its first write.
+local function hset_all(key, args)
+  for j = 1, #args, 2 * HSET_CHUNK do
+    rcall('HSET', key, unpack(args, j, math.min(j + 2 * HSET_CHUNK - 1, #args)))
+  end
+end
+
+local function size(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
+-- t[k] += by, with at most cap distinct keys: a key beyond them counts under OTHER.
+local function count_capped(ctx, t, k, by, cap)
+  if t[k] == nil and size(t) >= cap then
+    k = OTHER
+    ctx.capped = ctx.capped + 1
+  end
+  t[k] = (t[k] or 0) + by
+end
+
+-- t[k] = the earliest time, with at most cap distinct keys (a key beyond them is not remembered).
+local function first_capped(ctx, t, k, ts, cap)
+  local cur = t[k]
+  if cur == nil then
+    if size(t) >= cap then
+      ctx.capped = ctx.capped + 1
+      return
+    end
+    t[k] = ts
+  elseif ts < cur then
+    t[k] = ts
+  end
 end
 
 -- The user's state, or nil and a reason when it cannot be read (a key of another type, or not
@@ -70,11 +125,12 @@ local function load_user(ctx, uid)
   if type(raw) == 'table' then
     return nil, 'state key of the user is unreadable: ' .. tostring(raw.err)
   end
-  st = {sessions = {}, minutes = {}, clean = true}   -- clean: nothing to write back unless changed
+  -- clean: nothing to write back unless changed; ids: minute -> {fingerprint, ...}, nids in all
+  st = {sessions = {}, minutes = {}, ids = {}, nids = 0, clean = true}
   if raw then
     local ok, doc = decode_state(raw)
-    if not ok or type(doc) ~= 'table' or type(doc.s) ~= 'table' or #doc.s == 0 or type(doc.m) ~= 'table'
-        or type(doc.d) ~= 'number' then
+    if not ok or type(doc) ~= 'table' or type(doc.s) ~= 'table' or type(doc.m) ~= 'table'
+        or (type(doc.u) ~= 'number' and type(doc.d) ~= 'number') then
       return nil, "state of the user is not in the engine's format"
     end
     for i, se in ipairs(doc.s) do
@@ -95,8 +151,30 @@ local function load_user(ctx, uid)
       end
       st.minutes[m[i]] = m[i + 1]
     end
-    st.due = st.sessions[1].s + doc.d
-    if type(doc.i) == 'table' then st.ids = doc.i end
+    if doc.u then
+      st.due = doc.u
+    elseif #st.sessions > 0 then
+      st.due = st.sessions[1].s + doc.d
+    else
+      return nil, "state of the user is not in the engine's format (no session)"
+    end
+    local ids = doc.i
+    if type(ids) == 'table' and type(ids[2]) == 'table' then
+      for i = 1, #ids, 2 do
+        local fps = ids[i + 1]
+        if type(ids[i]) ~= 'number' or type(fps) ~= 'table' or not is_counts(fps) then
+          return nil, "state of the user is not in the engine's format (ids)"
+        end
+        st.ids[ids[i]] = fps
+        st.nids = st.nids + #fps
+      end
+    elseif type(ids) == 'table' and #ids > 0 and #st.sessions > 0 then
+      -- earlier versions: the last few fingerprints; kept with the minute of the latest session
+      if not is_counts(ids) then return nil, "state of the user is not in the engine's format (ids)" end
+      local last = st.sessions[#st.sessions].l
+      st.ids[math.floor(last / US_PER_MIN)] = ids
+      st.nids = #ids
+    end
     if type(doc.w) == 'table' then st.fwd = doc.w end
     st.stored = true
     if raw:byte(1) == 123 then           -- JSON: written by a version that counted clicks into the profile
@@ -104,7 +182,6 @@ local function load_user(ctx, uid)
       if ctx.on_legacy then ctx.on_legacy(ctx, uid, st) end
     end
   end
-  st.ids = st.ids or {}
   ctx.users[uid] = st
   return st
 end
@@ -113,45 +190,83 @@ local function new_session(ts)
   return {s = ts, l = ts, n = 0, t = {}, c = {}, dv = {}, co = {}}
 end
 
-local function merge_first(into, from)
-  for k, t in pairs(from) do
-    if not into[k] or t < into[k] then into[k] = t end
-  end
-end
-
 -- Merge session se into session into (an event bridged the gap between them).
-local function merge_session(into, se)
+local function merge_session(ctx, into, se)
   if se.s < into.s then into.s = se.s end
   if se.l > into.l then into.l = se.l end
   if se.p and (not into.p or se.p < into.p) then into.p = se.p end
   into.n = into.n + se.n
-  for k, c in pairs(se.t) do into.t[k] = (into.t[k] or 0) + c end
-  for k, c in pairs(se.c) do into.c[k] = (into.c[k] or 0) + c end
-  merge_first(into.dv, se.dv)
-  merge_first(into.co, se.co)
+  for k, c in pairs(se.t) do count_capped(ctx, into.t, k, c, MAX_TYPES) end
+  for k, c in pairs(se.c) do count_capped(ctx, into.c, k, c, MAX_VALUES) end
+  for k, t in pairs(se.dv) do first_capped(ctx, into.dv, k, t, MAX_VALUES) end
+  for k, t in pairs(se.co) do first_capped(ctx, into.co, k, t, MAX_VALUES) end
 end
 
--- Was this event_id fingerprint among the user's last RECENT_IDS? Remembers it if not.
-local function seen_before(st, fp)
+-- Was this event_id fingerprint seen among the user's clicks of the minutes still kept (every click
+-- that is not late)?  Remembers it (in the click's minute) if not, while fewer than MAX_IDS are kept.
+local function seen_before(ctx, st, fp, ts)
   local set = st.idset
   if not set then
     set = {}
-    for _, x in ipairs(st.ids) do set[x] = true end
+    for _, fps in pairs(st.ids) do
+      for _, x in ipairs(fps) do set[x] = true end
+    end
     st.idset = set
   end
   if set[fp] then return true end
+  if st.nids >= MAX_IDS then
+    ctx.capped = ctx.capped + 1
+    return false
+  end
   set[fp] = true
   st.clean = false
-  local ids = st.ids
-  ids[#ids + 1] = fp
-  if #ids > RECENT_IDS then set[table.remove(ids, 1)] = nil end
+  local m = math.floor(ts / US_PER_MIN)
+  local fps = st.ids[m]
+  if not fps then fps = {}; st.ids[m] = fps end
+  fps[#fps + 1] = fp
+  st.nids = st.nids + 1
   return false
 end
 
--- Emit and forget every session of the user with last + gap < wm.
-local function close_due(ctx, uid, st, wm)
+-- A click in minute m: the user's count of that minute, one more (at most MAX_MINUTES minutes are
+-- kept: a new one beyond them replaces the oldest).
+local function count_minute(ctx, st, m)
+  local c = st.minutes[m]
+  if c == nil then
+    local n, oldest = 0, nil
+    for k in pairs(st.minutes) do
+      n = n + 1
+      if not oldest or k < oldest then oldest = k end
+    end
+    if n >= MAX_MINUTES then
+      ctx.capped = ctx.capped + 1
+      st.minutes[oldest] = nil
+      if st.ids[oldest] then
+        st.nids = st.nids - #st.ids[oldest]
+        st.ids[oldest] = nil
+        st.idset = nil
+      end
+    end
+    c = 0
+  end
+  st.minutes[m] = c + 1
+  st.clean = false
+  return c + 1
+end
+
+-- Is minute m still needed at watermark wm (see the header)?
+local function minute_kept(ctx, m, wm)
+  return (m + 2) * US_PER_MIN + ctx.gap > wm
+end
+
+-- Bring a user's state to watermark wm: emit and forget every session with last + gap < wm, drop
+-- the minutes (counts, fingerprints) no click that is not late can reach.  Done before a click
+-- touches the user and before the state is saved, so what a click sees depends on wm only.
+local function settle_user(ctx, uid, st, wm)
+  if st.settled == wm then return end
+  st.settled = wm
   local keep, gap = nil, ctx.gap
-  for i, se in ipairs(st.sessions) do
+  for _, se in ipairs(st.sessions) do
     if se.l + gap < wm then
       keep = keep or {}
       rcall('XADD', ctx.sessions, 'MAXLEN', '~', ctx.maxlen, '*',
@@ -168,38 +283,64 @@ local function close_due(ctx, uid, st, wm)
     st.sessions = keep
     st.clean = false
   end
+  for m in pairs(st.minutes) do
+    if not minute_kept(ctx, m, wm) then
+      st.minutes[m] = nil
+      st.clean = false
+    end
+  end
+  for m, fps in pairs(st.ids) do
+    if not minute_kept(ctx, m, wm) then
+      st.ids[m] = nil
+      st.nids = st.nids - #fps
+      st.idset = nil
+      st.clean = false
+    end
+  end
 end
 
--- Close what is due at the final watermark, then write back every user loaded in this call whose
--- state changed (or delete it when it has no open session left).
+-- The earliest watermark that changes the user's state (a session closes, a minute is dropped).
+local function due_of(ctx, st)
+  local due
+  for _, se in ipairs(st.sessions) do
+    local d = se.l + ctx.gap
+    if not due or d < due then due = d end
+  end
+  for m in pairs(st.minutes) do
+    local d = (m + 2) * US_PER_MIN + ctx.gap - 1
+    if not due or d < due then due = d end
+  end
+  for m in pairs(st.ids) do
+    local d = (m + 2) * US_PER_MIN + ctx.gap - 1
+    if not due or d < due then due = d end
+  end
+  return due
+end
+
+-- Settle every user loaded in this call at the final watermark, then write back those whose state
+-- changed (or delete a state with nothing left).
 local function save_users(ctx, wm)
-  local gap = ctx.gap
   for uid, st in pairs(ctx.users) do
     local key = ctx.prefix .. 'user:' .. uid
-    close_due(ctx, uid, st, wm)
-    if #st.sessions == 0 then
+    settle_user(ctx, uid, st, wm)
+    local due = due_of(ctx, st)
+    if not due then
       if st.stored or st.swept then        -- (a transaction's user without state has nothing to delete)
         rcall('DEL', key)
         rcall('ZREM', ctx.open, uid)
       end
     else
-      local due = st.sessions[1].l + gap
-      for i = 2, #st.sessions do
-        local d = st.sessions[i].l + gap
-        if d < due then due = d end
-      end
       if st.due == nil or due < st.due or st.due < wm then
         rcall('ZADD', ctx.open, fmt(due), uid)
         st.due = due
-        st.clean = false                   -- the state keeps due - start
+        st.clean = false                   -- the state keeps due
       end
       if not st.clean then
-        local ms = {}
-        for m, c in pairs(st.minutes) do   -- kept while events within B can reach them or the next minute
-          if (m + 2) * US_PER_MIN > wm then ms[#ms + 1] = m; ms[#ms + 1] = c end
-        end
-        local doc = {s = {}, m = ms, d = st.due - st.sessions[1].s}
-        if #st.ids > 0 then doc.i = st.ids end
+        local ms, ids = {}, {}
+        for m, c in pairs(st.minutes) do ms[#ms + 1] = m; ms[#ms + 1] = c end
+        for m, fps in pairs(st.ids) do ids[#ids + 1] = m; ids[#ids + 1] = fps end
+        local doc = {s = {}, m = ms, u = st.due}
+        if #ids > 0 then doc.i = ids end
         if st.fwd then doc.w = st.fwd end
         for i, se in ipairs(st.sessions) do
           local dv, co = {}, {}
@@ -239,9 +380,56 @@ local function finalize_minutes(ctx, wm, limit)
   return #done == limit
 end
 
+-- The partition's watermark, its event-time clock and the tombstone horizon.  The clock is not the
+-- latest click time but the quorum-th latest of the users' latest click times (ctx.top, see
+-- note_clock): one client, whatever its clock says, cannot move it.
 local function read_watermark(ctx)
-  local v = rcall('HMGET', ctx.state, 'wm', 'max', 'tombs_until')
+  local v = rcall('HMGET', ctx.state, 'wm', 'max', 'tombs_until', 'top')
+  local top = {}
+  if v[4] then
+    local ok, doc = pcall(cjson.decode, v[4])
+    if ok and type(doc) == 'table' then
+      for _, e in ipairs(doc) do
+        if type(e) == 'table' and type(e[1]) == 'string' and tonumber(e[2]) then top[#top + 1] = {e[1], tonumber(e[2])} end
+      end
+    end
+  end
+  ctx.top = top
   return tonumber(v[1]) or NEG_INF, tonumber(v[2]) or NEG_INF, tonumber(v[3]) or NEG_INF
+end
+
+-- A click of uid at ts: ctx.top keeps the quorum users with the latest click times (descending,
+-- exact: a user's latest time only grows, so one that left the top can only come back with a time
+-- above the quorum-th).  Returns the quorum-th latest time, or nil while fewer users have clicked.
+local function note_clock(ctx, uid, ts)
+  local top, k = ctx.top, ctx.quorum
+  local n = #top
+  if n >= k and ts <= top[k][2] then return top[k][2] end
+  local at
+  for i = 1, n do
+    if top[i][1] == uid then at = i; break end
+  end
+  if at then
+    if ts <= top[at][2] then return n >= k and top[k][2] or nil end
+    top[at][2] = ts
+  else
+    at = n + 1
+    top[at] = {uid, ts}
+  end
+  while at > 1 and top[at][2] > top[at - 1][2] do
+    top[at], top[at - 1] = top[at - 1], top[at]
+    at = at - 1
+  end
+  while #top > k do top[#top] = nil end
+  ctx.top_changed = true
+  return #top >= k and top[k][2] or nil
+end
+
+local function save_clock(ctx)
+  if not ctx.top_changed then return end
+  local out = {}
+  for i, e in ipairs(ctx.top) do out[i] = {e[1], fmt(e[2])} end   -- cjson keeps 14 digits of a number
+  rcall('HSET', ctx.state, 'top', cjson.encode(out))
 end
 
 -- Was the user erased (GDPR)? Looked up only while the partition may hold a live tombstone.

@@ -5,9 +5,11 @@
     first_seen, last_seen       earliest / latest event time of any source
     events                      click events of the closed sessions
     sessions                    sessions closed
-    device:<name>               first time a device was seen (clicks)
-    country:<CC>                first time a country was seen (clicks, transactions)
-    category:<name>             product views per catalog category (closed sessions)
+    device:<name>               first time a device was seen (clicks; at most PROFILE_VALUES devices)
+    country:<CC>                first time a country was seen (clicks, transactions; at most PROFILE_VALUES)
+    category:<name>             product views per catalog category (closed sessions; at most
+                                PROFILE_VALUES categories, the others under category:(other))
+    capped                      devices / countries / categories a cap left out (hostile input)
     orders, spend_minor, currency   completed transactions and their sum (minor units)
     failed_payments             failed transactions
     tickets, open_tickets       support tickets seen / open now (from <prefix>tickets:<user_id>)
@@ -58,9 +60,29 @@ local function parse_iso(text)
   return (days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(s)) * 1000000 + tonumber(f)
 end
 
--- A profile of stored fields f (field -> text), nothing changed yet.
+local PROFILE_VALUES = 64     -- distinct devices, countries, categories kept per profile
+
+-- A profile of stored fields f (field -> text), nothing changed yet; kinds: distinct values stored
+-- per kind of capped field (device, country, category).
 local function new_profile(f)
-  return {f = f, tm = {}, first = {}, last = nil, dirty = {}}
+  local kinds = {device = 0, country = 0, category = 0}
+  for field in pairs(f) do
+    local kind = field:match('^(%a+):')
+    if kinds[kind] then kinds[kind] = kinds[kind] + 1 end
+  end
+  return {f = f, tm = {}, first = {}, last = nil, dirty = {}, kinds = kinds}
+end
+
+-- May the profile hold field <kind>:<name>?  A new one beyond PROFILE_VALUES of its kind may not.
+local function admit(pr, kind, field)
+  if pr.f[field] ~= nil or pr.first[field] ~= nil then return true end
+  if pr.kinds[kind] >= PROFILE_VALUES then
+    pr.f.capped = tostring((tonumber(pr.f.capped) or 0) + 1)
+    pr.dirty.capped = true
+    return false
+  end
+  pr.kinds[kind] = pr.kinds[kind] + 1
+  return true
 end
 
 -- The user's profile {f = fields as stored, tm = parsed times, first = earliest times of this call,
@@ -144,7 +166,7 @@ local function save_profiles(ctx, profile_ttl)
     end
     if n > 0 then
       local key = ctx.prefix .. 'profile:' .. uid
-      rcall('HSET', key, unpack(args))
+      hset_all(key, args)
       rcall('PEXPIRE', key, profile_ttl)
     end
   end
@@ -155,14 +177,24 @@ end
 local function note_session_times(pr, se)
   touch(pr, se.s)
   touch(pr, se.l)
-  for d, t in pairs(se.dv) do first_time(pr, 'device:' .. d, t) end
-  for c, t in pairs(se.co) do first_time(pr, 'country:' .. c, t) end
+  for d, t in pairs(se.dv) do
+    local field = 'device:' .. d
+    if admit(pr, 'device', field) then first_time(pr, field, t) end
+  end
+  for c, t in pairs(se.co) do
+    local field = 'country:' .. c
+    if admit(pr, 'country', field) then first_time(pr, field, t) end
+  end
 end
 
 -- A session's event and category counts into the profile (sign -1: out of it).
 local function add_session_counts(pr, se, sign)
   pincr(pr, 'events', sign * se.n)
-  for k, n in pairs(se.c) do pincr(pr, 'category:' .. k, sign * n) end
+  for k, n in pairs(se.c) do
+    local field = 'category:' .. k
+    if sign < 0 or admit(pr, 'category', field) then pincr(pr, field, sign * n)
+    else pincr(pr, 'category:' .. OTHER, n) end
+  end
 end
 
 -- A session's click fields into the profile: once, when it closes (or into a reader's copy).
