@@ -78,6 +78,10 @@ def cmd_generate(args, settings):
 def cmd_replay(args, settings):
     from .producer import replay
     client = sync_client(_need_url(settings))
+    try:
+        control.refuse_if_flushed(client, settings)
+    except control.InputEnded as exc:
+        sys.exit(f"error: {exc}")
     for kind, sent in replay(client, args.file, settings, rate=args.rate).items():
         if kind == "catalog":
             print(f"loaded {sent:,} products into {settings.namespace}:product:<id> and the {settings.namespace}:catalog"

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from redis.exceptions import ResponseError
 
-from .keys import INPUTS, OUTBOX, Keys, Partition
+from .keys import INPUTS, OUTBOX, STATE, Keys, Partition
 from .rules import RulesFile
 from .scripts import Scripts, translate
 from .settings import Settings
@@ -44,6 +44,22 @@ async def advance(client: Any, scripts: Scripts, part: Partition, settings: Sett
         alerts += reply[4]
         if not reply[2]:
             return Advanced(closed, finalized, int(reply[3]), alerts)
+
+
+class InputEnded(RuntimeError):
+    """The namespace was flushed (end of input): its results are final, and more input would only be late."""
+
+
+def refuse_if_flushed(client: Any, settings: Settings) -> None:
+    """Raise InputEnded when a partition of the namespace was flushed (sync client: the producer's)."""
+    keys = Keys(settings.namespace, settings.partitions)
+    pipe = client.pipeline(transaction=False)
+    for part in keys.all_partitions():
+        pipe.hget(part.key(STATE), "wm")
+    if any(wm is not None and int(wm) >= END_OF_TIME_US for wm in pipe.execute()):
+        raise InputEnded(f"namespace {settings.namespace!r} was flushed (end of input): its results are final and"
+                         " new input would only go to the late stream. Run `shopstream reset` to start over,"
+                         " or publish into another namespace (--namespace NAME).")
 
 
 async def flush(client: Any, settings: Settings) -> tuple[int, int]:

@@ -103,6 +103,23 @@ def test_pieces_as_commands_replay_consume_flush_export(real_redis_url, dataset,
     assert "deleted" in shopstream("reset", env=env)
 
 
+def test_replay_into_a_flushed_namespace_is_refused_with_what_to_do(real_redis_url, dataset):
+    """flush sets every watermark to the end of time: input replayed after it would be late, silently.
+    replay refuses instead and says what to do; after `reset` it works again."""
+    env = {"REDIS_URL": real_redis_url, "SHOPSTREAM_NAMESPACE": "ended", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0",
+           "SHOPSTREAM_METRICS_PORT": "0"}
+    shopstream("replay", str(dataset), env=env)
+    shopstream("consume", "--until-idle", env=env)
+    shopstream("flush", env=env)
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "replay", str(dataset)], cwd=REPO, text=True,
+                          capture_output=True, env={**os.environ, **env}, timeout=120)
+    assert proc.returncode != 0
+    assert "was flushed" in proc.stderr and "shopstream reset" in proc.stderr
+    shopstream("reset", env=env)
+    assert "published" in shopstream("replay", str(dataset), env=env)
+    shopstream("reset", env=env)
+
+
 def test_the_documented_redis_cli_commands_show_something(real_redis_url, tmp_path):
     """Every `redis-cli …` command of the README's "Look inside" table and of the data model's
     example queries, run after the README's replay with a consumer running, answers with

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from consumers.consumer import Consumer
 from engine import control, export
 from engine.batch import apply_args, decode_entries
-from engine.keys import CLICKS, OPEN, STATE, Keys
+from engine.keys import CLICKS, OPEN, STATE, TX, Keys
 from engine.rules import Rules
 from engine.metrics import ConsumerMetrics
 from engine.partitioning import partition_of
@@ -23,6 +23,11 @@ from redis.exceptions import ResponseError
 from .helpers import by_rule, consume_all, event, run_events
 
 T0 = 1_793_520_000_000_000
+
+
+async def publish_and_drain(backend, settings, raws):
+    publish(backend.sync, raws, settings)
+    await consume_all(backend, settings)
 
 
 async def dump(client) -> dict:
@@ -292,6 +297,20 @@ async def test_a_retried_batch_of_1000_clicks_of_one_user_counts_once(backend, s
     state = await backend.aio.hgetall(Keys(settings.namespace, settings.partitions)
                                       .partition(partition_of("u1", settings.partitions)).key(STATE))
     assert (int(state[b"applied"]), int(state[b"duplicates"])) == (1000, 1000)
+
+
+async def test_input_after_a_flush_goes_to_the_late_stream_saying_the_input_ended(backend, settings):
+    """A flushed partition's results are final: a click, transaction or ticket published after the
+    flush (by a producer that did not ask) is not applied, and the late stream says why."""
+    out = await run_events(backend, settings, [event("u1", T0)])
+    assert len(out.sessions) == 1
+    await publish_and_drain(backend, settings, [event("u1", T0 + 1000)])
+    publish(backend.sync, [{"transaction_id": "t1", "user_id": "u1", "amount": "5.00", "currency": "EUR",
+                            "status": "completed", "timestamp": "2026-11-01T06:40:01Z"}], settings, TX)
+    await consume_all(backend, settings)
+    out = await export.collect(backend.aio, settings)
+    assert len(out.sessions) == 1 and len(out.late) == 2
+    assert all(late["reason"].startswith("input ended") for late in out.late)
 
 
 async def test_a_consumer_that_stalled_past_its_lease_reads_nothing(real, settings):
