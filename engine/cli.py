@@ -161,6 +161,10 @@ def cmd_demo(args, settings):
 
 
 def cmd_bench(args, settings):
+    if args.flush:
+        from .benchflush import print_report, run as run_flush
+        print_report(run_flush(args.flush))
+        return
     if args.cluster:
         from .benchcluster import run as run_cluster
         consumers = [int(x) for x in args.consumers.split(",")]
@@ -288,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", type=int, metavar="MASTERS",
                    help="instead: the engine on one redis-server vs a Redis Cluster of MASTERS masters, same run")
     p.add_argument("--profile", help="cProfile one engine consumer; top functions printed, stats saved here")
+    p.add_argument("--flush", type=int, metavar="SESSIONS",
+                   help="instead: the longest script call while a flush closes SESSIONS open sessions")
     p.set_defaults(fn=cmd_bench)
 
     sub.add_parser("flush", help="end of input: close every open session and minute").set_defaults(fn=cmd_flush)
