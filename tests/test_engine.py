@@ -313,6 +313,30 @@ async def test_input_after_a_flush_goes_to_the_late_stream_saying_the_input_ende
     assert all(late["reason"].startswith("input ended") for late in out.late)
 
 
+async def test_a_watermark_jump_closes_sessions_in_bounded_calls_and_the_consumer_continues(backend, settings):
+    """No call does unbounded work: a jump of the watermark over many open sessions is closed
+    close_per_call users at a time, and the consumer goes on calling until nothing is due (before:
+    one call closed everything, up to a million sessions)."""
+    settings = settings.replace(partitions=1, close_per_call=5)
+    await control.ensure_groups(backend.aio, settings)
+    await publish_and_drain(backend, settings, [event(f"u{i}", T0 + i) for i in range(40)])   # 40 open sessions
+    publish(backend.sync, [event(f"next{i}", T0 + 3 * 3600 * 10**6) for i in range(3)], settings)  # the jump
+    consumer = Consumer(backend.aio, settings, "c", until_idle=True, idle_advance=False)
+    closed_per_call = []
+    real_call = consumer.scripts.call
+
+    async def counting_call(name, keys, args, client=None):
+        reply = await real_call(name, keys, args, client)
+        if name in ("apply_batch", "advance_watermark"):
+            closed_per_call.append(reply[3] if name == "apply_batch" else reply[0])
+        return reply
+    consumer.scripts.call = counting_call
+    await asyncio.wait_for(consumer.run(), 60)
+    out = await export.collect(backend.aio, settings)                   # no flush: closed by the jump
+    assert len(out.sessions) == 40 and len(closed_per_call) >= 8
+    assert max(closed_per_call) <= 5 and sum(closed_per_call) == 40
+
+
 async def test_a_consumer_that_stalled_past_its_lease_reads_nothing(real, settings):
     """Consumer a owns every partition, then stalls longer than its lease; b takes over; a wakes up
     and steps before its heartbeat noticed: it must not read (the entries would wait in its pending
