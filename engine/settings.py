@@ -34,7 +34,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     alerts_channel: str = "alerts"        # pub/sub channel (namespaced: <namespace>:alerts)
 
     batch_size: int = 1000                # XREADGROUP COUNT per partition
-    close_per_call: int = 200             # users / minutes one script call closes at most (bounds its length)
+    close_per_call: int = 100             # users / minutes one script call closes at most (bounds its length)
     block_ms: int = 100                   # XREADGROUP BLOCK when there is nothing to do
     poll_ms: int = 10                     # Redis Cluster (no multi-slot BLOCK): pause after a read that found nothing
     linger_ms: int = 40                   # under load, wait this long after a round so that batches grow ...
