@@ -136,7 +136,7 @@ local function apply_click(ev, st)
       if maxts - ooo > wm then wm = maxts - ooo end
     end
   end
-  if ts > maxts + ooo then ahead = ahead + 1 end
+  if maxts > NEG_INF and ts > maxts + ooo then ahead = ahead + 1 end   -- (no clock yet: nothing to be ahead of)
   if not hit then
     hit = new_session(ts)
     st.sessions[#st.sessions + 1] = hit
