@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from .keys import INPUTS, OUTBOX, STATE, Keys, Partition
 from .rules import RulesFile
@@ -51,12 +51,18 @@ class InputEnded(RuntimeError):
 
 
 def refuse_if_flushed(client: Any, settings: Settings) -> None:
-    """Raise InputEnded when a partition of the namespace was flushed (sync client: the producer's)."""
+    """Raise InputEnded when a partition of the namespace was flushed (sync client: the producer's).
+    A producer whose ACL role may only append (ops/redis/users.acl) cannot look: its input then goes
+    to the late stream with the reason "input ended"."""
     keys = Keys(settings.namespace, settings.partitions)
     pipe = client.pipeline(transaction=False)
     for part in keys.all_partitions():
         pipe.hget(part.key(STATE), "wm")
-    if any(wm is not None and int(wm) >= END_OF_TIME_US for wm in pipe.execute()):
+    try:
+        watermarks = pipe.execute()
+    except NoPermissionError:
+        return
+    if any(wm is not None and int(wm) >= END_OF_TIME_US for wm in watermarks):
         raise InputEnded(f"namespace {settings.namespace!r} was flushed (end of input): its results are final and"
                          " new input would only go to the late stream. Run `shopstream reset` to start over,"
                          " or publish into another namespace (--namespace NAME).")
