@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 
 from engine.batch import SOURCE_CODE, DeadLetter, apply_args, decode_entries, merge_sources, payload_of
 from engine.catalog import Catalog
+from engine.contract import AlertRef, ApplyReply
 from engine.connection import UNAVAILABLE, is_cluster_client
 from engine.control import advance, drained, ensure_groups, group_state
 from engine.keys import INPUTS, OUTBOX, REKEY, Keys
@@ -289,7 +290,7 @@ class Consumer:
             return None
         args = apply_args(self.settings, self.name, now_us, self.rules.current(), decoded.events)
         try:
-            reply = await self.scripts.call("apply_batch", self.parts[p].apply_keys(), args)
+            reply = await self.scripts.run("apply_batch", self.parts[p], args)
         except UNAVAILABLE:
             raise                       # not a failure of this batch: run() waits and recovers
         except ResponseError as exc:
@@ -301,19 +302,18 @@ class Consumer:
                 return None
             return error
         self.record(p, reply)
-        poison = reply[8]
-        if poison:
+        if reply.poison:
             payloads = {(source, entry_id): fields for source, (entry_id, fields) in entries}
             sources = {code.encode(): source for source, code in SOURCE_CODE.items()}
             dead = []
-            for i in range(0, len(poison), 3):
-                source = sources[poison[i + 2]]
-                fields = payloads[(source, poison[i])]
-                dead.append(DeadLetter(poison[i], payload_of(fields) or b"", poison[i + 1].decode(), source))
+            for poison in reply.poison:
+                source = sources[poison.source]
+                fields = payloads[(source, poison.entry_id)]
+                dead.append(DeadLetter(poison.entry_id, payload_of(fields) or b"", poison.reason.decode(), source))
             await self.dead_letter(p, dead)
-        if reply[9]:
-            await self.forward(p, [tuple(reply[9])])
-        if reply[10]:            # more was due than one call closes: close the rest, call by call
+        if reply.outbox:
+            await self.forward(p, [(entry.entry_id, entry.records) for entry in reply.outbox])
+        if reply.more:            # more was due than one call closes: close the rest, call by call
             await self.advance_to(p, 0)
         return None
 
@@ -365,32 +365,30 @@ class Consumer:
                                                   f"apply failed {self.settings.max_deliveries} times "
                                                   f"(delivered {deliveries} times): {single_error}", source)])
 
-    def record(self, p: int, reply: list) -> None:
-        applied, dups, late, closed, finalized, wm, erased = reply[:7]
+    def record(self, p: int, reply: ApplyReply) -> None:
         m = self.metrics
-        m.events.labels("applied").inc(applied)
-        m.events.labels("erased").inc(erased)
-        m.events.labels("duplicate").inc(dups)
-        m.events.labels("late").inc(late)
-        m.sessions.inc(closed)
-        m.minutes.inc(finalized)
-        m.watermark.labels(str(p)).set(int(wm) / 1e6)
-        m.guarded.labels("clock_ahead").inc(reply[11])
-        m.guarded.labels("capped").inc(reply[12])
-        if applied:
+        m.events.labels("applied").inc(reply.applied)
+        m.events.labels("erased").inc(reply.erased)
+        m.events.labels("duplicate").inc(reply.duplicates)
+        m.events.labels("late").inc(reply.late)
+        m.sessions.inc(reply.sessions_closed)
+        m.minutes.inc(reply.minutes_finalized)
+        m.watermark.labels(str(p)).set(reply.watermark_us / 1e6)
+        m.guarded.labels("clock_ahead").inc(reply.ahead)
+        m.guarded.labels("capped").inc(reply.capped)
+        if reply.applied:
             self.has_data.add(p)
-        self.record_alerts(reply[7])
+        self.record_alerts(reply.alerts)
 
-    def record_alerts(self, alerts: list) -> None:
-        """alerts: [entry_id, rule, subject, window_start_us, ...] as the scripts return them."""
+    def record_alerts(self, alerts: list[AlertRef]) -> None:
         now_ms = time.time() * 1000
-        for i in range(0, len(alerts), 4):
-            entry_id, rule = alerts[i], alerts[i + 1].decode()
-            if entry_id:       # '' for an alert raised by a session closing (no triggering entry)
-                appended_ms = int(entry_id.split(b"-", 1)[0])
+        for alert in alerts:
+            rule = alert.rule.decode()
+            if alert.entry_id:      # '' for an alert raised by a session closing (no triggering entry)
+                appended_ms = int(alert.entry_id.split(b"-", 1)[0])
                 self.metrics.detection.observe(max(now_ms - appended_ms, 0) / 1000)
             self.metrics.alerts.labels(rule).inc()
-            log.info("alert %s subject=%r window_start_us=%s", rule, alerts[i + 2].decode(), alerts[i + 3].decode())
+            log.info("alert %s subject=%r window_start_us=%d", rule, alert.subject.decode(), alert.window_start_us)
 
     async def dead_letter(self, p: int, dead: list[DeadLetter]) -> None:
         """Bad records: to the dead-letter stream first, then acknowledged (at-least-once into the DLQ).

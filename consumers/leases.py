@@ -16,7 +16,8 @@ from typing import Any
 
 from engine.assignment import assigned
 from engine.connection import UNAVAILABLE
-from engine.keys import LEASE, Keys
+from engine.contract import LeaseArgs, ReleaseArgs
+from engine.keys import Keys
 from engine.scripts import Scripts
 from engine.settings import Settings
 
@@ -71,7 +72,7 @@ class Leases:
             part = self.keys.partition(p)
             try:
                 sent = time.monotonic()
-                held = await self.scripts.call("claim_lease", [part.key(LEASE)], [self.name, s.lease_ttl_ms])
+                held = await self.scripts.run("claim_lease", part, LeaseArgs(consumer=self.name, ttl_ms=s.lease_ttl_ms))
                 if held:
                     self.valid_until[p] = sent + s.lease_ttl_ms / 1000
                 if held and p not in self.owned:
@@ -107,7 +108,7 @@ class Leases:
 
     async def release(self, partitions: set[int]) -> None:
         for p in sorted(partitions):
-            await self.scripts.call("release_lease", [self.keys.partition(p).key(LEASE)], [self.name])
+            await self.scripts.run("release_lease", self.keys.partition(p), ReleaseArgs(consumer=self.name))
             self.owned.discard(p)
             self.recovering.discard(p)
             log.info("released partition %d", p)

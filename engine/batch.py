@@ -21,6 +21,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 import msgspec
 
+from .contract import ApplyArgs
 from .keys import CLICKS, REKEY, SUPPORT, TX, Keys
 from .partitioning import partition_of
 from .schema import BadRecord, parse_click, parse_ticket, parse_transaction
@@ -135,9 +136,11 @@ def decode_entries(entries: Sequence[tuple[str, Entry]], partition: int, now_us:
 
 
 
-def apply_args(settings: Settings, consumer: str, now_us: int, rules: bytes, events: bytes) -> list:
-    """ARGV of lua/apply_batch.lua, in contract order."""
+def apply_args(settings: Settings, consumer: str, now_us: int, rules: bytes, events: bytes) -> ApplyArgs:
+    """ARGV of lua/apply_batch.lua."""
     s = settings
-    return [consumer, s.group, now_us, s.session_gap_ms * 1000, s.out_of_order_ms * 1000, s.state_ttl_ms,
-            s.output_maxlen, Keys(s.namespace, s.partitions).channel(s.alerts_channel), s.profile_ttl_ms,
-            rules, events, s.watermark_quorum, s.close_per_call]
+    return ApplyArgs(consumer=consumer, group=s.group, now_us=now_us, gap_us=s.session_gap_ms * 1000,
+                     ooo_us=s.out_of_order_ms * 1000, ttl_ms=s.state_ttl_ms, maxlen=s.output_maxlen,
+                     channel=Keys(s.namespace, s.partitions).channel(s.alerts_channel),
+                     profile_ttl_ms=s.profile_ttl_ms, rules=rules, events=events, quorum=s.watermark_quorum,
+                     limit=s.close_per_call)

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 from redis.exceptions import NoPermissionError, ResponseError
 
+from .contract import AdvanceArgs, AlertRef
 from .keys import INPUTS, OUTBOX, STATE, Keys, Partition
 from .rules import RulesFile
 from .scripts import Scripts, translate
@@ -19,31 +20,31 @@ class Advanced(NamedTuple):
     closed: int           # sessions closed
     finalized: int        # minutes finalized
     watermark_us: int
-    alerts: list          # [entry_id, rule, subject, window_start_us, ...] raised by closing sessions
+    alerts: list[AlertRef]  # raised by closing sessions
 
 
 async def advance(client: Any, scripts: Scripts, part: Partition, settings: Settings, target_us: int,
                   rules: bytes, consumer: str = "") -> Advanced:
     """Move partition's watermark to at least target_us and close what is due (running the
-    session rules).  With ``consumer``, raises NotOwner when that consumer does not hold the
-    partition's lease."""
+    session rules), in calls of at most close_per_call users and minutes each.  With ``consumer``,
+    raises NotOwner when that consumer does not hold the partition's lease."""
     closed = finalized = 0
-    alerts: list = []
+    alerts: list[AlertRef] = []
     while True:
+        args = AdvanceArgs(consumer=consumer, target_us=target_us, gap_us=settings.session_gap_ms * 1000,
+                           ttl_ms=settings.state_ttl_ms, maxlen=settings.output_maxlen,
+                           limit=settings.close_per_call, now_us=time.time_ns() // 1000,
+                           channel=Keys(settings.namespace, settings.partitions).channel(settings.alerts_channel),
+                           profile_ttl_ms=settings.profile_ttl_ms, rules=rules)
         try:
-            reply = await scripts.call(
-                "advance_watermark", part.apply_keys(),
-                [consumer, target_us, settings.session_gap_ms * 1000, settings.state_ttl_ms,
-                 settings.output_maxlen, settings.close_per_call, time.time_ns() // 1000,
-                 Keys(settings.namespace, settings.partitions).channel(settings.alerts_channel),
-                 settings.profile_ttl_ms, rules])
+            reply = await scripts.run("advance_watermark", part, args)
         except ResponseError as exc:
             raise translate(exc) from None
-        closed += reply[0]
-        finalized += reply[1]
-        alerts += reply[4]
-        if not reply[2]:
-            return Advanced(closed, finalized, int(reply[3]), alerts)
+        closed += reply.sessions_closed
+        finalized += reply.minutes_finalized
+        alerts += reply.alerts
+        if not reply.more:
+            return Advanced(closed, finalized, reply.watermark_us, alerts)
 
 
 class InputEnded(RuntimeError):

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from .contract import ProfileArgs
 from .eventtime import format_us
 from .keys import ALERTS, LATE, MINUTES, PROFILE, SESSIONS, USER, Keys, glob_escape
 from .partitioning import partition_of
@@ -89,7 +90,7 @@ def profile_record(user_id: str, fields: dict[bytes, bytes]) -> dict:
 async def read_profile(client: Any, settings: Settings, user_id: str, scripts: Scripts | None = None) -> dict | None:
     """The user's profile with their open sessions folded in (lua/read_profile.lua); None if unknown."""
     part = Keys(settings.namespace, settings.partitions).partition(partition_of(user_id, settings.partitions))
-    reply = await (scripts or Scripts(client)).call("read_profile", [part.prefix], [user_id])
+    reply = await (scripts or Scripts(client)).run("read_profile", part, ProfileArgs(user_id=user_id))
     return profile_record(user_id, dict(zip(reply[::2], reply[1::2]))) if reply else None
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .contract import APPLY_KEYS
+
 # Per-partition suffixes; the Lua scripts derive per-user / per-window keys from the partition
 # prefix (KEYS[1]) with the same suffixes.
 CLICKS = "clicks"        # STREAM  input: one field "e" = the raw JSON click event
@@ -39,6 +41,14 @@ CARD_USERS = "cardu:"    # SET     cardu:<window>:<card> users of a card (card's
 IP_USERS = "ipu:"        # SET     ipu:<window>:<ip> the first 64 users behind an IP (IP's partition)
 IP_MORE = "ipx:"         # HLL     ipx:<window>:<ip> the users beyond those 64
 INPUTS = (CLICKS, TX, SUPPORT, REKEY)   # every input stream of a partition, read by its owner
+# The suffixes the Lua scripts derive per-user / per-window keys with (from the partition prefix):
+# generated into every script as KEY.<name> (engine/scripts.py), typed nowhere else.
+DERIVED = {"user": USER, "count": COUNT, "hll": HLL, "fired": FIRED, "tomb": TOMB, "profile": PROFILE,
+           "tickets": TICKETS, "fails": FAILS, "ucards": UCARDS, "card_users": CARD_USERS, "ip_users": IP_USERS,
+           "ip_more": IP_MORE}
+# The partition's own keys a script may be given by name (engine/contract.py): name -> suffix.
+_NAMED = {"prefix": "", **{s: s for s in (CLICKS, TX, SUPPORT, REKEY, OUTBOX, STATE, OPEN, OPEN_MINUTES, SESSIONS,
+                                          ALERTS, LATE, MINUTES, LEASE)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +83,13 @@ class Partition:
     def profile(self, user_id: str) -> str:
         return self.key(PROFILE) + user_id
 
+    def script_keys(self, names: tuple[str, ...]) -> list[str]:
+        """The KEYS of a script, by the names engine/contract.py gives them."""
+        return [self.key(_NAMED[name]) for name in names]
+
     def apply_keys(self) -> list[str]:
-        """KEYS of lua/apply_batch.lua and lua/advance_watermark.lua, in contract order."""
-        return [self.prefix, self.clicks, self.key(STATE), self.key(OPEN), self.key(OPEN_MINUTES),
-                self.key(SESSIONS), self.key(ALERTS), self.key(LATE), self.key(MINUTES), self.key(LEASE),
-                self.key(TX), self.key(SUPPORT), self.key(REKEY), self.key(OUTBOX)]
+        """KEYS of lua/apply_batch.lua, in contract order."""
+        return self.script_keys(APPLY_KEYS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,32 +56,29 @@
 --@include profile
 --@include rules
 
-local consumer, group = ARGV[1], ARGV[2]
-local now, gap, ooo = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local ttl, maxlen, channel, profile_ttl = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local limit = tonumber(ARGV[13])
+local consumer, group = A.consumer, A.group
+local now, gap, ooo = A.now_us, A.gap_us, A.ooo_us
+local maxlen, profile_ttl = A.maxlen, A.profile_ttl_ms
 
-if rcall('GET', KEYS[10]) ~= consumer then
-  return redis.error_reply('SS_NOT_OWNER ' .. KEYS[10] .. ' is not held by ' .. consumer)
+if rcall('GET', K.lease) ~= consumer then
+  return redis.error_reply('SS_NOT_OWNER ' .. K.lease .. ' is not held by ' .. consumer)
 end
 
-local ctx = new_ctx(KEYS, gap, ttl, maxlen)
-extend_ctx(ctx, KEYS, now, channel, ARGV[10], ooo)
+local ctx = new_ctx(K, gap, A.ttl_ms, maxlen)
+extend_ctx(ctx, K, now, A.channel, A.rules, ooo)
 ctx.on_close = session_rules
 ctx.on_legacy = uncount_legacy
 local wm, maxts, tombs_until = read_watermark(ctx)
-ctx.quorum = tonumber(ARGV[12])
+ctx.quorum = A.quorum
 ctx.check_tombs = tombs_until > now
 local ended = wm >= END_OF_TIME
 local applied, dups, late, dropped, ahead = 0, 0, 0, 0, 0
 local poison = {}
 local mcount, musers, mseen = {}, {}, {}
-local streams = {c = KEYS[2], t = KEYS[11], k = KEYS[12], r = KEYS[13]}
+local streams = {c = K.clicks, t = K.tx, k = K.support, r = K.rekey}
 
-local function reject(id, reason, src)
-  poison[#poison + 1] = id              -- not acknowledged: the caller dead-letters it
-  poison[#poison + 1] = reason
-  poison[#poison + 1] = src
+local function reject(id, reason, src)    -- not acknowledged: the caller dead-letters it
+  poison[#poison + 1] = pack_Poison({entry_id = id, reason = reason, source = src})
 end
 
 -- acknowledged now (1), a redelivery (0), or an erased user's entry (dropped here)
@@ -216,7 +213,7 @@ local function apply_ticket(ev, pr)
   local uid, ts, ticket, open = ev[3], ev[4], ev[5], ev[6] == 1
   applied = applied + 1
   touch(pr, ts)
-  local key = ctx.prefix .. 'tickets:' .. uid
+  local key = ctx.prefix .. KEY.tickets .. uid
   local prev = rcall('HGET', key, ticket)
   local was_open, prev_ts = false, nil
   if prev then
@@ -235,14 +232,14 @@ local function apply_ticket(ev, pr)
   if open ~= was_open then pincr(pr, 'open_tickets', open and 1 or -1) end
 end
 
-for _, ev in ipairs(cjson.decode(ARGV[11])) do
+for _, ev in ipairs(cjson.decode(A.events)) do
   local id, src = ev[1], ev[2]
   if src == 'r' then
-    if rcall('XACK', KEYS[13], group, id) == 0 then
+    if rcall('XACK', K.rekey, group, id) == 0 then
       dups = dups + 1
     else                                -- not counted as applied: applied counts input events
       for _, rec in ipairs(ev[3]) do apply_forwarded(ctx, rec, id) end
-      rcall('XDEL', KEYS[13], id)       -- internal plumbing, like a purged repartition topic
+      rcall('XDEL', K.rekey, id)        -- internal plumbing, like a purged repartition topic
     end
   else
     local uid, ts = ev[3], ev[4]
@@ -252,7 +249,7 @@ for _, ev in ipairs(cjson.decode(ARGV[11])) do
       if src == 'c' and not unreadable then st, unreadable = load_user(ctx, uid) end
       if src == 't' and not unreadable then st = load_user(ctx, uid) end   -- unreadable: no open sessions to see
       if src == 'k' and not unreadable then
-        local kind = rcall('TYPE', ctx.prefix .. 'tickets:' .. uid).ok
+        local kind = rcall('TYPE', ctx.prefix .. KEY.tickets .. uid).ok
         if kind ~= 'none' and kind ~= 'hash' then unreadable = 'support tickets key of the user is not a hash' end
       end
     end
@@ -280,22 +277,22 @@ end
 
 for m, c in pairs(mcount) do
   local mk = fmt(m)
-  local ckey, hkey = ctx.prefix .. 'count:' .. mk, ctx.prefix .. 'hll:' .. mk
+  local ckey, hkey = ctx.prefix .. KEY.count .. mk, ctx.prefix .. KEY.hll .. mk
   rcall('INCRBY', ckey, c)
-  rcall('PEXPIRE', ckey, ttl)
+  rcall('PEXPIRE', ckey, ctx.ttl)
   local us = musers[m]
   for j = 1, #us, 1000 do
     rcall('PFADD', hkey, unpack(us, j, math.min(j + 999, #us)))
   end
-  rcall('PEXPIRE', hkey, ttl)
+  rcall('PEXPIRE', hkey, ctx.ttl)
   rcall('ZADD', ctx.mopen, m, mk)
 end
 
-local more_users = sweep(ctx, wm, limit)
+local more_users = sweep(ctx, wm, A.limit)
 save_users(ctx, wm)
 save_profiles(ctx, profile_ttl)
 local outbox = flush_outbox(ctx)
-local more_minutes = finalize_minutes(ctx, wm, limit)
+local more_minutes = finalize_minutes(ctx, wm, A.limit)
 save_clock(ctx)
 rcall('HSET', ctx.state, 'wm', fmt(wm), 'max', fmt(maxts))
 if applied > 0 then rcall('HINCRBY', ctx.state, 'applied', applied) end
@@ -305,5 +302,6 @@ if dropped > 0 then rcall('HINCRBY', ctx.state, 'erased', dropped) end
 if ahead > 0 then rcall('HINCRBY', ctx.state, 'ahead', ahead) end
 if ctx.capped > 0 then rcall('HINCRBY', ctx.state, 'capped', ctx.capped) end
 
-return {applied, dups, late, ctx.closed, ctx.finalized, fmt(wm), dropped, ctx.alerted, poison, outbox,
-        (more_users or more_minutes) and 1 or 0, ahead, ctx.capped}
+return pack_ApplyReply({applied = applied, duplicates = dups, late = late, sessions_closed = ctx.closed,
+  minutes_finalized = ctx.finalized, watermark_us = wm, erased = dropped, alerts = ctx.alerted, poison = poison,
+  outbox = outbox, more = (more_users or more_minutes) and 1 or 0, ahead = ahead, capped = ctx.capped})

@@ -4,9 +4,9 @@
   Returns 1 when ARGV[1] holds the lease now (taken or renewed), 0 when another consumer does.
   Idempotent: yes.
 ]]
-local owner = redis.call('GET', KEYS[1])
-if owner == false or owner == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local owner = redis.call('GET', K.lease)
+if owner == false or owner == A.consumer then
+  redis.call('SET', K.lease, A.consumer, 'PX', A.ttl_ms)
   return 1
 end
 return 0

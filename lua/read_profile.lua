@@ -11,8 +11,8 @@
 --@include partition_state
 --@include profile
 
-local uid = ARGV[1]
-local ctx = {prefix = KEYS[1], users = {}, profiles = {}, on_legacy = uncount_legacy}
+local uid = A.user_id
+local ctx = {prefix = K.prefix, users = {}, profiles = {}, on_legacy = uncount_legacy}
 local pr = load_profile(ctx, uid) or new_profile({})
 local st = load_user(ctx, uid)
 for _, se in ipairs(st and st.sessions or {}) do fold_session(pr, se) end

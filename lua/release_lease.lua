@@ -4,8 +4,8 @@
   Returns 1 when released, 0 when the lease was not ours (expired or taken).
   Idempotent: yes.
 ]]
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
+if redis.call('GET', K.lease) == A.consumer then
+  redis.call('DEL', K.lease)
   return 1
 end
 return 0

@@ -63,9 +63,9 @@ async def read_and_apply_twice(backend, settings, raws):
         d = decode_entries([(CLICKS, e) for e in reply[0][1]], part.p, time.time_ns() // 1000, settings)
         args = apply_args(settings, "me", time.time_ns() // 1000, Rules().to_lua(), d.events)
         calls.append((part, args))
-    first = [await scripts.call("apply_batch", part.apply_keys(), args) for part, args in calls]
+    first = [await scripts.run("apply_batch", part, args) for part, args in calls]
     before = await dump(backend.aio)
-    second = [await scripts.call("apply_batch", part.apply_keys(), args) for part, args in calls]
+    second = [await scripts.run("apply_batch", part, args) for part, args in calls]
     after = await dump(backend.aio)
     return first, second, before, after
 
@@ -73,8 +73,8 @@ async def read_and_apply_twice(backend, settings, raws):
 async def test_applying_the_same_entries_twice_changes_nothing(backend, settings):
     raws = [event("bot", T0 + i * 1000) for i in range(150)] + [event(f"u{i}", T0 + i) for i in range(40)]
     first, second, before, after = await read_and_apply_twice(backend, settings, raws)
-    assert sum(r[0] for r in first) == 190 and sum(r[1] for r in first) == 0
-    assert sum(r[0] for r in second) == 0 and sum(r[1] for r in second) == 190
+    assert sum(r.applied for r in first) == 190 and sum(r.duplicates for r in first) == 0
+    assert sum(r.applied for r in second) == 0 and sum(r.duplicates for r in second) == 190
     for state in (before, after):   # only the duplicates counter may move
         for key, value in state.items():
             if key.endswith(b":state"):
@@ -101,8 +101,7 @@ async def test_a_consumer_without_the_lease_cannot_apply(backend, settings):
     await backend.aio.set(part.key("lease"), "someone-else")
     with pytest.raises(NotOwner):
         try:
-            await Scripts(backend.aio).call("apply_batch", part.apply_keys(),
-                                            apply_args(settings, "me", 0, Rules().to_lua(), b"[]"))
+            await Scripts(backend.aio).run("apply_batch", part, apply_args(settings, "me", 0, Rules().to_lua(), b"[]"))
         except ResponseError as exc:
             raise translate(exc) from None
     assert await backend.aio.exists(part.key("state")) == 0
@@ -264,7 +263,7 @@ async def test_an_entry_whose_apply_keeps_failing_goes_to_the_dlq_and_the_partit
     real_call = consumer.scripts.call
 
     def failing_call(name, keys, args, client=None):
-        if name == "apply_batch" and b'"poison"' in args[10]:
+        if name == "apply_batch" and b'"poison"' in args[10]:        # ApplyArgs.events
             raise ResponseError("ERR user_script:42: attempt to index a nil value script: abc, on @user_script:42.")
         return real_call(name, keys, args, client)
     consumer.scripts.call = failing_call
@@ -328,7 +327,7 @@ async def test_a_watermark_jump_closes_sessions_in_bounded_calls_and_the_consume
     async def counting_call(name, keys, args, client=None):
         reply = await real_call(name, keys, args, client)
         if name in ("apply_batch", "advance_watermark"):
-            closed_per_call.append(reply[3] if name == "apply_batch" else reply[0])
+            closed_per_call.append(reply[3] if name == "apply_batch" else reply[0])   # sessions_closed
         return reply
     consumer.scripts.call = counting_call
     await asyncio.wait_for(consumer.run(), 60)

@@ -48,10 +48,11 @@ local function fmt(x)
   return string.format('%.0f', x)
 end
 
+-- keys: the script's KEYS by name (K, engine/contract.py)
 local function new_ctx(keys, gap, ttl, maxlen)
   return {
-    prefix = keys[1], stream = keys[2], state = keys[3], open = keys[4], mopen = keys[5],
-    sessions = keys[6], alerts = keys[7], late = keys[8], minutes = keys[9], lease = keys[10],
+    prefix = keys.prefix, state = keys.state, open = keys.open, mopen = keys.mopen,
+    sessions = keys.sessions, alerts = keys.alerts, late = keys.late, minutes = keys.minutes,
     gap = gap, ttl = ttl, maxlen = maxlen, users = {}, tombs = {}, closed = 0, finalized = 0, capped = 0,
     on_close = nil,   -- function(ctx, uid, session) called for every session closed
   }
@@ -121,7 +122,7 @@ end
 local function load_user(ctx, uid)
   local st = ctx.users[uid]
   if st then return st end
-  local raw = redis.pcall('GET', ctx.prefix .. 'user:' .. uid)
+  local raw = redis.pcall('GET', ctx.prefix .. KEY.user .. uid)
   if type(raw) == 'table' then
     return nil, 'state key of the user is unreadable: ' .. tostring(raw.err)
   end
@@ -321,7 +322,7 @@ end
 -- changed (or delete a state with nothing left).
 local function save_users(ctx, wm)
   for uid, st in pairs(ctx.users) do
-    local key = ctx.prefix .. 'user:' .. uid
+    local key = ctx.prefix .. KEY.user .. uid
     settle_user(ctx, uid, st, wm)
     local due = due_of(ctx, st)
     if not due then
@@ -370,7 +371,7 @@ local function finalize_minutes(ctx, wm, limit)
   local last = math.floor((wm - ctx.gap) / US_PER_MIN) - 1
   local done = rcall('ZRANGEBYSCORE', ctx.mopen, '-inf', fmt(last), 'LIMIT', 0, limit)
   for _, m in ipairs(done) do
-    local ckey, hkey = ctx.prefix .. 'count:' .. m, ctx.prefix .. 'hll:' .. m
+    local ckey, hkey = ctx.prefix .. KEY.count .. m, ctx.prefix .. KEY.hll .. m
     rcall('XADD', ctx.minutes, 'MAXLEN', '~', ctx.maxlen, '*', 'minute', fmt(tonumber(m) * US_PER_MIN),
       'events', rcall('GET', ckey) or 0, 'unique_users', rcall('PFCOUNT', hkey))
     rcall('DEL', ckey, hkey)
@@ -436,7 +437,7 @@ end
 local function erased(ctx, uid)
   local hit = ctx.tombs[uid]
   if hit == nil then
-    hit = rcall('EXISTS', ctx.prefix .. 'tomb:' .. uid) == 1
+    hit = rcall('EXISTS', ctx.prefix .. KEY.tomb .. uid) == 1
     ctx.tombs[uid] = hit
   end
   return hit

@@ -91,7 +91,7 @@ end
 local function load_profile(ctx, uid)
   local pr = ctx.profiles[uid]
   if pr then return pr end
-  local raw = redis.pcall('HGETALL', ctx.prefix .. 'profile:' .. uid)
+  local raw = redis.pcall('HGETALL', ctx.prefix .. KEY.profile .. uid)
   if raw.err then return nil, 'profile of the user is unreadable: ' .. tostring(raw.err) end
   local f = {}
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
@@ -165,7 +165,7 @@ local function save_profiles(ctx, profile_ttl)
       n = n + 2
     end
     if n > 0 then
-      local key = ctx.prefix .. 'profile:' .. uid
+      local key = ctx.prefix .. KEY.profile .. uid
       hset_all(key, args)
       rcall('PEXPIRE', key, profile_ttl)
     end

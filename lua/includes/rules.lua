@@ -19,9 +19,9 @@
 ]]
 local IP_EXACT = 64           -- users of an IP and window counted exactly (a set); more go to a HyperLogLog
 
--- What the rules need beyond partition_state's ctx.  keys: the script's KEYS (14 = outbox).
+-- What the rules need beyond partition_state's ctx.  keys: the script's KEYS by name (K).
 local function extend_ctx(ctx, keys, now, channel, rules_json, ooo)
-  ctx.now, ctx.channel, ctx.outbox = now, channel, keys[14]
+  ctx.now, ctx.channel, ctx.outbox = now, channel, keys.outbox
   ctx.rules = cjson.decode(rules_json)
   ctx.ip_ttl = ctx.rules.ip_n and math.floor((ctx.rules.ip_w + ctx.gap + ooo) / 1000)   -- IP keys: past every non-late event
   ctx.profiles, ctx.out, ctx.alerted, ctx.fired = {}, {}, {}, {}
@@ -33,11 +33,11 @@ local function forward(ctx, rec)
   ctx.out[#ctx.out + 1] = rec
 end
 
--- The outbox entry written by this call: {entry_id, records JSON}, or {} when there is none.
+-- The outbox entries written by this call (none or one OutboxEntry).
 local function flush_outbox(ctx)
   if #ctx.out == 0 then return {} end
   local records = cjson.encode(ctx.out)
-  return {rcall('XADD', ctx.outbox, '*', 'e', records), records}
+  return {pack_OutboxEntry({entry_id = rcall('XADD', ctx.outbox, '*', 'e', records), records = records})}
 end
 
 -- Risk: sum of alert weights decayed by 2^(-age / half-life), in event time, kept as of risk_at
@@ -76,11 +76,8 @@ local function emit(ctx, a)
     subject = a.subject, user_id = a.uid, window_start_ms = math.floor(a.window / 1000), count = a.count,
     threshold = a.threshold, detected_at_ms = math.floor(ctx.now / 1000), entry_id = a.entry,
     evidence = cjson.decode(evidence)}))
-  local out = ctx.alerted
-  out[#out + 1] = a.entry
-  out[#out + 1] = a.rule
-  out[#out + 1] = a.subject
-  out[#out + 1] = fmt(a.window)
+  ctx.alerted[#ctx.alerted + 1] = pack_AlertRef({entry_id = a.entry, rule = a.rule, subject = a.subject,
+                                                 window_start_us = a.window})
   return true
 end
 
