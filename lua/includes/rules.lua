@@ -16,6 +16,13 @@
   at-least-once, so what a forwarded record changes is idempotent (set / HLL adds, SET NX).
     {'ip', ip, user_id, ts}      {'card', card, user_id, ts}
     {'risk', user_id, rule, severity, ts, kind, subject, window}
+
+  Erasure index (engine/erase.py reads it; no SCAN of the keyspace): every per-user key this file
+  creates whose name is not fixed by the id alone (fired markers of the user's alerts, risk
+  markers, ucards:<w>:<id>) is added, when it is created, to SET <prefix>ukeys:<id> in the user's
+  partition; every subject set the user joins (cardu:, ipu:) to SET <prefix>usets:<id> in the
+  subject's partition.  Both expire with their longest-lived member (PTTL, PEXPIRE).  Fixed names
+  (user:, profile:, tickets:, fails:, tomb:) are not indexed: erase deletes them by name.
 ]]
 local IP_EXACT = 64           -- users of an IP and window counted exactly (a set); more go to a HyperLogLog
 
@@ -27,6 +34,20 @@ local function extend_ctx(ctx, keys, now, channel, rules_json, ooo)
   ctx.profiles, ctx.out, ctx.alerted, ctx.fired = {}, {}, {}, {}
   ctx.check_tombs = false
   ctx.on_close = nil
+end
+
+-- Add key to the erasure index idx (ukeys:<id> / usets:<id>), kept at least ttl_ms more.
+local function index_add(idx, key, ttl_ms)
+  rcall('SADD', idx, key)
+  if rcall('PTTL', idx) < ttl_ms then rcall('PEXPIRE', idx, ttl_ms) end
+end
+
+local function owns(ctx, uid, key, ttl_ms)        -- a key of the user's (deleted by erase)
+  index_add(ctx.prefix .. 'ukeys:' .. uid, key, ttl_ms)
+end
+
+local function joins(ctx, uid, key, ttl_ms)       -- a subject's set the user is a member of (SREM by erase)
+  index_add(ctx.prefix .. 'usets:' .. uid, key, ttl_ms)
 end
 
 local function forward(ctx, rec)
@@ -67,6 +88,7 @@ local function emit(ctx, a)
   local fresh = rcall('SET', marker, 1, 'NX', 'PX', ctx.ttl) and true or false
   ctx.fired[marker] = false
   if not fresh then return false end
+  if a.kind == 'user' then owns(ctx, a.subject, marker, tonumber(ctx.ttl)) end
   local evidence = cjson.encode(a.evidence or {})
   rcall('XADD', ctx.alerts, 'MAXLEN', '~', ctx.maxlen, '*', 'rule', a.rule, 'severity', a.sev,
     'subject_kind', a.kind, 'subject', a.subject, 'user_id', a.uid, 'window_start', fmt(a.window),
@@ -187,8 +209,10 @@ local function tx_rules(ctx, pr, uid, ts, tx, entry)
     if R.cards_n then
       local key = ctx.prefix .. 'ucards:' .. fmt(wk) .. ':' .. uid
       if rcall('SADD', key, tx.card) == 1 then
-        rcall('PEXPIRE', key, math.floor((w + ctx.gap) / 1000))
+        local ttl = math.floor((w + ctx.gap) / 1000)
+        rcall('PEXPIRE', key, ttl)
         local n = rcall('SCARD', key)
+        if n == 1 then owns(ctx, uid, key, ttl) end
         if n >= R.cards_n then
           user_alert(ctx, pr, {rule = 'card_testing', sev = R.card_sev, uid = uid, window = wk, count = n,
             threshold = R.cards_n, entry = entry, evidence = {cards = rcall('SMEMBERS', key)}}, ts)
@@ -239,6 +263,8 @@ local function apply_forwarded(ctx, rec, entry)
       if rcall('PFADD', hkey, uid) == 0 then return end
       rcall('PEXPIRE', hkey, ctx.ip_ttl)
       n = IP_EXACT + rcall('PFCOUNT', hkey)
+    else
+      joins(ctx, uid, skey, ctx.ip_ttl)
     end
     if n > R.ip_n then
       local members = rcall('SMEMBERS', skey)
@@ -251,7 +277,9 @@ local function apply_forwarded(ctx, rec, entry)
     local wk = math.floor(ts / R.card_w) * R.card_w
     local key = ctx.prefix .. 'cardu:' .. fmt(wk) .. ':' .. card
     if rcall('SADD', key, uid) == 0 then return end
-    rcall('PEXPIRE', key, math.floor((R.card_w + ctx.gap) / 1000))
+    local ttl = math.floor((R.card_w + ctx.gap) / 1000)
+    rcall('PEXPIRE', key, ttl)
+    joins(ctx, uid, key, ttl)
     local n = rcall('SCARD', key)
     if n >= R.cardu_n then
       local members = rcall('SMEMBERS', key)
@@ -262,8 +290,13 @@ local function apply_forwarded(ctx, rec, entry)
   elseif kind == 'risk' then
     local uid = rec[2]
     if ctx.check_tombs and erased(ctx, uid) then return end
-    local marker = ctx.prefix .. 'fired:' .. rec[3] .. ':' .. rec[8] .. ':' .. rec[6] .. ':' .. rec[7] .. ':' .. uid
+    -- risk:<rule>:<window>:<kind>:<#subject>:<subject>:<user>: the subject's length keeps the
+    -- (subject, user) split unambiguous whatever ':' either contains
+    local subject = rec[7]
+    local marker = ctx.prefix .. 'risk:' .. rec[3] .. ':' .. rec[8] .. ':' .. rec[6] .. ':' .. #subject .. ':'
+      .. subject .. ':' .. uid
     if not rcall('SET', marker, 1, 'NX', 'PX', ctx.ttl) then return end
+    owns(ctx, uid, marker, tonumber(ctx.ttl))
     local pr = load_profile(ctx, uid)
     if pr then add_risk(ctx, pr, rec[4], tonumber(rec[5]), rec[3]) end
   end
