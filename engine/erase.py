@@ -37,6 +37,7 @@ from .partitioning import partition_of
 from .settings import Settings
 
 PAGE = 5000
+MEMBER = b'{"role":"member"}'      # the evidence of a record linking a user to a subject alert (rules.lua)
 _user_of = msgspec.json.Decoder(dict)
 
 
@@ -106,13 +107,15 @@ async def _extend_tombstone_horizon(client: Any, part: Partition, until_us: int)
 
 
 async def _redact_alerts(client: Any, stream: str, user_id: str) -> tuple[int, int]:
-    """Alerts about the user are deleted; alerts about another subject (an IP, a card) that name
-    the user (records of earlier versions) are re-written without the user.  Returns (deleted, redacted)."""
+    """Alerts about the user, and the records linking the user to an alert on another subject (an
+    IP, a card), are deleted; alerts about another subject that name the user (written by earlier
+    versions) are re-written without the user.  Returns (deleted, redacted)."""
     uid, quoted = user_id.encode("utf-8"), msgspec.json.encode(user_id)
     deleted = redacted = 0
     async for page in _pages(client, stream):
         for entry_id, fields in page:
-            if fields.get(b"user_id") == uid and fields.get(b"subject_kind", b"user") == b"user":
+            if fields.get(b"user_id") == uid and (fields.get(b"subject_kind", b"user") == b"user"
+                                                  or fields.get(b"evidence") == MEMBER):
                 deleted += await client.xdel(stream, entry_id)
             elif fields.get(b"user_id") == uid or quoted in fields.get(b"evidence", b""):
                 evidence = _evidence.decode(fields.get(b"evidence", b"{}"))

@@ -187,9 +187,11 @@ async def test_erasing_b_touches_no_key_of_a_colon_b_nor_of_subjects_ending_in_b
             settings)
     await consume_all(backend, settings)
     out = await export.collect(backend.aio, settings)
-    per_window = Counter((a["rule"], a["subject_kind"], a["subject"], a["window_start"]) for a in out.alerts)
+    per_window = Counter((a["rule"], a["subject_kind"], a["subject"], a["window_start"], a["user_id"])
+                         for a in out.alerts)
     assert [k for k, n in per_window.items() if n > 1] == []
     assert {a["subject"] for a in out.alerts if a["rule"] == "burst"} == set(COLLIDERS) - {"b"}
+    assert "b" not in {a["user_id"] for a in out.alerts}
 
 
 async def test_the_audit_is_keyed_by_the_setting_or_one_random_key_per_namespace(backend, settings):

@@ -7,6 +7,10 @@
   <prefix>fired:<rule>:<window start us>:<kind>:<subject> PX ttl).  An alert on a user raises
   that user's risk score; an alert on another subject (an IP, a card) lives in the subject's
   partition and sends a 'risk' record back to every user involved through the outbox.
+  Every field of an alert but detected_at is a function of event times and ids only: a subject
+  alert names no user (user_id '', count = the first count that satisfies the rule, entry_id '');
+  each user's partition writes a member record (user_id = the user, evidence {"role":"member"})
+  when the risk record arrives, dated the window's start.
 
   Rekeying (Kafka Streams' repartition topics): a rule whose subject is not the user keeps its
   state in the subject's partition.  This script appends one entry to <prefix>outbox holding the
@@ -15,7 +19,7 @@
   <ns>:{q}:rekey, and deletes the entry; q's owner applies them like any input.  Forwarding is
   at-least-once, so what a forwarded record changes is idempotent (set / HLL adds, SET NX).
     {'ip', ip, user_id, ts}      {'card', card, user_id, ts}
-    {'risk', user_id, rule, severity, ts, kind, subject, window}
+    {'risk', user_id, rule, severity, ts, kind, subject, window, count, threshold}
 
   Erasure index (engine/erase.py reads it; no SCAN of the keyspace): every per-user key this file
   creates whose name is not fixed by the id alone (fired markers of the user's alerts, risk
@@ -224,24 +228,38 @@ local function tx_rules(ctx, pr, uid, ts, tx, entry)
   if tx.ip ~= '' and R.ip_n then forward(ctx, {'ip', tx.ip, uid, fmt(ts)}) end
 end
 
-local function risk_back(ctx, uid, a, ts)
-  forward(ctx, {'risk', uid, a.rule, a.sev, fmt(ts), a.kind, a.subject, fmt(a.window)})
+-- The risk of subject alert a for user uid, dated the window's start (not the time of the record
+-- that tipped the subject over: that one depends on the arrival order across partitions).
+local function risk_back(ctx, uid, a)
+  forward(ctx, {'risk', uid, a.rule, a.sev, fmt(a.window), a.kind, a.subject, fmt(a.window), a.count, a.threshold})
 end
 
-local function sorted(list)
-  local copy = {}
-  for i, x in ipairs(list) do copy[i] = x end
-  table.sort(copy)
-  return copy
-end
-
--- A subject alert: the first time, every user involved gets a risk record; later, each new user.
-local function subject_alert(ctx, a, members, uid, ts)
+-- A subject alert names no user (which one tipped it over, and who came first, depend on the
+-- arrival order of forwarded records): user_id '', count = the first count that satisfies the
+-- rule, no entry.  The first time, every user involved gets a risk record; later, each new user.
+-- Each risk record writes a member record in the user's partition (apply_forwarded): the link.
+local function subject_alert(ctx, a, members, uid)
+  a.uid, a.entry = '', ''
+  a.evidence = {window_minutes = a.window_us / US_PER_MIN}
   if emit(ctx, a) then
-    for _, m in ipairs(members) do risk_back(ctx, m, a, ts) end
+    for _, m in ipairs(members) do risk_back(ctx, m, a) end
   else
-    risk_back(ctx, uid, a, ts)
+    risk_back(ctx, uid, a)
   end
+end
+
+-- The link between a subject alert and one of its users, in the user's partition: the alert's
+-- rule, subject, window, count and threshold with user_id = the user (evidence.role = 'member').
+local function member_record(ctx, uid, rec)
+  local rule, sev, kind, subject, window = rec[3], rec[4], rec[6], rec[7], rec[8]
+  local count, threshold = rec[9] or '', rec[10] or ''
+  rcall('XADD', ctx.alerts, 'MAXLEN', '~', ctx.maxlen, '*', 'rule', rule, 'severity', sev, 'subject_kind', kind,
+    'subject', subject, 'user_id', uid, 'window_start', window, 'count', count, 'threshold', threshold,
+    'detected_at', fmt(ctx.now), 'entry_id', '', 'evidence', '{"role":"member"}')
+  rcall('PUBLISH', ctx.channel, cjson.encode({rule = rule, severity = sev, subject_kind = kind, subject = subject,
+    user_id = uid, window_start_ms = math.floor(tonumber(window) / 1000), count = tonumber(count),
+    threshold = tonumber(threshold), detected_at_ms = math.floor(ctx.now / 1000), entry_id = '',
+    evidence = {role = 'member'}}))
 end
 
 -- Records forwarded from other partitions (this partition owns the subject).
@@ -268,9 +286,8 @@ local function apply_forwarded(ctx, rec, entry)
     end
     if n > R.ip_n then
       local members = rcall('SMEMBERS', skey)
-      subject_alert(ctx, {rule = 'ip_users', sev = R.ip_sev, kind = 'ip', subject = ip, uid = uid,
-        window = wk, count = n, threshold = R.ip_n, entry = entry,
-        evidence = {users_sample = sorted(members)}}, members, uid, ts)
+      subject_alert(ctx, {rule = 'ip_users', sev = R.ip_sev, kind = 'ip', subject = ip, window = wk,
+        window_us = R.ip_w, count = R.ip_n + 1, threshold = R.ip_n}, members, uid)
     end
   elseif kind == 'card' and R.cardu_n then
     local card, uid, ts = rec[2], rec[3], tonumber(rec[4])
@@ -283,9 +300,8 @@ local function apply_forwarded(ctx, rec, entry)
     local n = rcall('SCARD', key)
     if n >= R.cardu_n then
       local members = rcall('SMEMBERS', key)
-      subject_alert(ctx, {rule = 'card_testing', sev = R.card_sev, kind = 'card', subject = card, uid = uid,
-        window = wk, count = n, threshold = R.cardu_n, entry = entry,
-        evidence = {users = sorted(members)}}, members, uid, ts)
+      subject_alert(ctx, {rule = 'card_testing', sev = R.card_sev, kind = 'card', subject = card, window = wk,
+        window_us = R.card_w, count = R.cardu_n, threshold = R.cardu_n}, members, uid)
     end
   elseif kind == 'risk' then
     local uid = rec[2]
@@ -297,6 +313,7 @@ local function apply_forwarded(ctx, rec, entry)
       .. subject .. ':' .. uid
     if not rcall('SET', marker, 1, 'NX', 'PX', ctx.ttl) then return end
     owns(ctx, uid, marker, tonumber(ctx.ttl))
+    member_record(ctx, uid, rec)
     local pr = load_profile(ctx, uid)
     if pr then add_risk(ctx, pr, rec[4], tonumber(rec[5]), rec[3]) end
   end
