@@ -312,3 +312,25 @@ async def test_alerts_are_the_same_with_1_or_4_consumers_and_any_batch_size(back
     ip = [(a["user_id"], a["count"], a["evidence"]) for a in runs[0][0] if a["rule"] == "ip_users"]
     assert sorted(ip) == [("", 11, {"window_minutes": 10})] + [(f"farm-{i}", 11, {"role": "member"})
                                                               for i in sorted(range(14), key=str)]
+
+
+async def test_a_threshold_lowered_mid_minute_fires_on_the_next_event(backend, settings, tmp_path):
+    """5 clicks under threshold 10, then the file says 3: the 6th click of the minute is over it
+    (an equality test, c == threshold + 1, never fires: the count went past 4 before)."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[events_per_minute]\nthreshold = 10\n[burst]\nenabled = false\n")
+    settings = settings.replace(rules_file=str(rules))
+    await control.ensure_groups(backend.aio, settings)
+    first = Consumer(backend.aio, settings, "c", until_idle=True, idle_advance=False)
+    publish(backend.sync, [event("x", T0 + i * S) for i in range(5)], settings)
+    await first.run()
+    rules.write_text("[events_per_minute]\nthreshold = 3\n[burst]\nenabled = false\n")
+    os.utime(rules, (os.stat(rules).st_atime, os.stat(rules).st_mtime + 5))
+    second = Consumer(backend.aio, settings, "c", until_idle=True, idle_advance=False)
+    second.rules = first.rules                               # one process's watcher, as in a long run
+    publish(backend.sync, [event("x", T0 + (10 + i) * S) for i in range(3)], settings)
+    await second.run()
+    assert first.rules.reloads == 1
+    out = await export.collect(backend.aio, settings)
+    assert [(a["rule"], a["window_start"], a["count"], a["threshold"]) for a in out.alerts] == \
+        [("events_per_minute", format_us(T0), 6, 3)]             # once: the marker holds the 7th and 8th

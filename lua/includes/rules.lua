@@ -123,7 +123,7 @@ end
 -- this minute's count + the previous minute's count x the part of it still inside the window).
 local function click_rules(ctx, uid, st, m, c, ts, entry)
   local R = ctx.rules
-  if R.epm and c == R.epm + 1 then
+  if R.epm and c > R.epm then          -- not == epm + 1: a threshold lowered mid-minute (emit dedups)
     user_alert(ctx, nil, {rule = 'events_per_minute', sev = R.epm_sev, uid = uid, window = m * US_PER_MIN,
       count = c, threshold = R.epm, entry = entry}, ts)
   end
