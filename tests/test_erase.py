@@ -160,7 +160,7 @@ async def test_erasing_b_touches_no_key_of_a_colon_b_nor_of_subjects_ending_in_b
     def of_b(key: bytes) -> bool:     # noqa: E306 - b's own keys, by their exact names
         rest = key[len(prefix):]
         return (rest in (b"user:b", b"profile:b", b"fails:b", b"tickets:b", b"ukeys:b", b"usets:b")
-                or re.fullmatch(rb"(fired:[a-z_]+:\d+:user|ucards:\d+|risk:[a-z_]+:\d+:[a-z]+:\d+:.*)"
+                or re.fullmatch(rb"(fired:[a-z_]+:\d+:user|u(cards|cardx|ips|ipx):\d+|risk:[a-z_]+:\d+:[a-z]+:\d+:.*)"
                                 rb":b", rest, re.S) is not None)
     gone = set(before) - set(after)
     assert {k for k in gone if not of_b(k) and before[k] != ("set", {b"b"})} == set()   # (b's own card)

@@ -21,14 +21,26 @@
     {'ip', ip, user_id, ts}      {'card', card, user_id, ts}
     {'risk', user_id, rule, severity, ts, kind, subject, window, count, threshold}
 
+  Caps (EXACT, FAILS below): every per-user and per-subject set holds at most 64 members (the
+  rest counted in a HyperLogLog), the failed-payments ZSET the latest max(count, 64), evidence
+  at most 64 sorted members; no variadic call.  So no input can make a call fail half-way or
+  run long (tests/test_hostile.py).
+
   Erasure index (engine/erase.py reads it; no SCAN of the keyspace): every per-user key this file
   creates whose name is not fixed by the id alone (fired markers of the user's alerts, risk
-  markers, ucards:<w>:<id>) is added, when it is created, to SET <prefix>ukeys:<id> in the user's
+  markers, ucards: / ucardx: / uips: / uipx:<w>:<id>) is added, when it is created, to SET
+  <prefix>ukeys:<id> in the user's
   partition; every subject set the user joins (cardu:, ipu:) to SET <prefix>usets:<id> in the
   subject's partition.  Both expire with their longest-lived member (PTTL, PEXPIRE).  Fixed names
   (user:, profile:, tickets:, fails:, tomb:) are not indexed: erase deletes them by name.
 ]]
-local IP_EXACT = 64           -- users of an IP and window counted exactly (a set); more go to a HyperLogLog
+-- Caps: no input may make a key, a reply or a loop grow without bound (one user with 10,000 cards,
+-- one card with 10,000 users, a bot with 100,000 failed payments).  A distinct count keeps its
+-- first EXACT members in a set and counts the others in a HyperLogLog (the overflow: exactness is
+-- lost there, and only there); the failed-payments ZSET keeps the user's latest max(count, FAILS)
+-- failures.  Alert evidence reads at most EXACT members, sorted.
+local EXACT = 64
+local FAILS = 64
 
 -- What the rules need beyond partition_state's ctx.  keys: the script's KEYS (14 = outbox).
 local function extend_ctx(ctx, keys, now, channel, rules_json, ooo)
@@ -52,6 +64,29 @@ end
 
 local function joins(ctx, uid, key, ttl_ms)       -- a subject's set the user is a member of (SREM by erase)
   index_add(ctx.prefix .. 'usets:' .. uid, key, ttl_ms)
+end
+
+-- Count member among the distinct members of a (subject, window): the first EXACT in SET skey, the
+-- others in HyperLogLog hkey; both expire after ttl_ms.  Returns the count (exact up to EXACT, then
+-- EXACT + the HyperLogLog's estimate) and whether the member is in the set; nil when the member is
+-- in the set already.  Beyond EXACT a repeat cannot be told from a new member (a new one need not
+-- change the HyperLogLog): the count is returned, the callers' effects are idempotent.
+local function count_distinct(skey, hkey, member, ttl_ms)
+  if rcall('SADD', skey, member) == 0 then return nil end
+  local n = rcall('SCARD', skey)
+  if n == 1 then rcall('PEXPIRE', skey, ttl_ms) end
+  if n <= EXACT then return n, true end
+  rcall('SREM', skey, member)
+  rcall('PFADD', hkey, member)
+  rcall('PEXPIRE', hkey, ttl_ms)
+  return EXACT + rcall('PFCOUNT', hkey), false
+end
+
+-- The members of a capped set (at most EXACT), sorted: evidence that does not depend on SMEMBERS' order.
+local function sorted_members(key)
+  local members = rcall('SMEMBERS', key)
+  table.sort(members)
+  return members
 end
 
 local function forward(ctx, rec)
@@ -140,13 +175,21 @@ end
 
 -- The IP rule hears of a user once per (window, IP): on the user's first click of the window
 -- from that IP (remembered in the user's state as st.fwd; the rule counts users, not clicks).
+-- st.fwd = {latest window, its last IP[, IPs forwarded since that window began, when more than 1]}: a user hopping
+-- over more than EXACT IPs (in that window or, out of order, older ones) is not forwarded further.
 local function click_ip(ctx, uid, st, ip, ts)
   local R = ctx.rules
   if not R.ip_n then return end
   local w = math.floor(ts / R.ip_w) * R.ip_w     -- the window's start (stays right if the window changes)
   local last = st.fwd
   if last and last[1] == w and last[2] == ip then return end
-  st.fwd = {w, ip}
+  if last and w <= last[1] then
+    local n = (last[3] or 1) + 1
+    st.fwd = w == last[1] and {w, ip, n} or {last[1], last[2], n}
+    if n > EXACT then return end
+  else
+    st.fwd = {w, ip}
+  end
   forward(ctx, {'ip', ip, uid, fmt(ts)})
 end
 
@@ -190,6 +233,7 @@ local function tx_rules(ctx, pr, uid, ts, tx, entry)
     local key, w = ctx.prefix .. 'fails:' .. uid, R.fail_w
     rcall('ZADD', key, ts, tx.fp)
     rcall('ZREMRANGEBYSCORE', key, '-inf', '(' .. fmt(ts - 2 * w))
+    rcall('ZREMRANGEBYRANK', key, 0, -(math.max(R.fail_n, FAILS) + 1))   -- the latest failures only
     rcall('PEXPIRE', key, math.floor(2 * w / 1000) + 1)
     -- the largest group of failures inside some window of length w that contains this one
     local near = rcall('ZRANGEBYSCORE', key, fmt(ts - w), fmt(ts + w), 'WITHSCORES')
@@ -208,24 +252,28 @@ local function tx_rules(ctx, pr, uid, ts, tx, entry)
     end
   end
   if tx.card ~= '' and (R.cards_n or R.cardu_n) then
+    -- the user's distinct cards of the window (both rules): a card is forwarded to its partition
+    -- once, and only the user's first EXACT cards (more: the user's own alert has fired)
     local w = R.card_w
     local wk = math.floor(ts / w) * w
-    if R.cards_n then
-      local key = ctx.prefix .. 'ucards:' .. fmt(wk) .. ':' .. uid
-      if rcall('SADD', key, tx.card) == 1 then
-        local ttl = math.floor((w + ctx.gap) / 1000)
-        rcall('PEXPIRE', key, ttl)
-        local n = rcall('SCARD', key)
-        if n == 1 then owns(ctx, uid, key, ttl) end
-        if n >= R.cards_n then
-          user_alert(ctx, pr, {rule = 'card_testing', sev = R.card_sev, uid = uid, window = wk, count = n,
-            threshold = R.cards_n, entry = entry, evidence = {cards = rcall('SMEMBERS', key)}}, ts)
-        end
-      end
+    local key, more = ctx.prefix .. 'ucards:' .. fmt(wk) .. ':' .. uid, ctx.prefix .. 'ucardx:' .. fmt(wk) .. ':' .. uid
+    local ttl = math.floor((w + ctx.gap) / 1000)
+    local n, exact = count_distinct(key, more, tx.card, ttl)
+    if n == 1 or not exact then owns(ctx, uid, exact and key or more, ttl) end   -- created (SADD: idempotent)
+    if n and R.cards_n and n >= R.cards_n then
+      user_alert(ctx, pr, {rule = 'card_testing', sev = R.card_sev, uid = uid, window = wk, count = n,
+        threshold = R.cards_n, entry = entry, evidence = {cards = sorted_members(key)}}, ts)
     end
-    if R.cardu_n then forward(ctx, {'card', tx.card, uid, fmt(ts)}) end
+    if exact and R.cardu_n then forward(ctx, {'card', tx.card, uid, fmt(ts)}) end
   end
-  if tx.ip ~= '' and R.ip_n then forward(ctx, {'ip', tx.ip, uid, fmt(ts)}) end
+  if tx.ip ~= '' and R.ip_n then
+    -- the same for the user's IPs in payments: each forwarded once a window, the first EXACT only
+    local wk = fmt(math.floor(ts / R.ip_w) * R.ip_w)
+    local key, more = ctx.prefix .. 'uips:' .. wk .. ':' .. uid, ctx.prefix .. 'uipx:' .. wk .. ':' .. uid
+    local n, exact = count_distinct(key, more, tx.ip, ctx.ip_ttl)
+    if n == 1 or not exact then owns(ctx, uid, exact and key or more, ctx.ip_ttl) end
+    if exact then forward(ctx, {'ip', tx.ip, uid, fmt(ts)}) end
+  end
 end
 
 -- The risk of subject alert a for user uid, dated the window's start (not the time of the record
@@ -266,24 +314,15 @@ end
 local function apply_forwarded(ctx, rec, entry)
   local R, kind = ctx.rules, rec[1]
   if kind == 'ip' and R.ip_n then
-    -- the first IP_EXACT users of the IP and window in a set (exact, and the alert's evidence),
-    -- the others in a HyperLogLog: small keys for the usual one-user IP
+    -- the first EXACT users of the IP and window in a set, the others in a HyperLogLog: small
+    -- keys for the usual one-user IP, bounded ones for a farm
     local ip, uid, ts = rec[2], rec[3], tonumber(rec[4])
     local wk = math.floor(ts / R.ip_w) * R.ip_w
     local suffix = fmt(wk) .. ':' .. ip
     local skey = ctx.prefix .. 'ipu:' .. suffix
-    if rcall('SADD', skey, uid) == 0 then return end
-    local n = rcall('SCARD', skey)
-    if n == 1 then rcall('PEXPIRE', skey, ctx.ip_ttl) end
-    if n > IP_EXACT then
-      rcall('SREM', skey, uid)
-      local hkey = ctx.prefix .. 'ipx:' .. suffix
-      if rcall('PFADD', hkey, uid) == 0 then return end
-      rcall('PEXPIRE', hkey, ctx.ip_ttl)
-      n = IP_EXACT + rcall('PFCOUNT', hkey)
-    else
-      joins(ctx, uid, skey, ctx.ip_ttl)
-    end
+    local n, exact = count_distinct(skey, ctx.prefix .. 'ipx:' .. suffix, uid, ctx.ip_ttl)
+    if not n then return end
+    if exact then joins(ctx, uid, skey, ctx.ip_ttl) end
     if n > R.ip_n then
       local members = rcall('SMEMBERS', skey)
       subject_alert(ctx, {rule = 'ip_users', sev = R.ip_sev, kind = 'ip', subject = ip, window = wk,
@@ -292,12 +331,11 @@ local function apply_forwarded(ctx, rec, entry)
   elseif kind == 'card' and R.cardu_n then
     local card, uid, ts = rec[2], rec[3], tonumber(rec[4])
     local wk = math.floor(ts / R.card_w) * R.card_w
-    local key = ctx.prefix .. 'cardu:' .. fmt(wk) .. ':' .. card
-    if rcall('SADD', key, uid) == 0 then return end
-    local ttl = math.floor((R.card_w + ctx.gap) / 1000)
-    rcall('PEXPIRE', key, ttl)
-    joins(ctx, uid, key, ttl)
-    local n = rcall('SCARD', key)
+    local suffix = fmt(wk) .. ':' .. card
+    local key, ttl = ctx.prefix .. 'cardu:' .. suffix, math.floor((R.card_w + ctx.gap) / 1000)
+    local n, exact = count_distinct(key, ctx.prefix .. 'cardx:' .. suffix, uid, ttl)
+    if not n then return end
+    if exact then joins(ctx, uid, key, ttl) end
     if n >= R.cardu_n then
       local members = rcall('SMEMBERS', key)
       subject_alert(ctx, {rule = 'card_testing', sev = R.card_sev, kind = 'card', subject = card, window = wk,
