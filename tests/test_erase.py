@@ -9,7 +9,7 @@ from collections import Counter
 from engine import control, export
 from engine.erase import erase, subject_hmac
 from engine.eventtime import format_us
-from engine.keys import TX, Keys
+from engine.keys import TX, USER_KEYS, USER_SETS, Keys
 from engine.producer import publish
 
 from .helpers import consume_all, event
@@ -226,3 +226,19 @@ async def test_erase_sends_no_scan_to_a_real_server_full_of_other_keys(real, set
     assert report["alert_markers"] == 5 and report["subject_sets"] == 4
     assert not {"cmdstat_scan", "cmdstat_keys"} & set(stats), sorted(stats)
     assert sum(v["calls"] for v in stats.values()) < 200
+
+
+async def test_an_erasure_index_lives_as_long_as_every_key_it_lists(backend, settings):
+    clicks, payments = collider_input(["b", "a:b"], 0)
+    await control.ensure_groups(backend.aio, settings)
+    publish(backend.sync, clicks, settings)
+    publish(backend.sync, payments, settings, TX)
+    await consume_all(backend, settings)
+    checked = 0
+    for part in Keys(settings.namespace, settings.partitions).all_partitions():
+        for user in ("b", "a:b"):
+            for index in (part.key(USER_KEYS) + user, part.key(USER_SETS) + user):
+                for key in await backend.aio.smembers(index):
+                    assert 0 < await backend.aio.pttl(key) <= await backend.aio.pttl(index), (index, key)
+                    checked += 1
+    assert checked >= 2 * 9          # markers (4 + card risk), ucards, uips; sets of 3 cards and the IP

@@ -31,7 +31,7 @@
   markers, ucards: / ucardx: / uips: / uipx:<w>:<id>) is added, when it is created, to SET
   <prefix>ukeys:<id> in the user's
   partition; every subject set the user joins (cardu:, ipu:) to SET <prefix>usets:<id> in the
-  subject's partition.  Both expire with their longest-lived member (PTTL, PEXPIRE).  Fixed names
+  subject's partition.  Both outlive their longest-lived member, by at most its TTL (PTTL, PEXPIRE).  Fixed names
   (user:, profile:, tickets:, fails:, tomb:) are not indexed: erase deletes them by name.
 ]]
 -- Caps: no input may make a key, a reply or a loop grow without bound (one user with 10,000 cards,
@@ -52,10 +52,12 @@ local function extend_ctx(ctx, keys, now, channel, rules_json, ooo)
   ctx.on_close = nil
 end
 
--- Add key to the erasure index idx (ukeys:<id> / usets:<id>), kept at least ttl_ms more.
+-- Add key to the erasure index idx (ukeys:<id> / usets:<id>), kept at least ttl_ms more: when it
+-- would expire sooner it gets 2 x ttl_ms, so that adds of keys with one TTL (a user's IP windows)
+-- extend it once per TTL, not on every add (the index outlives its members by at most one TTL).
 local function index_add(idx, key, ttl_ms)
   rcall('SADD', idx, key)
-  if rcall('PTTL', idx) < ttl_ms then rcall('PEXPIRE', idx, ttl_ms) end
+  if rcall('PTTL', idx) < ttl_ms then rcall('PEXPIRE', idx, 2 * ttl_ms) end
 end
 
 local function owns(ctx, uid, key, ttl_ms)        -- a key of the user's (deleted by erase)
@@ -259,7 +261,7 @@ local function tx_rules(ctx, pr, uid, ts, tx, entry)
     local key, more = ctx.prefix .. 'ucards:' .. fmt(wk) .. ':' .. uid, ctx.prefix .. 'ucardx:' .. fmt(wk) .. ':' .. uid
     local ttl = math.floor((w + ctx.gap) / 1000)
     local n, exact = count_distinct(key, more, tx.card, ttl)
-    if n == 1 or not exact then owns(ctx, uid, exact and key or more, ttl) end   -- created (SADD: idempotent)
+    if n and (n == 1 or not exact) then owns(ctx, uid, exact and key or more, ttl) end   -- created (SADD: idempotent)
     if n and R.cards_n and n >= R.cards_n then
       user_alert(ctx, pr, {rule = 'card_testing', sev = R.card_sev, uid = uid, window = wk, count = n,
         threshold = R.cards_n, entry = entry, evidence = {cards = sorted_members(key)}}, ts)
@@ -271,7 +273,7 @@ local function tx_rules(ctx, pr, uid, ts, tx, entry)
     local wk = fmt(math.floor(ts / R.ip_w) * R.ip_w)
     local key, more = ctx.prefix .. 'uips:' .. wk .. ':' .. uid, ctx.prefix .. 'uipx:' .. wk .. ':' .. uid
     local n, exact = count_distinct(key, more, tx.ip, ctx.ip_ttl)
-    if n == 1 or not exact then owns(ctx, uid, exact and key or more, ctx.ip_ttl) end
+    if n and (n == 1 or not exact) then owns(ctx, uid, exact and key or more, ctx.ip_ttl) end
     if exact then forward(ctx, {'ip', tx.ip, uid, fmt(ts)}) end
   end
 end
