@@ -47,8 +47,8 @@ async def run_bomb(backend, settings, cards, users, fails):
     await consume_all(backend, settings)
     out = await export.collect(backend.aio, settings)
     assert out.dlq == []
-    state = [await backend.aio.hget(p.key("state"), "applied") for p in Keys(settings.namespace,
-                                                                                        settings.partitions).all_partitions()]
+    parts = Keys(settings.namespace, settings.partitions).all_partitions()
+    state = [await backend.aio.hget(p.key("state"), "applied") for p in parts]
     assert sum(int(x or 0) for x in state) == 2 * cards + users + fails
     sizes = await rule_key_sizes(backend.aio)
     assert sizes and max(sizes.values()) <= EXACT, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
