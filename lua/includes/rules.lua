@@ -29,10 +29,10 @@
   Erasure index (engine/erase.py reads it; no SCAN of the keyspace): every per-user key this file
   creates whose name is not fixed by the id alone (fired markers of the user's alerts, risk
   markers, ucards: / ucardx: / uips: / uipx:<w>:<id>) is added, when it is created, to SET
-  <prefix>ukeys:<id> in the user's
-  partition; every subject set the user joins (cardu:, ipu:) to SET <prefix>usets:<id> in the
-  subject's partition.  Both outlive their longest-lived member, by at most its TTL (PTTL, PEXPIRE).  Fixed names
-  (user:, profile:, tickets:, fails:, tomb:) are not indexed: erase deletes them by name.
+  <prefix>ukeys:<id> in the user's partition; every subject set the user joins (cardu:, ipu:) to
+  SET <prefix>usets:<id> in the subject's partition.  Both outlive their longest-lived member, by
+  at most its TTL (PTTL, PEXPIRE).  Fixed names (user:, profile:, tickets:, fails:, tomb:) are
+  not indexed: erase deletes them by name.
 ]]
 -- Caps: no input may make a key, a reply or a loop grow without bound (one user with 10,000 cards,
 -- one card with 10,000 users, a bot with 100,000 failed payments).  A distinct count keeps its
