@@ -132,7 +132,7 @@ def cmd_erase(args, settings):
     from .erase import erase
     report = _call(settings, erase, args.user)
     print(f"erased {args.user!r}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.items()))
-    print("a tombstone drops the user's later events; the audit stream keeps only a SHA-256 of the id")
+    print("a tombstone drops the user's later events; the audit stream keeps only an HMAC of the id")
 
 
 def cmd_reset(args, settings):

@@ -3,52 +3,101 @@
 Order matters: the tombstone goes first, so events of the user that arrive while (or after)
 we erase are dropped by the apply script instead of re-creating state.  The tombstone
 (``<ns>:{p}:tomb:<user_id>``) keeps the id only for ``tombstone_ttl_ms`` — as long as late
-events of the user can still arrive; the audit record keeps only a SHA-256 of the id.
-Aggregates (per-minute counts, HyperLogLogs) are anonymous and stay.
+events of the user can still arrive.  Aggregates (per-minute counts, HyperLogLogs) are anonymous
+and stay.
+
+Which keys are the user's is read from indexes the apply script keeps (lua/includes/rules.lua),
+never from a SCAN of the keyspace, so erasing one user costs the same with 10 thousand keys or 10
+million, and touches exactly that user's keys whatever the ids contain (``b`` and ``a:b``):
+
+* keys named by the id alone (``user:``, ``profile:``, ``tickets:``, ``fails:``) are deleted by name;
+* ``ukeys:<id>`` (user's partition) lists the others (alert and risk markers, card windows): deleted;
+* ``usets:<id>`` in every partition lists the subjects' sets (users of a card, of an IP) the user
+  joined there: the user is removed from them (16 paged SSCANs).
+
+The audit record keeps an HMAC-SHA256 of the id, not the id nor a plain hash (a guessable id
+would be found by hashing guesses): its key is the ``audit_key`` setting or, when unset, 32
+random bytes created once at ``<ns>:audit:key``.  Whoever can read that key (or the setting) can
+still test guesses of an id against the audit, so keep it from readers of the audit stream.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 import msgspec
 
-from .export import read_stream
-from .keys import (ALERTS, CARD_USERS, CLICKS, FAILS, FIRED, IP_USERS, LATE, OPEN, SESSIONS, STATE, SUPPORT, TICKETS,
-                   TOMB, TX, UCARDS, Keys, Partition, glob_escape)
+from .keys import (ALERTS, CLICKS, FAILS, FIRED, LATE, OPEN, RISK, SESSIONS, STATE, SUPPORT, TICKETS, TOMB, TX,
+                   USER_KEYS, USER_SETS, Keys, Partition)
 from .partitioning import partition_of
 from .settings import Settings
 
 PAGE = 5000
+MEMBER = b'{"role":"member"}'      # the evidence of a record linking a user to a subject alert (rules.lua)
 _user_of = msgspec.json.Decoder(dict)
 
 
-def subject_hash(user_id: str) -> str:
-    return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
+async def audit_key(client: Any, settings: Settings) -> bytes:
+    """The HMAC key of the audit records: the setting, or the namespace's random key (made once)."""
+    if settings.audit_key:
+        return settings.audit_key.encode("utf-8")
+    name = Keys(settings.namespace, settings.partitions).audit_key
+    await client.set(name, os.urandom(32), nx=True)
+    return await client.get(name)
+
+
+def subject_hmac(key: bytes, user_id: str) -> str:
+    return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def _payload_user(raw: bytes) -> str | None:
+    """The user id of an input payload; ids are strings (a number is not anybody's id)."""
     try:
         doc = _user_of.decode(raw)
     except msgspec.DecodeError:
         return None
     user = doc.get("user_id") if isinstance(doc, dict) else None
-    return user if isinstance(user, str) else (str(user) if isinstance(user, int) else None)
+    return user if isinstance(user, str) else None
+
+
+async def _pages(client: Any, stream: str) -> AsyncIterator[list]:
+    """The entries of ``stream`` that exist now, PAGE at a time (entries added meanwhile are not read)."""
+    last = await client.xrevrange(stream, count=1)
+    if not last:
+        return
+    start, end = "-", last[0][0]
+    while True:
+        page = await client.xrange(stream, min=start, max=end, count=PAGE)
+        if page:
+            yield page
+        if len(page) < PAGE:
+            return
+        start = "(" + page[-1][0].decode()
 
 
 async def _delete_entries(client: Any, stream: str, match) -> int:
     """XDEL every entry of ``stream`` for which match(fields) is true; returns how many."""
-    removed, start = 0, "-"
-    while True:
-        page = await client.xrange(stream, min=start, max="+", count=PAGE)
+    removed = 0
+    async for page in _pages(client, stream):
         doomed = [entry_id for entry_id, fields in page if match(fields)]
         if doomed:
             removed += await client.xdel(stream, *doomed)
-        if len(page) < PAGE:
-            return removed
-        start = "(" + page[-1][0].decode()
+    return removed
+
+
+async def _members(client: Any, key: str) -> AsyncIterator[list[bytes]]:
+    """A set's members, a page at a time (SSCAN)."""
+    cursor = 0
+    while True:
+        cursor, page = await client.sscan(key, cursor, count=PAGE)
+        if page:
+            yield page
+        if int(cursor) == 0:
+            return
 
 
 async def _extend_tombstone_horizon(client: Any, part: Partition, until_us: int) -> None:
@@ -69,27 +118,51 @@ async def _forget_clock_user(client: Any, part: Partition, user_id: str) -> None
 
 
 async def _redact_alerts(client: Any, stream: str, user_id: str) -> tuple[int, int]:
-    """Alerts about the user are deleted; alerts about another subject (an IP, a card) that list
-    the user in their evidence are re-written without the user.  Returns (deleted, redacted)."""
+    """Alerts about the user, and the records linking the user to an alert on another subject (an
+    IP, a card), are deleted; alerts about another subject that name the user (written by earlier
+    versions) are re-written without the user.  Returns (deleted, redacted)."""
     uid, quoted = user_id.encode("utf-8"), msgspec.json.encode(user_id)
     deleted = redacted = 0
-    for entry_id, fields in await read_stream(client, stream):
-        if fields.get(b"user_id") == uid and fields.get(b"subject_kind", b"user") == b"user":
-            deleted += await client.xdel(stream, entry_id)
-        elif fields.get(b"user_id") == uid or quoted in fields.get(b"evidence", b""):
-            evidence = _evidence.decode(fields.get(b"evidence", b"{}"))
-            if isinstance(evidence, dict):
-                evidence = {k: [u for u in v if u != user_id] if isinstance(v, list) else v for k, v in evidence.items()}
-            copy = {**fields, b"evidence": msgspec.json.encode(evidence)}
-            if copy.get(b"user_id") == uid:
-                copy[b"user_id"] = b"[erased]"
-            await client.xadd(stream, copy)
-            await client.xdel(stream, entry_id)
-            redacted += 1
+    async for page in _pages(client, stream):
+        for entry_id, fields in page:
+            if fields.get(b"user_id") == uid and (fields.get(b"subject_kind", b"user") == b"user"
+                                                  or fields.get(b"evidence") == MEMBER):
+                deleted += await client.xdel(stream, entry_id)
+            elif fields.get(b"user_id") == uid or quoted in fields.get(b"evidence", b""):
+                evidence = _evidence.decode(fields.get(b"evidence", b"{}"))
+                if isinstance(evidence, dict):
+                    evidence = {k: [u for u in v if u != user_id] if isinstance(v, list) else v
+                                for k, v in evidence.items()}
+                copy = {**fields, b"evidence": msgspec.json.encode(evidence)}
+                if copy.get(b"user_id") == uid:
+                    copy[b"user_id"] = b"[erased]"
+                await client.xadd(stream, copy)
+                await client.xdel(stream, entry_id)
+                redacted += 1
     return deleted, redacted
 
 
 _evidence = msgspec.json.Decoder(dict | list)
+
+
+async def _erase_indexed(client: Any, keys: Keys, part: Partition, user_id: str, report: dict) -> None:
+    """The user's keys listed in ukeys:<id>, and the user's membership of the sets in usets:<id>
+    of every partition; then the indexes themselves."""
+    owned = part.key(USER_KEYS) + user_id
+    markers = (part.key(FIRED).encode(), part.key(RISK).encode())
+    async for page in _members(client, owned):
+        report["alert_markers"] += sum(1 for k in page if k.startswith(markers))
+        report["state_keys"] += sum(1 for k in page if not k.startswith(markers))
+        await client.delete(*page)
+    await client.delete(owned)
+    for other in keys.all_partitions():
+        index = other.key(USER_SETS) + user_id
+        async for page in _members(client, index):
+            async with client.pipeline(transaction=False) as pipe:
+                for key in page:
+                    pipe.srem(key, user_id)
+                report["subject_sets"] += sum(await pipe.execute())
+        await client.delete(index)
 
 
 async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]:
@@ -107,16 +180,7 @@ async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]
                                                part.key(TICKETS) + user_id, part.key(FAILS) + user_id)
     await client.zrem(part.key(OPEN), user_id)
     await _forget_clock_user(client, part, user_id)
-    escaped = glob_escape(user_id)
-    for pattern, counter in ((f"{part.prefix}{FIRED}*:{escaped}", "alert_markers"),
-                             (f"{part.prefix}{UCARDS}*:{escaped}", "state_keys")):
-        found = [k async for k in client.scan_iter(match=pattern, count=1000)]
-        if found:
-            report[counter] += await client.delete(*found)
-    # the user as a member of other subjects' sets (card users, IP samples), in every partition
-    for suffix in (CARD_USERS, IP_USERS):
-        async for key in client.scan_iter(match=f"{glob_escape(settings.namespace)}:*:{suffix}*", count=1000):
-            report["subject_sets"] += await client.srem(key, user_id)
+    await _erase_indexed(client, keys, part, user_id, report)
 
     by_field = lambda f: f.get(b"user_id") == uid  # noqa: E731
     of_user = lambda f: f.get(b"e") is not None and _payload_user(f[b"e"]) == user_id  # noqa: E731
@@ -137,7 +201,7 @@ async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]
 
     report["dead_letters"] = await _delete_entries(client, keys.dlq, dead_letter_of_user)
 
-    await client.xadd(keys.audit, {"action": "erase", "subject_sha256": subject_hash(user_id),
-                                   "partition": part.p, "at_ms": int(time.time() * 1000),
-                                   **{k: v for k, v in report.items()}})
+    await client.xadd(keys.audit, {"action": "erase",
+                                   "subject_hmac": subject_hmac(await audit_key(client, settings), user_id),
+                                   "partition": part.p, "at_ms": int(time.time() * 1000), **report})
     return report

@@ -3,8 +3,9 @@
     sessions.jsonl  user_id, session_id, start, end, event_count, counts {event_type: n},
                     categories {catalog category: product views}
     minutes.jsonl   minute, events, unique_users       (finalized minutes, all partitions summed)
-    alerts.jsonl    rule, severity, subject_kind (user | ip | card), subject, user_id (the user
-                    whose event raised it), window_start, count, threshold, evidence {...}, detected_at
+    alerts.jsonl    rule, severity, subject_kind (user | ip | card), subject, user_id (the user; ''
+                    for an IP / card alert, whose users get member records), window_start, count,
+                    threshold, evidence {...}, detected_at
     late.jsonl      user_id, timestamp, watermark, reason, record
     dlq.jsonl       reason, record, stream, entry_id   (once per input entry)
     profiles.jsonl  user_id and the profile's fields (lua/includes/profile.lua), numbers as numbers

@@ -31,21 +31,32 @@ LEASE = "lease"          # STRING  owning consumer's name, PX lease_ttl
 USER = "user:"           # STRING  user:<user_id> open sessions + per-minute counts (MessagePack)
 COUNT = "count:"         # STRING  count:<minute> events in that minute
 HLL = "hll:"             # HLL     hll:<minute> users in that minute
-FIRED = "fired:"         # STRING  fired:<rule>:<window>:<kind>:<subject>[:<user_id>] alerted (at most once)
+FIRED = "fired:"         # STRING  fired:<rule>:<window>:<kind>:<subject> alerted (at most once)
+RISK = "risk:"           # STRING  risk:<rule>:<window>:<kind>:<len(subject)>:<subject>:<user_id> a subject
+                         #         alert's risk reached the user (at most once)
 TOMB = "tomb:"           # STRING  tomb:<user_id> the user was erased: drop their events (PX tombstone_ttl)
 PROFILE = "profile:"     # HASH    profile:<user_id> the unified customer profile (PX profile_ttl)
 TICKETS = "tickets:"     # HASH    tickets:<user_id> ticket_id -> last status
 FAILS = "fails:"         # ZSET    fails:<user_id> failed transactions in the velocity window
-UCARDS = "ucards:"       # SET     ucards:<window>:<user_id> cards used by the user
-CARD_USERS = "cardu:"    # SET     cardu:<window>:<card> users of a card (card's partition)
+UCARDS = "ucards:"       # SET     ucards:<window>:<user_id> the first 64 cards used by the user
+UCARDS_MORE = "ucardx:"  # HLL     ucardx:<window>:<user_id> the user's cards beyond those 64
+UIPS = "uips:"           # SET     uips:<window>:<user_id> the first 64 IPs of the user's payments (forwarded once)
+UIPS_MORE = "uipx:"      # HLL     uipx:<window>:<user_id> the IPs beyond those 64 (not forwarded)
+CARD_USERS = "cardu:"    # SET     cardu:<window>:<card> the first 64 users of a card (card's partition)
+CARD_MORE = "cardx:"     # HLL     cardx:<window>:<card> the users beyond those 64
 IP_USERS = "ipu:"        # SET     ipu:<window>:<ip> the first 64 users behind an IP (IP's partition)
 IP_MORE = "ipx:"         # HLL     ipx:<window>:<ip> the users beyond those 64
+USER_KEYS = "ukeys:"     # SET     ukeys:<user_id> the user's keys not named by the id alone (fired, risk,
+                         #         ucards): erase deletes them (user's partition; no SCAN)
+USER_SETS = "usets:"     # SET     usets:<user_id> the subject sets (cardu:, ipu:) holding the user, in
+                         #         this (the subject's) partition: erase removes the user from them
 INPUTS = (CLICKS, TX, SUPPORT, REKEY)   # every input stream of a partition, read by its owner
 # The suffixes the Lua scripts derive per-user / per-window keys with (from the partition prefix):
 # generated into every script as KEY.<name> (engine/scripts.py), typed nowhere else.
-DERIVED = {"user": USER, "count": COUNT, "hll": HLL, "fired": FIRED, "tomb": TOMB, "profile": PROFILE,
-           "tickets": TICKETS, "fails": FAILS, "ucards": UCARDS, "card_users": CARD_USERS, "ip_users": IP_USERS,
-           "ip_more": IP_MORE}
+DERIVED = {"user": USER, "count": COUNT, "hll": HLL, "fired": FIRED, "risk": RISK, "tomb": TOMB, "profile": PROFILE,
+           "tickets": TICKETS, "fails": FAILS, "ucards": UCARDS, "ucards_more": UCARDS_MORE, "uips": UIPS,
+           "uips_more": UIPS_MORE, "card_users": CARD_USERS, "card_more": CARD_MORE, "ip_users": IP_USERS,
+           "ip_more": IP_MORE, "user_keys": USER_KEYS, "user_sets": USER_SETS}
 # The partition's own keys a script may be given by name (engine/contract.py): name -> suffix.
 _NAMED = {"prefix": "", **{s: s for s in (CLICKS, TX, SUPPORT, REKEY, OUTBOX, STATE, OPEN, OPEN_MINUTES, SESSIONS,
                                           ALERTS, LATE, MINUTES, LEASE)}}
@@ -125,8 +136,13 @@ class Keys:
 
     @property
     def audit(self) -> str:
-        """STREAM of erasures: subject_sha256 and what was removed (never the id itself)."""
+        """STREAM of erasures: subject_hmac (HMAC-SHA256 of the id) and what was removed (never the id)."""
         return f"{self.ns}:audit"
+
+    @property
+    def audit_key(self) -> str:
+        """STRING the HMAC key of the audit records when ``audit_key`` is not set (SET NX, random)."""
+        return f"{self.ns}:audit:key"
 
     def channel(self, name: str) -> str:
         return f"{self.ns}:{name}"

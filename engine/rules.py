@@ -30,7 +30,7 @@ class _Rule(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
 
 
 class EventsPerMinute(_Rule):
-    threshold: int = 100            # fires on the (threshold + 1)-th click of a user in one UTC minute
+    threshold: int = 100            # fires when a user's clicks in one UTC minute exceed this (once per minute)
     severity: Severity = "medium"
 
 

@@ -17,12 +17,19 @@ from .eventtime import BadTimestamp, parse_timestamp
 MAX_TYPE_LEN = 128
 
 
+# Ids are data, kept byte-exact: user ids name keys, event / transaction / ticket ids decide what is
+# a retry or the same ticket, so 15 and "15" would be merged if numbers were turned into text.  A
+# number where an id is expected is bad input (dead-letter reason: "... ids are strings ...").
+# Product ids stay lenient: they only join the catalog, whose ids are read the same way.
+ID_FIELDS = ("user_id", "event_id", "transaction_id", "ticket_id", "card_fingerprint")
+
+
 class ClickEventV1(msgspec.Struct, kw_only=True, frozen=True):
-    user_id: str | int
+    user_id: str
     event_type: str
     timestamp: str | int | float  # ISO-8601 (offset, Z or naive = UTC) or epoch time (see eventtime)
     schema_version: int = 1
-    event_id: str | int | None = None
+    event_id: str | None = None
     session_id: str | int | None = None   # the app's own session id; sessions are recomputed
     device: str | None = None
     page_url: str | None = None
@@ -39,6 +46,14 @@ class _Version(msgspec.Struct):
 
 class BadRecord(ValueError):
     """A record that cannot be applied; ``str(exc)`` is the DLQ reason."""
+
+
+def _reason(exc: msgspec.ValidationError) -> str:
+    """msgspec's message, plus why when a number stands where an id is expected."""
+    text = str(exc)
+    if text.startswith("Expected `str") and any(text.endswith(f"at `$.{f}`") for f in ID_FIELDS):
+        text += ' (ids are strings, kept byte-exact: send "15", not 15)'
+    return text
 
 
 class Click(NamedTuple):
@@ -64,13 +79,13 @@ def _decode(raw: bytes) -> ClickEventV1:
         try:
             version = _version_decoder.decode(raw).schema_version
         except msgspec.DecodeError:
-            raise BadRecord(f"invalid event: {first}") from None
+            raise BadRecord(f"invalid event: {_reason(first)}") from None
         if version in _DECODERS and version != 1:
             try:
                 return _DECODERS[version].decode(raw)
             except msgspec.ValidationError as exc:
-                raise BadRecord(f"invalid v{version} event: {exc}") from None
-        raise BadRecord(f"invalid event: {first}") from None
+                raise BadRecord(f"invalid v{version} event: {_reason(exc)}") from None
+        raise BadRecord(f"invalid event: {_reason(first)}") from None
     except msgspec.DecodeError as exc:
         raise BadRecord(f"not valid JSON: {exc}") from None
 
@@ -80,7 +95,7 @@ def parse_click(raw: bytes, now_us: int, max_future_us: int, max_id_bytes: int) 
     ev = _decode(raw)
     if ev.schema_version not in _DECODERS:
         raise BadRecord(f"unsupported schema_version {ev.schema_version} (supported: {sorted(_DECODERS)})")
-    user_id = ev.user_id if isinstance(ev.user_id, str) else str(ev.user_id)
+    user_id = ev.user_id
     if not user_id:
         raise BadRecord("user_id is empty - at `$.user_id`")
     if len(user_id) * 4 > max_id_bytes and len(user_id.encode("utf-8")) > max_id_bytes:
@@ -97,7 +112,7 @@ def parse_click(raw: bytes, now_us: int, max_future_us: int, max_id_bytes: int) 
         raise BadRecord(
             f"timestamp {ev.timestamp!r} is more than {max_future_us // 3_600_000_000} h ahead of the wall clock"
             " - at `$.timestamp`")
-    event_id = ev.event_id if ev.event_id is None or isinstance(ev.event_id, str) else str(ev.event_id)
+    event_id = ev.event_id
     hint = (ev.properties or {}).get("category")
     return Click(user_id, ts_us, ev.event_type, event_id, _text(ev.product_id, "product_id"),
                  hint if isinstance(hint, str) and len(hint) <= MAX_FIELD_LEN else "",
@@ -120,8 +135,8 @@ MAX_FIELD_LEN = 256
 
 
 class TransactionV1(msgspec.Struct, kw_only=True, frozen=True):
-    transaction_id: str | int
-    user_id: str | int
+    transaction_id: str
+    user_id: str
     amount: str | int | float        # major units as written by the payment system ("330.98")
     status: str                      # completed | failed (others are bad input)
     timestamp: str | int | float
@@ -135,8 +150,8 @@ class TransactionV1(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class TicketV1(msgspec.Struct, kw_only=True, frozen=True):
-    ticket_id: str | int
-    user_id: str | int
+    ticket_id: str
+    user_id: str
     status: str                      # open | resolved | closed | ...: the ticket's state at created_at/updated_at
     created_at: str | int | float
     schema_version: int = 1
@@ -185,8 +200,7 @@ def _text(value: str | int | None, field: str, required: bool = False) -> str:
     return text
 
 
-def _user(value: str | int, max_id_bytes: int) -> str:
-    user_id = value if isinstance(value, str) else str(value)
+def _user(user_id: str, max_id_bytes: int) -> str:
     if not user_id:
         raise BadRecord("user_id is empty - at `$.user_id`")
     if len(user_id) * 4 > max_id_bytes and len(user_id.encode("utf-8")) > max_id_bytes:
@@ -223,7 +237,7 @@ def _decode_as(decoder: msgspec.json.Decoder, raw: bytes, what: str):
     try:
         record = decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise BadRecord(f"invalid {what}: {exc}") from None
+        raise BadRecord(f"invalid {what}: {_reason(exc)}") from None
     except msgspec.DecodeError as exc:
         raise BadRecord(f"not valid JSON: {exc}") from None
     if record.schema_version != 1:

@@ -28,6 +28,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_id_bytes: int = 256               # longer user ids are bad input
     state_ttl_ms: int = 86_400_000        # every per-user / per-minute key expires after this much inactivity
     tombstone_ttl_ms: int = 30 * 86_400_000  # an erased user's events are dropped for this long
+    audit_key: str | None = None          # HMAC key of the erasure audit (None: a random one kept at <ns>:audit:key)
 
     profile_ttl_ms: int = 90 * 86_400_000  # a customer profile expires after this long without activity
     rules_file: str | None = None         # TOML of rule thresholds (engine/rules.py); re-read when it changes

