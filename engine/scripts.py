@@ -121,6 +121,24 @@ def script_names() -> list[str]:
     return sorted(p.stem for p in LUA_DIR.glob("*.lua"))
 
 
+def readme() -> str:
+    """lua/README.md: every script's contract header, and the includes' (``python -m engine.scripts``)."""
+    parts = ["# Lua scripts\n",
+             "Generated from the scripts' contract headers by `python -m engine.scripts > lua/README.md`"
+             " (a test checks it is current). Names of KEYS, ARGV and replies: engine/contract.py;"
+             " the loader (engine/scripts.py) inlines `--@include` files and a generated prelude.\n"]
+    for kind, folder in (("script", LUA_DIR), ("include", LUA_DIR / "includes")):
+        for path in sorted(folder.glob("*.lua")):
+            text = path.read_text()
+            header = text[text.index("--[[") + 4:text.index("]]")].strip("\n")
+            parts.append(f"## {path.relative_to(LUA_DIR)} ({kind})\n\n```\n{header}\n```\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(readme(), end="")
+
+
 class Scripts:
     """The registered scripts of one client (sync or asyncio)."""
 

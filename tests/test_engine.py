@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from consumers.consumer import Consumer
-from engine import control, export
+from engine import contract, control, export
 from engine.batch import apply_args, decode_entries
 from engine.keys import CLICKS, OPEN, STATE, TX, Keys
 from engine.rules import Rules
@@ -104,6 +104,16 @@ async def test_a_consumer_without_the_lease_cannot_apply(backend, settings):
             await Scripts(backend.aio).run("apply_batch", part, apply_args(settings, "me", 0, Rules().to_lua(), b"[]"))
         except ResponseError as exc:
             raise translate(exc) from None
+    assert await backend.aio.exists(part.key("state")) == 0
+
+
+async def test_a_call_with_the_wrong_number_of_arguments_changes_nothing(backend, settings):
+    """The script checks its ARGV count against engine/contract.py before anything else."""
+    part = Keys(settings.namespace, settings.partitions).partition(0)
+    await backend.aio.set(part.key("lease"), "me")
+    args = contract.argv(apply_args(settings, "me", 0, Rules().to_lua(), b"[]"))
+    with pytest.raises(ResponseError, match="SS_CONTRACT apply_batch takes 13 ARGV, got 12"):
+        await Scripts(backend.aio).call("apply_batch", part.apply_keys(), args[:-1])
     assert await backend.aio.exists(part.key("state")) == 0
 
 

@@ -252,3 +252,59 @@ def test_rules_defaults_and_validation():
 def test_the_shipped_rules_file_is_the_defaults():
     from engine.rules import Rules, parse_rules
     assert parse_rules((Path(__file__).resolve().parent.parent / "ops" / "rules.toml").read_text()) == Rules()
+
+
+def test_lua_readme_is_generated_from_the_current_headers():
+    from engine.scripts import LUA_DIR, readme
+    assert (LUA_DIR / "README.md").read_text() == readme(), "run: python -m engine.scripts > lua/README.md"
+
+
+@pytest.fixture
+def lua_dir(tmp_path, monkeypatch):
+    """A scratch lua/ folder for the loader (engine/scripts.py), its source() cache cleared around."""
+    from engine import scripts
+    (tmp_path / "includes").mkdir()
+    monkeypatch.setattr(scripts, "LUA_DIR", tmp_path)
+    scripts.source.cache_clear()
+    yield tmp_path
+    scripts.source.cache_clear()
+
+
+def test_includes_nest_in_order_once_each(lua_dir):
+    from engine.scripts import source
+    (lua_dir / "includes" / "a.lua").write_text("-- a\n--@include b\nlocal A = B\n")
+    (lua_dir / "includes" / "b.lua").write_text("-- b\nlocal B = 1\n")
+    (lua_dir / "s.lua").write_text("--[[ s: test.\n  KEYS[1] x\n]]\n--@include a\n--@include b\nreturn A\n")
+    body = source("s").body
+    assert body.index("local B = 1") < body.index("local A = B") < body.index("return A")
+    assert body.count("local B = 1") == 1                          # b was included by a already
+    assert "local KEY = {" in body and body.index("local KEY") < body.index("local B = 1")   # prelude first
+
+
+def test_a_missing_include_or_a_cycle_is_an_error(lua_dir):
+    from engine.scripts import source
+    (lua_dir / "s.lua").write_text("--[[ s: test.\n]]\n--@include nope\n")
+    with pytest.raises(ValueError, match="no file"):
+        source("s")
+    (lua_dir / "includes" / "x.lua").write_text("--@include y\n")
+    (lua_dir / "includes" / "y.lua").write_text("--@include x\n")
+    (lua_dir / "t.lua").write_text("--[[ t: test.\n]]\n--@include x\n")
+    with pytest.raises(ValueError, match="cycle"):
+        source("t")
+
+
+def test_a_header_that_disagrees_with_the_contract_is_refused(lua_dir):
+    from engine.scripts import source
+    (lua_dir / "claim_lease.lua").write_text("--[[ claim_lease: test.\n  KEYS[1] a\n  KEYS[2] b\n]]\nreturn 1\n")
+    with pytest.raises(ValueError, match="declares 2 KEYS"):
+        source("claim_lease")
+
+
+def test_generated_prelude_names_every_argument_and_checks_the_count():
+    from engine.contract import ApplyArgs
+    from engine.scripts import prelude
+    text = prelude("apply_batch")
+    assert "if #ARGV ~= 13 then return redis.error_reply('SS_CONTRACT apply_batch takes 13 ARGV" in text
+    for f in msgspec.structs.fields(ApplyArgs):
+        assert f"{f.name} = " in text
+    assert "now_us = tonumber(ARGV[3])" in text and "consumer = ARGV[1]" in text
