@@ -22,6 +22,7 @@ retries the batch (events with an ``event_id`` are deduplicated by the consumers
 from __future__ import annotations
 
 import csv
+import re
 import sys
 import time
 from pathlib import Path
@@ -50,13 +51,20 @@ def _as_bytes(event: Any) -> bytes:
         return event.encode("utf-8")
     if isinstance(event, msgspec.Raw):
         return bytes(event)
-    return _encoder.encode(event)
+    try:
+        return _encoder.encode(event)
+    except Exception as exc:  # e.g. nested too deeply (RecursionError): not JSON, so dead-lettered
+        return f"unencodable {type(event).__name__} ({type(exc).__name__}: {exc})".encode()
 
 
 def route(raw: bytes, partitions: int) -> int:
+    """The record's partition: of its user id, or of its bytes when it has none we can read.
+    Never raises: whatever a client wrote (not JSON, no user id, nested 5,000 levels deep so
+    that the decoder gives up with RecursionError) goes to some partition, and from there to
+    the dead-letter stream with the consumer's reason."""
     try:
         user_id = routing_decoder.decode(raw).user_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except Exception:
         return partition_of_bytes(raw, partitions)
     return partition_of(user_id if isinstance(user_id, str) else str(user_id), partitions)
 
@@ -144,18 +152,45 @@ def read_events(path: str | Path) -> Iterator[bytes]:
                 yield _encoder.encode({k: v for k, v in row.items() if k is not None})
         return
     if head.startswith(b"["):
+        data = path.read_bytes().removeprefix(BOM)
         try:
-            items = msgspec.json.decode(path.read_bytes().removeprefix(BOM), type=list[msgspec.Raw])
+            items = [bytes(item) for item in msgspec.json.decode(data, type=list[msgspec.Raw])]
+        except RecursionError:        # one record nested too deeply: split the array without the decoder
+            items = list(array_items(data))
         except msgspec.DecodeError as exc:
             raise ValueError(f"{path}: starts like a JSON array but is not valid JSON ({exc})") from None
-        for item in items:
-            yield bytes(item)
+        yield from items
         return
     with path.open("rb") as fh:
         for n, line in enumerate(fh):
             line = (line.removeprefix(BOM) if n == 0 else line).strip()
             if line:
                 yield line
+
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
+
+
+def array_items(data: bytes) -> Iterator[bytes]:
+    """The raw elements of a JSON array, found by counting brackets outside strings (no recursion,
+    whatever the depth); an element is not validated (the consumer does that)."""
+    depth, start = 0, None
+    for token in _TOKEN.finditer(data):
+        char = token.group()[:1]
+        if char in b"[{":
+            depth += 1
+            if depth == 1:
+                start = token.end()
+        elif char in b"]}":
+            depth -= 1
+            if depth == 0:
+                item = data[start:token.start()].strip()
+                if item:
+                    yield item
+                return
+        elif char == b"," and depth == 1:
+            yield data[start:token.start()].strip()
+            start = token.end()
 
 
 class _Shape(msgspec.Struct):
@@ -176,7 +211,7 @@ def kind_of(records: list[bytes]) -> str:
     for raw in records[:50]:
         try:
             shape = _shape.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except Exception:                 # not JSON, not an object, nested too deeply, ...
             continue
         if shape.transaction_id is not None:
             return TX
