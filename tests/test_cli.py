@@ -147,3 +147,60 @@ def test_the_documented_redis_cli_commands_show_something(real_redis_url, tmp_pa
         consumer.terminate()
         consumer.wait(timeout=30)
         client.flushall()
+
+
+def test_a_taken_metrics_port_moves_to_the_next_free_one():
+    import socket
+
+    from prometheus_client import CollectorRegistry
+
+    from engine.connection import free_port
+    from engine.metrics import ConsumerMetrics
+    holder = socket.socket()
+    holder.bind(("0.0.0.0", free_port()))
+    holder.listen()
+    try:
+        taken = holder.getsockname()[1]
+        port = ConsumerMetrics(CollectorRegistry()).serve(taken)
+        assert port != taken and port > 0
+    finally:
+        holder.close()
+
+
+def test_three_consumers_side_by_side_with_default_settings(real_redis_url, tmp_path):
+    """As the README says: `shopstream consume` started three times on one host (default metrics
+    port 9108): all stay up, each serves /metrics on its own port (logged), SIGTERM stops them."""
+    import re
+    import signal
+    import urllib.request
+
+    import redis
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPSTREAM_")}
+    env.update(REDIS_URL=real_redis_url, SHOPSTREAM_NAMESPACE="side")
+    logs = [tmp_path / f"consumer{i}.log" for i in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", "consume"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=log.open("wb")) for log in logs]
+    client = redis.Redis.from_url(real_redis_url)
+    try:
+        ports: dict[int, int] = {}
+        deadline = time.monotonic() + 60
+        while len(ports) < 3 or client.zcard("side:consumers") < 3:
+            for i, log in enumerate(logs):
+                assert procs[i].poll() is None, log.read_text()[-2000:]
+                found = re.search(r"serving /metrics on port (\d+)", log.read_text())
+                if found:
+                    ports[i] = int(found.group(1))
+            assert time.monotonic() < deadline, {str(log): log.read_text()[-500:] for log in logs}
+            time.sleep(0.05)
+        assert len(set(ports.values())) == 3, ports
+        for port in ports.values():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                assert b"shopstream_owned_partitions" in reply.read()
+        assert all(proc.poll() is None for proc in procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(timeout=30) for proc in procs]
+        client.delete("side:consumers")
+    assert codes == [0, 0, 0]
