@@ -186,3 +186,109 @@ def test_redis_killed_during_publishing_with_everysec_loses_nothing_acknowledged
 
 def cli_consume_until_idle(env: dict) -> int:
     return consumer(env, "--until-idle").wait(timeout=120)
+
+
+class _AofRedis:
+    """A redis-server with AOF (appendfsync always) that can be killed -9 and restarted in place."""
+
+    def __init__(self, data: Path):
+        data.mkdir()
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data),
+                     "--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        self.proc = self.start()
+
+    def start(self) -> subprocess.Popen:
+        proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
+        wait_for_redis(self.url, proc, timeout=30)
+        return proc
+
+    def kill_and_restart(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = self.start()
+
+    def rewrite_aof(self, client: redis.Redis) -> None:
+        client.bgrewriteaof()
+        until(lambda: not (info := client.info("persistence"))["aof_rewrite_in_progress"]
+              and not info["aof_rewrite_scheduled"], what="the AOF rewrite")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_until_idle_exits_after_a_restart_that_left_the_group_lag_stale(tmp_path):
+    """An AOF rewrite (Redis does one by itself as the file grows), then more entries read, then
+    kill -9 and a restart: the group's entries-read comes back from the rewrite, so XINFO GROUPS
+    reports lag > 0 on streams read to the end, for good.  Drained and the lag gauge decide from
+    ids: `consume --until-idle` exits, the gauge says 0."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from consumers.consumer import Consumer
+    from engine.control import drained, ensure_groups, group_state
+    from engine.producer import publish
+    from engine.settings import Settings
+    from .helpers import event
+    server = _AofRedis(tmp_path / "redis")
+    settings = Settings(partitions=2, namespace="stale", heartbeat_ms=50, lease_ttl_ms=600, block_ms=20,
+                        idle_timeout_ms=0, metrics_port=None, batch_size=50)
+    client = redis.Redis.from_url(server.url)
+    t0 = 1_793_520_000_000_000
+
+    async def consume_until_idle(timeout: float = 60) -> None:
+        aio = aioredis.Redis.from_url(server.url)
+        try:
+            await ensure_groups(aio, settings)
+            await asyncio.wait_for(Consumer(aio, settings, "c", until_idle=True, idle_advance=False).run(), timeout)
+        finally:
+            await aio.aclose()
+
+    async def state() -> tuple[bool, dict]:
+        aio = aioredis.Redis.from_url(server.url)
+        try:
+            return await drained(aio, settings), await group_state(aio, settings, [0, 1])
+        finally:
+            await aio.aclose()
+    try:
+        publish(client, [event(f"u{i % 9}", t0 + i * 1_000_000) for i in range(300)], settings)
+        asyncio.run(consume_until_idle())
+        server.rewrite_aof(client)
+        publish(client, [event(f"u{i % 9}", t0 + (300 + i) * 1_000_000) for i in range(300)], settings)
+        asyncio.run(consume_until_idle())
+        server.kill_and_restart()
+        groups = [client.xinfo_groups(f"stale:{{{p}}}:clicks")[0] for p in range(2)]
+        assert all(g["pending"] == 0 for g in groups)
+        assert any(g["lag"] for g in groups), groups          # what Redis reports: stale, not 0
+        assert asyncio.run(state()) == (True, {0: (0, 0), 1: (0, 0)})
+        asyncio.run(consume_until_idle(timeout=30))          # exits: nothing to do
+        publish(client, [event("u1", t0 + 900 * 1_000_000)], settings)
+        done, lag = asyncio.run(state())
+        assert not done and sum(l for _, l in lag.values()) >= 1     # behind: Redis's lag (may be stale-high)
+        asyncio.run(consume_until_idle())
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_stream_state_decides_caught_up_from_ids():
+    from engine.control import _stream_state
+    stream = {"length": 10, "first-entry": (b"100-0", {}), "last-entry": (b"200-0", {}),
+              "last-generated-id": b"300-0"}                   # the last entries were deleted
+
+    def group(delivered: bytes, lag, pending: int = 0) -> list:
+        return [{"name": b"g", "pending": pending, "last-delivered-id": delivered, "lag": lag}]
+    assert _stream_state(group(b"200-0", 6), stream, b"g") == (0, 0)        # stale lag, read to the end
+    assert _stream_state(group(b"200-0", None, 3), stream, b"g") == (3, 0)
+    assert _stream_state(group(b"150-0", 4), stream, b"g") == (0, 4)        # behind: Redis's lag
+    assert _stream_state(group(b"150-0", None), stream, b"g") == (0, 5)     # unknown: from the ids' times
+    assert _stream_state(group(b"150-0", 99), stream, b"g") == (0, 5)       # implausible
+    assert _stream_state(group(b"50-0", None), stream, b"g") == (0, 10)     # before the first entry
+    assert _stream_state(group(b"199-0", None), stream, b"g") == (0, 1)
+    empty = {"length": 0, "first-entry": None, "last-entry": None, "last-generated-id": b"300-0"}
+    assert _stream_state(group(b"0-0", 2), empty, b"g") == (0, 0)
+    assert _stream_state([], stream, b"g") == (0, 10)                        # no group yet
