@@ -28,6 +28,7 @@ from engine.connection import UNAVAILABLE, is_cluster_client
 from engine.control import advance, drained, ensure_groups, group_state
 from engine.keys import INPUTS, OUTBOX, REKEY, Keys
 from engine.partitioning import partition_of
+from engine.retention import trim_inputs
 from engine.metrics import ConsumerMetrics
 from engine.rules import RulesFile
 from engine.scripts import NotOwner, Scripts, translate
@@ -39,6 +40,7 @@ log = logging.getLogger("shopstream.consumer")
 _records = msgspec.json.Decoder(list[list])
 
 STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in other consumers' lists
+TRIM_EVERY = 5              # heartbeats between trims of the owned partitions' acknowledged input
 READ_MARGIN_S = 0.05         # a read must end this long before our lease could expire
 RATE_WINDOW_S = 0.5          # the input rate that decides lingering is measured over this long
 MAX_FAILURES_UNTIL_IDLE = 20  # a bounded run gives up (exit 1) instead of retrying a broken apply forever
@@ -74,6 +76,7 @@ class Consumer:
                              f"{READ_MARGIN_S * 1000:.0f} ms: a lease must outlive a renewal period and a read")
         self.client, self.settings, self.name = client, settings, name
         self.metrics = metrics or ConsumerMetrics()
+        self.metrics.input_cap.set(settings.input_hard_cap)
         self.until_idle = until_idle
         self.idle_advance = idle_advance and settings.idle_timeout_ms > 0
         self.keys = Keys(settings.namespace, settings.partitions)
@@ -153,6 +156,8 @@ class Consumer:
                 if beats % STRAY_CLAIM_EVERY == 0:
                     for p in sorted(self.leases.owned):
                         await self.leases.claim_pending(p, min_idle_ms=2 * self.settings.lease_ttl_ms)
+                if beats % TRIM_EVERY == 0 and self.leases.owned:
+                    self.metrics.trimmed.inc(await trim_inputs(self.client, self.settings, sorted(self.leases.owned)))
                 await self.observe_lag()
                 await self.catalog.refresh(self.client)
             except UNAVAILABLE as exc:
@@ -335,8 +340,7 @@ class Consumer:
                     by_target.setdefault(partition_of(str(record[1]), self.settings.partitions), []).append(record)
             pipe = self.client.pipeline(transaction=False)
             for q, records in sorted(by_target.items()):
-                pipe.xadd(self.parts[q].key(REKEY), {"e": msgspec.json.encode(records)},
-                          maxlen=self.settings.input_maxlen, approximate=True)
+                pipe.xadd(self.parts[q].key(REKEY), {"e": msgspec.json.encode(records)})   # trimmed once read
             if self.cluster:         # the targets live on other masters: delete only once they have it
                 await pipe.execute()
                 pipe = self.client.pipeline(transaction=False)

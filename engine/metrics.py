@@ -5,13 +5,17 @@ from __future__ import annotations
 import errno
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger("shopstream.metrics")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 OUTCOMES = ("applied", "duplicate", "late", "dead_letter", "erased")
 PORT_TRIES = 64            # port taken (another consumer on this host): the next ones, then any free port
+
+# The producer is a library: its counter lives in the default registry of the process that embeds it.
+BACKPRESSURE = Counter("shopstream_producer_backpressure_total",
+                       "publish() calls refused: an input stream was at input_hard_cap", ["source"], registry=REGISTRY)
 
 
 class ConsumerMetrics:
@@ -40,6 +44,12 @@ class ConsumerMetrics:
                          ["partition"], registry=r)
         self.watermark = Gauge("shopstream_watermark_seconds", "Partition watermark (event time, epoch s)",
                                ["partition"], registry=r)
+        self.input_cap = Gauge("shopstream_input_cap_entries",
+                               "input_hard_cap: producers get BackPressure when an input stream holds this many",
+                               registry=r)
+        self.trimmed = Counter("shopstream_input_trimmed_total",
+                               "Input entries trimmed (acknowledged by every group, older than input_retention_ms)",
+                               registry=r)
 
     def serve(self, port: int) -> int:
         """Serve /metrics on ``port`` (0 = any free port); returns the port.  When ``port`` is taken

@@ -34,6 +34,7 @@ from redis.exceptions import MovedError
 from . import catalog
 from .connection import UNAVAILABLE, is_cluster_client
 from .keys import CLICKS, SUPPORT, TX, Keys
+from .metrics import BACKPRESSURE
 from .partitioning import partition_of, partition_of_bytes
 from .schema import routing_decoder
 from .settings import Settings
@@ -69,6 +70,17 @@ def route(raw: bytes, partitions: int) -> int:
     return partition_of(user_id if isinstance(user_id, str) else str(user_id), partitions)
 
 
+class BackPressure(RuntimeError):
+    """An input stream holds input_hard_cap entries: its consumers are behind (or gone).  Nothing of
+    the batch was written; ``published`` events of the same publish() call were, before it.
+    Input is never trimmed unread (engine/retention.py), so the producer has to wait instead."""
+
+    def __init__(self, stream: str, length: int, cap: int, published: int = 0):
+        self.stream, self.length, self.cap, self.published = stream, length, cap, published
+        super().__init__(f"stream {stream} holds {length:,} unacknowledged entries (input_hard_cap {cap:,}); "
+                         "consumers are behind: scale consumers or raise input_hard_cap")
+
+
 class NotReplicated(RuntimeError):
     """Fewer than wait_replicas replicas confirmed a batch within wait_timeout_ms: it may be lost
     if its primary fails now (it is written there; retrying it is safe with event ids)."""
@@ -86,25 +98,44 @@ def publish(client: Any, events: Iterable[Any], settings: Settings, source: str 
     send = _send_by_master if is_cluster_client(client) else _send
     batch: list[tuple[str, bytes]] = []
     sent = 0
-    for event in events:
-        raw = _as_bytes(event)
-        batch.append((streams[route(raw, parts)], raw))
-        if len(batch) == PIPELINE_SIZE:
+    try:
+        for event in events:
+            raw = _as_bytes(event)
+            batch.append((streams[route(raw, parts)], raw))
+            if len(batch) == PIPELINE_SIZE:
+                send(client, batch, settings)
+                sent += len(batch)
+                batch = []
+        if batch:
             send(client, batch, settings)
             sent += len(batch)
-            batch = []
-    if batch:
-        send(client, batch, settings)
-        sent += len(batch)
+    except BackPressure as exc:
+        exc.published = sent
+        BACKPRESSURE.labels(source).inc()
+        raise
     return sent
 
 
+def _check_cap(client: Any, streams: list[str], cap: int) -> None:
+    """One XLEN per target stream of a batch (one round trip): BackPressure at the cap."""
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.execute_command("XLEN", stream)
+    for stream, length in zip(streams, pipe.execute()):
+        if length >= cap:
+            raise BackPressure(stream, length, cap)
+
+
 def _send(client: Any, batch: list[tuple[str, bytes]], settings: Settings) -> None:
-    """One pipeline; with wait_replicas, WAIT on the same connection after the XADDs."""
+    """One pipeline; with wait_replicas, WAIT on the same connection after the XADDs.  No MAXLEN:
+    input is trimmed only once every consumer group acknowledged it (engine/retention.py); a
+    stream at input_hard_cap refuses the whole batch first (BackPressure)."""
+    if settings.input_hard_cap:
+        _check_cap(client, list(dict.fromkeys(stream for stream, _ in batch)), settings.input_hard_cap)
     pipe = client.pipeline(transaction=False)
     for stream, raw in batch:
         # execute_command skips xadd()'s argument handling: ~15 % of the producer's CPU per event
-        pipe.execute_command("XADD", stream, "MAXLEN", "~", settings.input_maxlen, "*", "e", raw)
+        pipe.execute_command("XADD", stream, "*", "e", raw)
     if settings.wait_replicas:
         pipe.execute_command("WAIT", settings.wait_replicas, settings.wait_timeout_ms)
     replies = pipe.execute()

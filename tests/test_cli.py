@@ -204,3 +204,17 @@ def test_three_consumers_side_by_side_with_default_settings(real_redis_url, tmp_
         codes = [proc.wait(timeout=30) for proc in procs]
         client.delete("side:consumers")
     assert codes == [0, 0, 0]
+
+
+def test_trim_command_drops_only_acknowledged_input(real_redis_url):
+    import redis
+    env = {"REDIS_URL": real_redis_url, "SHOPSTREAM_NAMESPACE": "trimcli", "SHOPSTREAM_PARTITIONS": "1",
+           "SHOPSTREAM_INPUT_RETENTION_MS": "0", "SHOPSTREAM_METRICS_PORT": "0"}
+    client = redis.Redis.from_url(real_redis_url)
+    client.xgroup_create("trimcli:{0}:clicks", "shopstream", id="0", mkstream=True)
+    ids = [client.xadd("trimcli:{0}:clicks", {"e": b"{}"}) for _ in range(10)]
+    client.xreadgroup("shopstream", "c", {"trimcli:{0}:clicks": ">"}, count=6)
+    client.xack("trimcli:{0}:clicks", "shopstream", *ids[:4])            # 4 and 5 pending, 6.. unread
+    assert "trimmed 4 input entries" in shopstream("trim", env=env)
+    assert client.xrange("trimcli:{0}:clicks", count=1)[0][0] == ids[4]
+    client.delete("trimcli:{0}:clicks")

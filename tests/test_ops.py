@@ -38,7 +38,8 @@ def test_alert_rules_use_metrics_the_consumer_exports():
     exported = generate_latest(ConsumerMetrics().registry).decode()
     rules = (PROM / "alerts.yml").read_text()
     for name in ("shopstream_events_total", "shopstream_consumer_lag_entries",
-                 "shopstream_detection_latency_seconds_bucket", "shopstream_apply_errors_total"):
+                 "shopstream_detection_latency_seconds_bucket", "shopstream_apply_errors_total",
+                 "shopstream_pending_entries", "shopstream_input_cap_entries"):
         assert name in rules
         assert name.removesuffix("_bucket") in exported
 
