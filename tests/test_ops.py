@@ -238,3 +238,47 @@ def test_k8s_references_resolve():
     acl = (REPO / "ops" / "redis" / "users.acl").read_text()
     assert f"user {secret['stringData']['keda-username']} on" in acl
     assert "shopstream_consumer_lag_entries" in str(scaled["spec"]["triggers"])
+
+
+def test_compose_redis_requires_auth_and_is_not_published_to_the_network():
+    compose = _yaml(REPO / "docker-compose.yml")
+    services = compose["services"]
+    redis_svc = services["redis"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in redis_svc["volumes"]}
+    assert mounts["./ops/redis/users.acl"] in redis_svc["command"] and "--aclfile" in redis_svc["command"]
+    assert mounts["./ops/redis/redis.conf"] in redis_svc["command"]
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    for name in ("consumer", "producer", "tail"):
+        url = services[name]["environment"]["REDIS_URL"]
+        assert url.startswith("redis://shopstream-") and "@redis:6379" in url, (name, url)
+    exporter = services["redis-exporter"]["environment"]
+    assert exporter["REDIS_USER"] and exporter["REDIS_PASSWORD"]
+    assert "user default off" in (REPO / "ops" / "redis" / "users.acl").read_text()
+
+
+def test_compose_redis_config_and_acl_load_in_a_real_server(tmp_path):
+    """The compose Redis's command line, on a real redis-server: the default user can do nothing,
+    the healthcheck's user answers, maxmemory and noeviction are set."""
+    import redis
+
+    from engine.connection import free_port, redis_server_binary, wait_for_redis
+    port = free_port()
+    proc = subprocess.Popen([redis_server_binary(), str(REPO / "ops" / "redis" / "redis.conf"), "--aclfile",
+                             str(REPO / "ops" / "redis" / "users.acl"), "--port", str(port), "--bind", "127.0.0.1",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://shopstream-operator:change-me-operator@127.0.0.1:{port}/0"
+        wait_for_redis(url, proc)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        assert redis.Redis(port=port, username="shopstream-consumer", password="change-me-consumer").ping()
+        exporter = redis.Redis(port=port, username="shopstream-exporter", password="change-me-exporter")
+        assert exporter.info("memory")["maxmemory"] == 12 * 1024**3
+        assert exporter.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            exporter.set("x", 1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
