@@ -92,7 +92,7 @@ class Consumer:
         self.cluster = is_cluster_client(client)
         self.reader = client if self.cluster else type(client)(connection_pool=client.connection_pool)
         self.reader.set_response_callback("XREADGROUP", lambda response, **_: response)
-        self.leases = Leases(client, self.scripts, settings, name)
+        self.leases = Leases(client, self.scripts, settings, name, on_drop=self.metrics.forget_partition)
         self.stopping = asyncio.Event()
         self.last_input: dict[int, float] = {}     # partition -> monotonic time of its last entry
         self.last_idle_tick: dict[int, float] = {}
@@ -301,8 +301,7 @@ class Consumer:
             error = translate(exc)
             if isinstance(error, NotOwner):
                 log.warning("partition %d: lease lost before apply; its new owner takes the batch", p)
-                self.leases.owned.discard(p)
-                self.leases.recovering.discard(p)
+                self.leases.drop(p)
                 return None
             return error
         self.record(p, reply)
@@ -376,7 +375,8 @@ class Consumer:
         m.events.labels("late").inc(late)
         m.sessions.inc(closed)
         m.minutes.inc(finalized)
-        m.watermark.labels(str(p)).set(int(wm) / 1e6)
+        if p in self.leases.owned:               # not a partition lost while its batch was applied
+            m.watermark.labels(str(p)).set(int(wm) / 1e6)
         if applied:
             self.has_data.add(p)
         self.record_alerts(reply[7])
@@ -430,7 +430,7 @@ class Consumer:
                 done = await advance(self.client, self.scripts, self.parts[p], s, target, self.rules.current(),
                                      self.name)
             except NotOwner:
-                self.leases.owned.discard(p)
+                self.leases.drop(p)
                 continue
             self.metrics.sessions.inc(done.closed)
             self.metrics.minutes.inc(done.finalized)
@@ -441,5 +441,7 @@ class Consumer:
     async def observe_lag(self) -> None:
         owned = sorted(self.leases.owned)
         for p, (pending, lag) in (await group_state(self.client, self.settings, owned)).items():
+            if p not in self.leases.owned:        # released while we asked: its series are gone, keep it so
+                continue
             self.metrics.pending.labels(str(p)).set(pending)
             self.metrics.lag.labels(str(p)).set(lag)

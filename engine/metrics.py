@@ -51,6 +51,15 @@ class ConsumerMetrics:
                                "Input entries trimmed (acknowledged by every group, older than input_retention_ms)",
                                registry=r)
 
+    def forget_partition(self, p: int) -> None:
+        """The partition moved to another consumer: stop exporting its series here (its new owner
+        exports them; two consumers reporting one partition would double its lag in every sum)."""
+        for gauge in (self.pending, self.lag, self.watermark):
+            try:
+                gauge.remove(str(p))
+            except KeyError:
+                pass
+
     def serve(self, port: int) -> int:
         """Serve /metrics on ``port`` (0 = any free port); returns the port.  When ``port`` is taken
         (the usual cause: another consumer on this host), the next free one of the PORT_TRIES
