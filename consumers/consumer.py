@@ -102,6 +102,7 @@ class Consumer:
         self._window_start, self._window_read = time.perf_counter(), 0
         self.batch_failures: dict[tuple, int] = {}   # (partition, first entry's source and id) -> failures
         self.closing = False
+        self.lag_offsets: dict[str, int] = {}       # stream -> stale XINFO lag seen while caught up (control.py)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -440,7 +441,7 @@ class Consumer:
     # -- state of the group ----------------------------------------------------------------
     async def observe_lag(self) -> None:
         owned = sorted(self.leases.owned)
-        for p, (pending, lag) in (await group_state(self.client, self.settings, owned)).items():
+        for p, (pending, lag) in (await group_state(self.client, self.settings, owned, self.lag_offsets)).items():
             if p not in self.leases.owned:        # released while we asked: its series are gone, keep it so
                 continue
             self.metrics.pending.labels(str(p)).set(pending)
