@@ -51,6 +51,14 @@ def applied(client: redis.Redis, ns: str) -> int:
     return sum(int(client.hget(f"{ns}:{{{p}}}:state", "applied") or 0) for p in range(16))
 
 
+def read_to_the_end(client: redis.Redis, stream: str) -> bool:
+    """Nothing pending and the group's last-delivered-id at the last entry (not XINFO's lag: it is
+    stale after a restart, see test_until_idle_exits_after_a_restart_that_left_the_group_lag_stale)."""
+    group = client.xinfo_groups(stream)[0]
+    last = client.xrevrange(stream, count=1)
+    return group["pending"] == 0 and (not last or group["last-delivered-id"] == last[0][0])
+
+
 def check_export(out: Path, dataset: Path) -> None:
     late = [json.loads(line) for line in (out / "late.jsonl").read_text().splitlines()]
     dlq = (out / "dlq.jsonl").read_text().splitlines()
@@ -123,8 +131,7 @@ def test_redis_killed_and_restarted_mid_run(dataset, tmp_path, fsync):
         time.sleep(0.5)                                           # the consumer sees Redis gone
         server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         wait_for_redis(url, server, timeout=30)
-        until(lambda: all(client.xinfo_groups(f"rk:{{{p}}}:clicks")[0]["pending"] == 0
-                          and client.xinfo_groups(f"rk:{{{p}}}:clicks")[0]["lag"] == 0 for p in range(16)),
+        until(lambda: all(read_to_the_end(client, f"rk:{{{p}}}:clicks") for p in range(16)),
               timeout=120, what="drain after restart")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
@@ -141,7 +148,10 @@ def test_redis_killed_and_restarted_mid_run(dataset, tmp_path, fsync):
 def test_redis_killed_during_publishing_with_everysec_loses_nothing_acknowledged(dataset, tmp_path):
     """appendfsync everysec, kill -9 while the producer writes: Redis write()s the AOF before it
     replies, so a process crash loses no acknowledged entry (the one-second window of everysec is
-    for an OS crash or power loss, which a test here cannot cause); what survived is applied once."""
+    for an OS crash or power loss, which a test here cannot cause) -- unless a slow disk made it
+    postpone that write: with everysec, while a background fsync is still running Redis keeps new
+    writes in its AOF buffer for up to 2 s and replies meanwhile (INFO aof_buffer_length > 0, seen
+    on this shared machine under disk load).  What survived is applied once."""
     from engine.producer import publish
     from engine.settings import load_settings
     port, data = free_port(), tmp_path / "redis"
@@ -155,10 +165,15 @@ def test_redis_killed_during_publishing_with_everysec_loses_nothing_acknowledged
     settings = load_settings(env=env)
     rows = list(read_events(dataset))
     client = redis.Redis.from_url(url, retry_on_timeout=False)
-    acked = 0
+    acked = unwritten = 0
+    aof_state: dict = {}
     try:
         for i in range(0, len(rows), 50):
             if i >= len(rows) // 2 and server.poll() is None:
+                aof = client.info("persistence")
+                unwritten = aof["aof_buffer_length"]      # writes postponed behind a slow fsync
+                aof_state = {k: aof.get(k) for k in ("aof_buffer_length", "aof_pending_bio_fsync",
+                                                     "aof_delayed_fsync", "aof_last_write_status")}
                 server.send_signal(signal.SIGKILL)            # mid-publish
                 server.wait()
             try:
@@ -169,8 +184,9 @@ def test_redis_killed_during_publishing_with_everysec_loses_nothing_acknowledged
         server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         wait_for_redis(url, server, timeout=30)
         present = sum(client.xlen(f"es:{{{p}}}:clicks") for p in range(16))
-        print(f"\neverysec, kill -9 mid-publish: {acked} entries acknowledged, {present} present after restart")
-        assert present == acked
+        print(f"\neverysec, kill -9 mid-publish: {acked} entries acknowledged, {present} present after restart"
+              f" (AOF at the kill: {aof_state})")
+        assert present == acked if not unwritten else present <= acked
         assert cli_consume_until_idle(env) == 0
         shopstream("flush", env=env)
         shopstream("export", "--out", str(tmp_path / "out"), env=env)

@@ -75,3 +75,18 @@ async def test_replay_of_a_folder_with_deep_records_everywhere(backend, settings
 def test_catalog_load_dead_letters_a_deep_product(backend, settings):
     deep = b'{"product_id":"p9","category":"x","extra":' + b"[" * 5000 + b"]" * 5000 + b"}"
     assert catalog.load(backend.sync, [deep], settings) == (0, 1)
+
+
+def test_shopstream_run_survives_a_deep_record(real_redis_url, tmp_path):
+    """The reported crash: `shopstream run` on a file holding one such record."""
+    import json
+
+    from .test_cli import shopstream
+    path = tmp_path / "clicks.json"
+    path.write_bytes(b"\n".join([*GOOD[:20], DEEP_CLICK, *GOOD[20:]]))
+    shopstream("run", str(path), "--out", str(tmp_path / "out"), "--namespace", "deep", "--consumers", "1",
+               env={"REDIS_URL": real_redis_url})
+    dlq = [json.loads(line) for line in (tmp_path / "out" / "dlq.jsonl").read_text().splitlines()]
+    assert len(dlq) == 1 and "RecursionError" in dlq[0]["reason"]
+    sessions = [json.loads(line) for line in (tmp_path / "out" / "sessions.jsonl").read_text().splitlines()]
+    assert sum(s["event_count"] for s in sessions) == len(GOOD)
