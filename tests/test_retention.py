@@ -16,6 +16,7 @@ from engine.producer import BackPressure, publish
 from engine.retention import floors, trim_inputs
 
 from .helpers import consume_all, event
+from .test_acl import acl_server  # noqa: F401  (fixture: a real server with ops/redis/users.acl)
 
 T0 = 1_793_520_000_000_000
 FAR_FUTURE_MS = 10**13          # "now" for trims that ignore the retention horizon
@@ -113,3 +114,32 @@ async def test_publish_refuses_a_batch_at_the_hard_cap(backend, settings):
     await consume_all(backend, s)
     await trim_inputs(backend.aio, s, [0], now_ms=FAR_FUTURE_MS)
     assert publish(backend.sync, events(5, start=60), s) == 5             # consumers caught up: flows again
+
+
+def test_the_acl_users_may_trim_check_the_cap_and_read_group_state(acl_server):
+    """ops/redis/users.acl: the producer may XLEN (the cap), the consumer may XTRIM (the trim in its
+    heartbeat), KEDA may read group state and nothing else."""
+    import redis
+    import redis.asyncio as aioredis
+
+    from engine.settings import Settings
+    url = acl_server
+    s = Settings(partitions=1, input_retention_ms=0, metrics_port=None)
+    publish(redis.Redis.from_url(url("shopstream-producer", "change-me-producer")), events(10), s)
+
+    async def trim() -> int:
+        consumer = aioredis.Redis.from_url(url("shopstream-consumer", "change-me-consumer"))
+        try:
+            await control.ensure_groups(consumer, s)
+            stream = Keys(s.namespace, 1).partition(0).clicks
+            entries = await consumer.xreadgroup(s.group, "c", {stream: ">"})
+            await consumer.xack(stream, s.group, *[entry_id for entry_id, _ in entries[0][1]])
+            return await trim_inputs(consumer, s, [0])
+        finally:
+            await consumer.aclose()
+    assert asyncio.run(trim()) == 9
+    keda = redis.Redis.from_url(url("shopstream-keda", "change-me-keda"))
+    assert keda.xinfo_groups("ss:{0}:clicks")[0]["pending"] == 0
+    assert keda.xpending("ss:{0}:clicks", "shopstream")["pending"] == 0
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        keda.xadd("ss:{0}:clicks", {"e": b"{}"})
