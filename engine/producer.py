@@ -72,13 +72,15 @@ def route(raw: bytes, partitions: int) -> int:
 
 class BackPressure(RuntimeError):
     """An input stream holds input_hard_cap entries: its consumers are behind (or gone).  Nothing of
-    the batch was written; ``published`` events of the same publish() call were, before it.
+    the batch was written (on a cluster too: every master's streams are checked first);
+    ``published`` events of the same publish() call were, before it.
     Input is never trimmed unread (engine/retention.py), so the producer has to wait instead."""
 
     def __init__(self, stream: str, length: int, cap: int, published: int = 0):
         self.stream, self.length, self.cap, self.published = stream, length, cap, published
-        super().__init__(f"stream {stream} holds {length:,} unacknowledged entries (input_hard_cap {cap:,}); "
-                         "consumers are behind: scale consumers or raise input_hard_cap")
+        super().__init__(f"stream {stream} holds {length:,} entries, at its cap (input_hard_cap = {cap:,}); input "
+                         "is trimmed only once acknowledged, so its consumers are behind: scale consumers or "
+                         "raise input_hard_cap")
 
 
 class NotReplicated(RuntimeError):
@@ -126,11 +128,11 @@ def _check_cap(client: Any, streams: list[str], cap: int) -> None:
             raise BackPressure(stream, length, cap)
 
 
-def _send(client: Any, batch: list[tuple[str, bytes]], settings: Settings) -> None:
+def _send(client: Any, batch: list[tuple[str, bytes]], settings: Settings, check: bool = True) -> None:
     """One pipeline; with wait_replicas, WAIT on the same connection after the XADDs.  No MAXLEN:
     input is trimmed only once every consumer group acknowledged it (engine/retention.py); a
     stream at input_hard_cap refuses the whole batch first (BackPressure)."""
-    if settings.input_hard_cap:
+    if check and settings.input_hard_cap:
         _check_cap(client, list(dict.fromkeys(stream for stream, _ in batch)), settings.input_hard_cap)
     pipe = client.pipeline(transaction=False)
     for stream, raw in batch:
@@ -158,9 +160,21 @@ def _send_by_master(client: Any, batch: list[tuple[str, bytes]], settings: Setti
             node = node_of.get(stream) or node_of.setdefault(stream, client.get_node_from_key(stream))
             parts.setdefault(node.name, (node, []))[1].append((stream, raw))
         todo = []
+        if settings.input_hard_cap:          # every master's streams first: all of the batch or nothing
+            try:
+                for node, part in parts.values():
+                    _check_cap(client.get_redis_connection(node), list(dict.fromkeys(s for s, _ in part)),
+                               settings.input_hard_cap)
+            except MovedError:
+                todo = [item for _, part in parts.values() for item in part]
+                client.nodes_manager.initialize()
+                continue
+            except UNAVAILABLE:
+                client.nodes_manager.initialize()
+                raise
         for node, part in parts.values():
             try:
-                _send(client.get_redis_connection(node), part, settings)
+                _send(client.get_redis_connection(node), part, settings, check=False)
             except MovedError:
                 todo += part
             except UNAVAILABLE:

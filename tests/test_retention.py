@@ -105,7 +105,7 @@ async def test_publish_refuses_a_batch_at_the_hard_cap(backend, settings):
     assert publish(backend.sync, events(60), s) == 60                      # checked per batch, before it
     with pytest.raises(BackPressure) as refused:
         publish(backend.sync, events(5, start=60), s)
-    assert "holds 60 unacknowledged entries" in str(refused.value)
+    assert "holds 60 entries, at its cap (input_hard_cap = 50)" in str(refused.value)
     assert "scale consumers or raise input_hard_cap" in str(refused.value)
     assert refused.value.stream == stream and refused.value.published == 0
     assert backend.sync.xlen(stream) == 60                                 # nothing of the batch written
