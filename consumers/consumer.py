@@ -29,6 +29,7 @@ from engine.connection import UNAVAILABLE, is_cluster_client
 from engine.control import advance, drained, ensure_groups, group_state
 from engine.keys import INPUTS, OUTBOX, REKEY, Keys
 from engine.partitioning import partition_of
+from engine.retention import trim_inputs
 from engine.metrics import ConsumerMetrics
 from engine.rules import RulesFile
 from engine.scripts import NotOwner, Scripts, translate
@@ -40,6 +41,7 @@ log = logging.getLogger("shopstream.consumer")
 _records = msgspec.json.Decoder(list[list])
 
 STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in other consumers' lists
+TRIM_EVERY = 5              # heartbeats between trims of the owned partitions' acknowledged input
 READ_MARGIN_S = 0.05         # a read must end this long before our lease could expire
 RATE_WINDOW_S = 0.5          # the input rate that decides lingering is measured over this long
 MAX_FAILURES_UNTIL_IDLE = 20  # a bounded run gives up (exit 1) instead of retrying a broken apply forever
@@ -75,6 +77,7 @@ class Consumer:
                              f"{READ_MARGIN_S * 1000:.0f} ms: a lease must outlive a renewal period and a read")
         self.client, self.settings, self.name = client, settings, name
         self.metrics = metrics or ConsumerMetrics()
+        self.metrics.input_cap.set(settings.input_hard_cap)
         self.until_idle = until_idle
         self.idle_advance = idle_advance and settings.idle_timeout_ms > 0
         self.keys = Keys(settings.namespace, settings.partitions)
@@ -90,7 +93,7 @@ class Consumer:
         self.cluster = is_cluster_client(client)
         self.reader = client if self.cluster else type(client)(connection_pool=client.connection_pool)
         self.reader.set_response_callback("XREADGROUP", lambda response, **_: response)
-        self.leases = Leases(client, self.scripts, settings, name)
+        self.leases = Leases(client, self.scripts, settings, name, on_drop=self.metrics.forget_partition)
         self.stopping = asyncio.Event()
         self.last_input: dict[int, float] = {}     # partition -> monotonic time of its last entry
         self.last_idle_tick: dict[int, float] = {}
@@ -100,6 +103,7 @@ class Consumer:
         self._window_start, self._window_read = time.perf_counter(), 0
         self.batch_failures: dict[tuple, int] = {}   # (partition, first entry's source and id) -> failures
         self.closing = False
+        self.lag_offsets: dict[str, int] = {}       # stream -> stale XINFO lag seen while caught up (control.py)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -154,6 +158,8 @@ class Consumer:
                 if beats % STRAY_CLAIM_EVERY == 0:
                     for p in sorted(self.leases.owned):
                         await self.leases.claim_pending(p, min_idle_ms=2 * self.settings.lease_ttl_ms)
+                if beats % TRIM_EVERY == 0 and self.leases.owned:
+                    self.metrics.trimmed.inc(await trim_inputs(self.client, self.settings, sorted(self.leases.owned)))
                 await self.observe_lag()
                 await self.catalog.refresh(self.client)
             except UNAVAILABLE as exc:
@@ -297,8 +303,7 @@ class Consumer:
             error = translate(exc)
             if isinstance(error, NotOwner):
                 log.warning("partition %d: lease lost before apply; its new owner takes the batch", p)
-                self.leases.owned.discard(p)
-                self.leases.recovering.discard(p)
+                self.leases.drop(p)
                 return None
             return error
         self.record(p, reply)
@@ -337,8 +342,7 @@ class Consumer:
                     by_target.setdefault(partition_of(str(record[1]), self.settings.partitions), []).append(record)
             pipe = self.client.pipeline(transaction=False)
             for q, records in sorted(by_target.items()):
-                pipe.xadd(self.parts[q].key(REKEY), {"e": msgspec.json.encode(records)},
-                          maxlen=self.settings.input_maxlen, approximate=True)
+                pipe.xadd(self.parts[q].key(REKEY), {"e": msgspec.json.encode(records)})   # trimmed once read
             if self.cluster:         # the targets live on other masters: delete only once they have it
                 await pipe.execute()
                 pipe = self.client.pipeline(transaction=False)
@@ -373,7 +377,8 @@ class Consumer:
         m.events.labels("late").inc(reply.late)
         m.sessions.inc(reply.sessions_closed)
         m.minutes.inc(reply.minutes_finalized)
-        m.watermark.labels(str(p)).set(reply.watermark_us / 1e6)
+        if p in self.leases.owned:               # not a partition lost while its batch was applied
+            m.watermark.labels(str(p)).set(reply.watermark_us / 1e6)
         m.guarded.labels("clock_ahead").inc(reply.ahead)
         m.guarded.labels("capped").inc(reply.capped)
         if reply.applied:
@@ -431,7 +436,7 @@ class Consumer:
             done = await advance(self.client, self.scripts, self.parts[p], self.settings, target_us,
                                  self.rules.current(), self.name)
         except NotOwner:
-            self.leases.owned.discard(p)
+            self.leases.drop(p)
             return
         self.metrics.sessions.inc(done.closed)
         self.metrics.minutes.inc(done.finalized)
@@ -441,6 +446,8 @@ class Consumer:
     # -- state of the group ----------------------------------------------------------------
     async def observe_lag(self) -> None:
         owned = sorted(self.leases.owned)
-        for p, (pending, lag) in (await group_state(self.client, self.settings, owned)).items():
+        for p, (pending, lag) in (await group_state(self.client, self.settings, owned, self.lag_offsets)).items():
+            if p not in self.leases.owned:        # released while we asked: its series are gone, keep it so
+                continue
             self.metrics.pending.labels(str(p)).set(pending)
             self.metrics.lag.labels(str(p)).set(lag)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from engine.assignment import assigned
 from engine.connection import UNAVAILABLE
@@ -25,8 +25,10 @@ log = logging.getLogger("shopstream.leases")
 
 
 class Leases:
-    def __init__(self, client: Any, scripts: Scripts, settings: Settings, name: str):
+    def __init__(self, client: Any, scripts: Scripts, settings: Settings, name: str,
+                 on_drop: Callable[[int], None] = lambda p: None):
         self.client, self.scripts, self.settings, self.name = client, scripts, settings, name
+        self.on_drop = on_drop              # called with a partition we no longer own (lost or released)
         self.keys = Keys(settings.namespace, settings.partitions)
         self.owned: set[int] = set()
         self.to_release: set[int] = set()
@@ -83,8 +85,7 @@ class Leases:
                 unavailable = exc
                 continue
             if not held and p in self.owned:
-                self.owned.discard(p)
-                self.recovering.discard(p)
+                self.drop(p)
                 log.warning("lost partition %d (lease taken by another consumer)", p)
         if unavailable is not None:
             raise unavailable
@@ -109,10 +110,16 @@ class Leases:
     async def release(self, partitions: set[int]) -> None:
         for p in sorted(partitions):
             await self.scripts.run("release_lease", self.keys.partition(p), ReleaseArgs(consumer=self.name))
-            self.owned.discard(p)
-            self.recovering.discard(p)
+            self.drop(p)
             log.info("released partition %d", p)
         self.to_release -= partitions
+
+    def drop(self, p: int) -> None:
+        """We do not own partition p any more (lost, released, or the apply script said so)."""
+        self.owned.discard(p)
+        self.recovering.discard(p)
+        self.valid_until.pop(p, None)
+        self.on_drop(p)
 
     async def leave(self) -> None:
         await self.release(set(self.owned))

@@ -32,8 +32,9 @@ def load(client: Any, records: Iterable[bytes], settings: Settings) -> tuple[int
     for raw in records:
         try:
             product = parse_product(raw)
-        except BadRecord as exc:
-            pipe.xadd(keys.dlq, {"payload": raw, "reason": str(exc), "stream": keys.catalog, "entry_id": "",
+        except Exception as exc:        # BadRecord, or e.g. RecursionError of a record nested too deeply
+            reason = str(exc) if isinstance(exc, BadRecord) else f"invalid product: {type(exc).__name__}: {exc}"
+            pipe.xadd(keys.dlq, {"payload": raw, "reason": reason, "stream": keys.catalog, "entry_id": "",
                                  "partition": -1, "at_ms": int(time.time() * 1000)},
                       maxlen=settings.output_maxlen, approximate=True)
             dead += 1

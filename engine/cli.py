@@ -17,6 +17,7 @@ import redis
 from . import control, export, logs
 from .connection import RedisServerMissing, async_client, consumer_name, embedded_redis, sync_client
 from .pipeline import NamespaceInUse
+from .producer import BackPressure
 from .settings import Settings, load_settings
 
 log = logging.getLogger("shopstream")
@@ -115,6 +116,13 @@ def cmd_consume(args, settings):
         profiler.dump_stats(args.profile)
     else:
         _run(main())
+
+
+def cmd_trim(args, settings):
+    from .retention import trim_inputs
+    removed = _call(settings, trim_inputs, list(range(settings.partitions)))
+    print(f"trimmed {removed:,} input entries acknowledged by every consumer group and older than "
+          f"{settings.input_retention_ms / 1000:g} s")
 
 
 def cmd_flush(args, settings):
@@ -297,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_bench)
 
     sub.add_parser("flush", help="end of input: close every open session and minute").set_defaults(fn=cmd_flush)
+    sub.add_parser("trim", help="drop input entries every consumer group has acknowledged (consumers do it too)"
+                   ).set_defaults(fn=cmd_trim)
 
     p = sub.add_parser("export", help="write the outputs as JSON Lines")
     p.add_argument("--out", required=True)
@@ -348,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = _settings(args)
     try:
         args.fn(args, settings)
-    except (RedisServerMissing, NamespaceInUse, OSError, ValueError) as exc:
+    except (RedisServerMissing, NamespaceInUse, BackPressure, OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     except redis.ConnectionError as exc:
         sys.exit(f"error: cannot reach Redis at {settings.redis_url}: {exc}")

@@ -9,6 +9,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 
 from .contract import AdvanceArgs, AlertRef
 from .keys import INPUTS, OUTBOX, STATE, Keys, Partition
+from .retention import parse_id
 from .rules import RulesFile
 from .scripts import Scripts, translate
 from .settings import Settings
@@ -91,22 +92,61 @@ async def ensure_groups(client: Any, settings: Settings) -> None:
             raise result
 
 
-def _stream_state(groups, stream, group_name: bytes) -> tuple[int, int]:
-    """(pending, lag) of one stream from XINFO GROUPS / XINFO STREAM replies (errors: no stream)."""
+def _stream_state(groups, stream, group_name: bytes, offsets: dict | None = None,
+                  key: str = "") -> tuple[int, int]:
+    """(pending, lag) of one stream from XINFO GROUPS / XINFO STREAM replies (errors: no stream).
+
+    Caught up is decided from ids, never from the group's ``lag``: after a Redis restart whose
+    AOF began with a rewrite (an RDB preamble), ``entries-read`` comes back as it was at the
+    rewrite while ``last-delivered-id`` is current, so ``lag`` stays above 0 on a fully read
+    stream, for good (tests/test_crash.py).  The group has read everything when its
+    last-delivered-id is at or past the stream's last *existing* entry (not last-generated-id:
+    the last entries may have been deleted).  Behind, ``lag`` is used when it is plausible
+    (0 < lag <= length), else estimated from the ids' times (see _estimate_lag).
+
+    ``offsets`` (stream -> the lag Redis reported while the group was caught up), kept by a
+    caller across calls, corrects that stale ``lag`` while behind: later reads add to the stale
+    counter, so the error stays constant until the next restart."""
     if isinstance(stream, Exception):
         return 0, 0
     group = None if isinstance(groups, Exception) else next((g for g in groups if g["name"] == group_name), None)
     if group is None:
         return 0, stream["length"]
-    lag = group.get("lag")
-    if lag is None:                            # unknown after deletions: compare ids
-        lag = 0 if group["last-delivered-id"] == stream["last-generated-id"] else 1
+    last = stream.get("last-entry")
+    delivered = parse_id(group["last-delivered-id"])
+    lag, length = group.get("lag"), stream["length"]
+    if not last or delivered >= parse_id(last[0]):
+        if offsets is not None:
+            if lag:
+                offsets[key] = lag
+            else:
+                offsets.pop(key, None)
+        return group["pending"], 0
+    if lag is not None and offsets:
+        lag -= offsets.get(key, 0)
+    if lag is None or not 0 < lag <= length:
+        lag = _estimate_lag(delivered, stream)
     return group["pending"], lag
 
 
-async def group_state(client: Any, settings: Settings, partitions: list[int]) -> dict[int, tuple[int, int]]:
+def _estimate_lag(delivered: tuple[int, int], stream: dict) -> int:
+    """Entries after ``delivered``, assuming the retained entries were appended at an even rate
+    between the first and the last one (ids carry their append time): all of them when the group
+    is before the first, at least 1 (the caller knows the group is behind)."""
+    length = stream["length"]
+    first, last = parse_id(stream["first-entry"][0]), parse_id(stream["last-entry"][0])
+    if delivered < first:
+        return length
+    span = last[0] - first[0]
+    share = (last[0] - delivered[0]) / span if span else 0.5
+    return min(length, max(1, round(length * share)))
+
+
+async def group_state(client: Any, settings: Settings, partitions: list[int],
+                      offsets: dict | None = None) -> dict[int, tuple[int, int]]:
     """partition -> (pending, lag) over its input streams (lag = entries not yet delivered;
-    records waiting in the partition's outbox count as lag: they are input of other partitions)."""
+    records waiting in the partition's outbox count as lag: they are input of other partitions).
+    ``offsets``: see _stream_state (a consumer keeps one across heartbeats)."""
     keys = Keys(settings.namespace, settings.partitions)
     pipe = client.pipeline(transaction=False)
     for p in partitions:
@@ -121,14 +161,15 @@ async def group_state(client: Any, settings: Settings, partitions: list[int]) ->
     out = {}
     for i, p in enumerate(partitions):
         r = replies[i * per:(i + 1) * per]
-        states = [_stream_state(r[2 * j], r[2 * j + 1], group_name) for j in range(len(INPUTS))]
+        inputs = keys.partition(p).inputs
+        states = [_stream_state(r[2 * j], r[2 * j + 1], group_name, offsets, inputs[j]) for j in range(len(INPUTS))]
         outbox = r[-1] if isinstance(r[-1], int) else 0
         out[p] = (sum(s[0] for s in states), sum(s[1] for s in states) + outbox)
     return out
 
 
 async def drained(client: Any, settings: Settings) -> bool:
-    """True when every partition's entries were delivered and none is pending."""
+    """True when every partition's entries were delivered (by ids) and none is pending."""
     state = await group_state(client, settings, list(range(settings.partitions)))
     return all(pending == 0 and lag == 0 for pending, lag in state.values())
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import errno
+import logging
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("shopstream.metrics")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 OUTCOMES = ("applied", "duplicate", "late", "dead_letter", "erased")
+PORT_TRIES = 64            # port taken (another consumer on this host): the next ones, then any free port
+
+# The producer is a library: its counter lives in the default registry of the process that embeds it.
+BACKPRESSURE = Counter("shopstream_producer_backpressure_total",
+                       "publish() calls refused: an input stream was at input_hard_cap", ["source"], registry=REGISTRY)
 
 
 class ConsumerMetrics:
@@ -39,8 +49,38 @@ class ConsumerMetrics:
                          ["partition"], registry=r)
         self.watermark = Gauge("shopstream_watermark_seconds", "Partition watermark (event time, epoch s)",
                                ["partition"], registry=r)
+        self.input_cap = Gauge("shopstream_input_cap_entries",
+                               "input_hard_cap: producers get BackPressure when an input stream holds this many",
+                               registry=r)
+        self.trimmed = Counter("shopstream_input_trimmed_total",
+                               "Input entries trimmed (acknowledged by every group, older than input_retention_ms)",
+                               registry=r)
+
+    def forget_partition(self, p: int) -> None:
+        """The partition moved to another consumer: stop exporting its series here (its new owner
+        exports them; two consumers reporting one partition would double its lag in every sum)."""
+        for gauge in (self.pending, self.lag, self.watermark):
+            try:
+                gauge.remove(str(p))
+            except KeyError:
+                pass
 
     def serve(self, port: int) -> int:
-        """Serve /metrics on ``port`` (0 = any free port); returns the port."""
-        server, _thread = start_http_server(port, registry=self.registry)
-        return server.server_address[1]
+        """Serve /metrics on ``port`` (0 = any free port); returns the port.  When ``port`` is taken
+        (the usual cause: another consumer on this host), the next free one of the PORT_TRIES
+        following it, else any free port, with a warning: consumers side by side each get their
+        own (9108, 9109, ...), in a range a scrape config can list."""
+        candidates = [port + i for i in range(PORT_TRIES) if port + i <= 65535] + [0] if port else [0]
+        for candidate in candidates:
+            try:
+                server, _thread = start_http_server(candidate, registry=self.registry)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            chosen = server.server_address[1]
+            if port and chosen != port:
+                log.warning("metrics port %d is taken (another consumer on this host?): serving /metrics on "
+                            "port %d instead", port, chosen)
+            return chosen
+        raise OSError(errno.EADDRINUSE, "no free port for /metrics")

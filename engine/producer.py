@@ -22,6 +22,7 @@ retries the batch (events with an ``event_id`` are deduplicated by the consumers
 from __future__ import annotations
 
 import csv
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from redis.exceptions import MovedError
 from . import catalog
 from .connection import UNAVAILABLE, is_cluster_client
 from .keys import CLICKS, SUPPORT, TX, Keys
+from .metrics import BACKPRESSURE
 from .partitioning import partition_of, partition_of_bytes
 from .schema import routing_decoder
 from .settings import Settings
@@ -50,15 +52,35 @@ def _as_bytes(event: Any) -> bytes:
         return event.encode("utf-8")
     if isinstance(event, msgspec.Raw):
         return bytes(event)
-    return _encoder.encode(event)
+    try:
+        return _encoder.encode(event)
+    except Exception as exc:  # e.g. nested too deeply (RecursionError): not JSON, so dead-lettered
+        return f"unencodable {type(event).__name__} ({type(exc).__name__}: {exc})".encode()
 
 
 def route(raw: bytes, partitions: int) -> int:
+    """The record's partition: of its user id, or of its bytes when it has none we can read.
+    Never raises: whatever a client wrote (not JSON, no user id, nested 5,000 levels deep so
+    that the decoder gives up with RecursionError) goes to some partition, and from there to
+    the dead-letter stream with the consumer's reason."""
     try:
         user_id = routing_decoder.decode(raw).user_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except Exception:
         return partition_of_bytes(raw, partitions)
     return partition_of(user_id if isinstance(user_id, str) else str(user_id), partitions)
+
+
+class BackPressure(RuntimeError):
+    """An input stream holds input_hard_cap entries: its consumers are behind (or gone).  Nothing of
+    the batch was written (on a cluster too: every master's streams are checked first);
+    ``published`` events of the same publish() call were, before it.
+    Input is never trimmed unread (engine/retention.py), so the producer has to wait instead."""
+
+    def __init__(self, stream: str, length: int, cap: int, published: int = 0):
+        self.stream, self.length, self.cap, self.published = stream, length, cap, published
+        super().__init__(f"stream {stream} holds {length:,} entries, at its cap (input_hard_cap = {cap:,}); input "
+                         "is trimmed only once acknowledged, so its consumers are behind: scale consumers or "
+                         "raise input_hard_cap")
 
 
 class NotReplicated(RuntimeError):
@@ -78,25 +100,44 @@ def publish(client: Any, events: Iterable[Any], settings: Settings, source: str 
     send = _send_by_master if is_cluster_client(client) else _send
     batch: list[tuple[str, bytes]] = []
     sent = 0
-    for event in events:
-        raw = _as_bytes(event)
-        batch.append((streams[route(raw, parts)], raw))
-        if len(batch) == PIPELINE_SIZE:
+    try:
+        for event in events:
+            raw = _as_bytes(event)
+            batch.append((streams[route(raw, parts)], raw))
+            if len(batch) == PIPELINE_SIZE:
+                send(client, batch, settings)
+                sent += len(batch)
+                batch = []
+        if batch:
             send(client, batch, settings)
             sent += len(batch)
-            batch = []
-    if batch:
-        send(client, batch, settings)
-        sent += len(batch)
+    except BackPressure as exc:
+        exc.published = sent
+        BACKPRESSURE.labels(source).inc()
+        raise
     return sent
 
 
-def _send(client: Any, batch: list[tuple[str, bytes]], settings: Settings) -> None:
-    """One pipeline; with wait_replicas, WAIT on the same connection after the XADDs."""
+def _check_cap(client: Any, streams: list[str], cap: int) -> None:
+    """One XLEN per target stream of a batch (one round trip): BackPressure at the cap."""
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.execute_command("XLEN", stream)
+    for stream, length in zip(streams, pipe.execute()):
+        if length >= cap:
+            raise BackPressure(stream, length, cap)
+
+
+def _send(client: Any, batch: list[tuple[str, bytes]], settings: Settings, check: bool = True) -> None:
+    """One pipeline; with wait_replicas, WAIT on the same connection after the XADDs.  No MAXLEN:
+    input is trimmed only once every consumer group acknowledged it (engine/retention.py); a
+    stream at input_hard_cap refuses the whole batch first (BackPressure)."""
+    if check and settings.input_hard_cap:
+        _check_cap(client, list(dict.fromkeys(stream for stream, _ in batch)), settings.input_hard_cap)
     pipe = client.pipeline(transaction=False)
     for stream, raw in batch:
         # execute_command skips xadd()'s argument handling: ~15 % of the producer's CPU per event
-        pipe.execute_command("XADD", stream, "MAXLEN", "~", settings.input_maxlen, "*", "e", raw)
+        pipe.execute_command("XADD", stream, "*", "e", raw)
     if settings.wait_replicas:
         pipe.execute_command("WAIT", settings.wait_replicas, settings.wait_timeout_ms)
     replies = pipe.execute()
@@ -119,9 +160,21 @@ def _send_by_master(client: Any, batch: list[tuple[str, bytes]], settings: Setti
             node = node_of.get(stream) or node_of.setdefault(stream, client.get_node_from_key(stream))
             parts.setdefault(node.name, (node, []))[1].append((stream, raw))
         todo = []
+        if settings.input_hard_cap:          # every master's streams first: all of the batch or nothing
+            try:
+                for node, part in parts.values():
+                    _check_cap(client.get_redis_connection(node), list(dict.fromkeys(s for s, _ in part)),
+                               settings.input_hard_cap)
+            except MovedError:
+                todo = [item for _, part in parts.values() for item in part]
+                client.nodes_manager.initialize()
+                continue
+            except UNAVAILABLE:
+                client.nodes_manager.initialize()
+                raise
         for node, part in parts.values():
             try:
-                _send(client.get_redis_connection(node), part, settings)
+                _send(client.get_redis_connection(node), part, settings, check=False)
             except MovedError:
                 todo += part
             except UNAVAILABLE:
@@ -144,18 +197,45 @@ def read_events(path: str | Path) -> Iterator[bytes]:
                 yield _encoder.encode({k: v for k, v in row.items() if k is not None})
         return
     if head.startswith(b"["):
+        data = path.read_bytes().removeprefix(BOM)
         try:
-            items = msgspec.json.decode(path.read_bytes().removeprefix(BOM), type=list[msgspec.Raw])
+            items = [bytes(item) for item in msgspec.json.decode(data, type=list[msgspec.Raw])]
+        except RecursionError:        # one record nested too deeply: split the array without the decoder
+            items = list(array_items(data))
         except msgspec.DecodeError as exc:
             raise ValueError(f"{path}: starts like a JSON array but is not valid JSON ({exc})") from None
-        for item in items:
-            yield bytes(item)
+        yield from items
         return
     with path.open("rb") as fh:
         for n, line in enumerate(fh):
             line = (line.removeprefix(BOM) if n == 0 else line).strip()
             if line:
                 yield line
+
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
+
+
+def array_items(data: bytes) -> Iterator[bytes]:
+    """The raw elements of a JSON array, found by counting brackets outside strings (no recursion,
+    whatever the depth); an element is not validated (the consumer does that)."""
+    depth, start = 0, None
+    for token in _TOKEN.finditer(data):
+        char = token.group()[:1]
+        if char in b"[{":
+            depth += 1
+            if depth == 1:
+                start = token.end()
+        elif char in b"]}":
+            depth -= 1
+            if depth == 0:
+                item = data[start:token.start()].strip()
+                if item:
+                    yield item
+                return
+        elif char == b"," and depth == 1:
+            yield data[start:token.start()].strip()
+            start = token.end()
 
 
 class _Shape(msgspec.Struct):
@@ -176,7 +256,7 @@ def kind_of(records: list[bytes]) -> str:
     for raw in records[:50]:
         try:
             shape = _shape.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except Exception:                 # not JSON, not an object, nested too deeply, ...
             continue
         if shape.transaction_id is not None:
             return TX

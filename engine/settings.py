@@ -40,7 +40,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     poll_ms: int = 10                     # Redis Cluster (no multi-slot BLOCK): pause after a read that found nothing
     linger_ms: int = 40                   # under load, wait this long after a round so that batches grow ...
     linger_above_rate: int = 1_500        # ... under load = more than this many events/s per partition read
-    input_maxlen: int = 2_000_000         # MAXLEN ~ per input stream partition
+    input_maxlen: int = 2_000_000         # no effect (input is trimmed once acknowledged); kept so configs load
+    input_retention_ms: int = 600_000     # acknowledged input is kept this long (replays, erase), then trimmed
+    input_hard_cap: int = 5_000_000       # producer: BackPressure when an input stream holds this many (0 = off)
     wait_replicas: int = 0                # producer: a batch is published once this many replicas have it (WAIT)
     wait_timeout_ms: int = 1_000          # ... or NotReplicated after this long
     output_maxlen: int = 1_000_000        # MAXLEN ~ per output stream partition

@@ -164,3 +164,74 @@ def test_the_documented_redis_cli_commands_show_something(real_redis_url, tmp_pa
         consumer.terminate()
         consumer.wait(timeout=30)
         client.flushall()
+
+
+def test_a_taken_metrics_port_moves_to_the_next_free_one():
+    import socket
+
+    from prometheus_client import CollectorRegistry
+
+    from engine.connection import free_port
+    from engine.metrics import ConsumerMetrics
+    holder = socket.socket()
+    holder.bind(("0.0.0.0", free_port()))
+    holder.listen()
+    try:
+        taken = holder.getsockname()[1]
+        port = ConsumerMetrics(CollectorRegistry()).serve(taken)
+        assert port != taken and port > 0
+    finally:
+        holder.close()
+
+
+def test_three_consumers_side_by_side_with_default_settings(real_redis_url, tmp_path):
+    """As the README says: `shopstream consume` started three times on one host (default metrics
+    port 9108): all stay up, each serves /metrics on its own port (logged), SIGTERM stops them."""
+    import re
+    import signal
+    import urllib.request
+
+    import redis
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPSTREAM_")}
+    env.update(REDIS_URL=real_redis_url, SHOPSTREAM_NAMESPACE="side")
+    logs = [tmp_path / f"consumer{i}.log" for i in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", "consume"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=log.open("wb")) for log in logs]
+    client = redis.Redis.from_url(real_redis_url)
+    try:
+        ports: dict[int, int] = {}
+        deadline = time.monotonic() + 60
+        while len(ports) < 3 or client.zcard("side:consumers") < 3:
+            for i, log in enumerate(logs):
+                assert procs[i].poll() is None, log.read_text()[-2000:]
+                found = re.search(r"serving /metrics on port (\d+)", log.read_text())
+                if found:
+                    ports[i] = int(found.group(1))
+            assert time.monotonic() < deadline, {str(log): log.read_text()[-500:] for log in logs}
+            time.sleep(0.05)
+        assert len(set(ports.values())) == 3, ports
+        for port in ports.values():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                assert b"shopstream_owned_partitions" in reply.read()
+        assert all(proc.poll() is None for proc in procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(timeout=30) for proc in procs]
+        client.delete("side:consumers")
+    assert codes == [0, 0, 0]
+
+
+def test_trim_command_drops_only_acknowledged_input(real_redis_url):
+    import redis
+    env = {"REDIS_URL": real_redis_url, "SHOPSTREAM_NAMESPACE": "trimcli", "SHOPSTREAM_PARTITIONS": "1",
+           "SHOPSTREAM_INPUT_RETENTION_MS": "0", "SHOPSTREAM_METRICS_PORT": "0"}
+    client = redis.Redis.from_url(real_redis_url)
+    client.xgroup_create("trimcli:{0}:clicks", "shopstream", id="0", mkstream=True)
+    ids = [client.xadd("trimcli:{0}:clicks", {"e": b"{}"}) for _ in range(10)]
+    client.xreadgroup("shopstream", "c", {"trimcli:{0}:clicks": ">"}, count=6)
+    client.xack("trimcli:{0}:clicks", "shopstream", *ids[:4])            # 4 and 5 pending, 6.. unread
+    assert "trimmed 4 input entries" in shopstream("trim", env=env)
+    assert client.xrange("trimcli:{0}:clicks", count=1)[0][0] == ids[4]
+    client.delete("trimcli:{0}:clicks")
