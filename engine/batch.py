@@ -94,7 +94,7 @@ def decode_entries(entries: Sequence[tuple[str, Entry]], partition: int, now_us:
     for source, (entry_id, fields) in entries:
         if not fields:
             dead.append(DeadLetter(entry_id, b"", "entry was trimmed from the stream before it was processed"
-                                                  " (raise input_maxlen)", source))
+                                                  " (retention trims only acknowledged entries: was the stream trimmed by hand?)", source))
             continue
         raw = payload_of(fields)
         if raw is None:
