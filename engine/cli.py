@@ -234,6 +234,55 @@ def cmd_sessions(args, settings):
     print_user_sessions(client, settings, args.user)
 
 
+# -- the lake (engine/lake; needs the `lake` extra) ---------------------------------------------
+def cmd_archive(args, settings):
+    from .lake.archiver import Archiver
+    from .lake.store import Lake
+    lake = Lake(args.lake or settings.lake_uri)
+    archiver = Archiver(sync_client(_need_url(settings)), settings, lake, instance=args.instance,
+                        instances=args.instances, commit_rows=args.commit_rows, commit_seconds=args.commit_seconds,
+                        until_idle=args.until_idle)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: archiver.stop())
+    log.info("archiver %s (group %s) -> %s: %d streams", archiver.name, archiver.group, lake.uri,
+             len(archiver.sources))
+    done = archiver.run()
+    print(f"archived {done.rows:,} rows in {done.commits:,} table commits to {lake.uri}"
+          + (f" ({done.skipped:,} redelivered entries were already there)" if done.skipped else ""))
+
+
+def cmd_sql(args, settings):
+    from .lake.sql import connect
+    con = connect(args.lake or settings.lake_uri)
+    result = con.sql(args.query)
+    if result is None:
+        return
+    if args.csv:
+        import csv
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.columns)
+        writer.writerows(result.fetchall())
+    else:
+        result.show(max_rows=args.max_rows, max_width=200)
+
+
+def _lake_commands(sub) -> None:
+    p = sub.add_parser("archive", help="archive every input and output stream into the lake, exactly once")
+    p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
+    p.add_argument("--until-idle", action="store_true", help="exit once every stream is archived")
+    p.add_argument("--instance", type=int, default=0, help="this archiver's number, 0..instances-1")
+    p.add_argument("--instances", type=int, default=1, help="archivers sharing the streams (by partition)")
+    p.add_argument("--commit-rows", type=int, default=50_000, help="commit after this many rows ...")
+    p.add_argument("--commit-seconds", type=float, default=10.0, help="... or this long after the first one")
+    p.set_defaults(fn=cmd_archive)
+    p = sub.add_parser("sql", help="SQL (DuckDB) over the lake's tables, in place")
+    p.add_argument("query")
+    p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
+    p.add_argument("--csv", action="store_true", help="CSV with a header instead of a table")
+    p.add_argument("--max-rows", type=int, default=40)
+    p.set_defaults(fn=cmd_sql)
+
+
 def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     """Options accepted before or after the sub-command."""
     default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
@@ -327,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.set_defaults(fn=cmd_erase)
     sub.add_parser("reset", help="delete every key of the namespace").set_defaults(fn=cmd_reset)
+    _lake_commands(sub)
     for p in sub.choices.values():
         _common(p, top=False)
     return parser

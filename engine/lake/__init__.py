@@ -1,0 +1,13 @@
+"""The cold path: Redis streams archived exactly once into a Delta Lake (Parquet) lake.
+
+    positions.py  stream entry id <-> the Delta transaction version that records it
+    tables.py     the tables: schemas, partitioning, sort order, which stream feeds which table
+    rows.py       stream entries -> table rows (lenient: bad input is archived as it came)
+    store.py      the lake on disk / object storage: create, append with positions, files, vacuum
+    archiver.py   `shopstream archive`: its own consumer group, commits sized by rows and time
+    sql.py        `shopstream sql`: DuckDB views over the tables' current Parquet files (no copy)
+    erasure.py    erase_from_lake(): a user's rows out of every table, old files removed
+
+Nothing here is imported by the consumer: the lake's dependencies (the `lake` extra) stay out of
+a consumer image.
+"""
