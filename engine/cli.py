@@ -241,7 +241,7 @@ def cmd_archive(args, settings):
     lake = Lake(args.lake or settings.lake_uri)
     archiver = Archiver(sync_client(_need_url(settings)), settings, lake, instance=args.instance,
                         instances=args.instances, commit_rows=args.commit_rows, commit_seconds=args.commit_seconds,
-                        until_idle=args.until_idle)
+                        read_count=args.read_count, until_idle=args.until_idle)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: archiver.stop())
     log.info("archiver %s (group %s) -> %s: %d streams", archiver.name, archiver.group, lake.uri,
@@ -274,6 +274,7 @@ def _lake_commands(sub) -> None:
     p.add_argument("--instances", type=int, default=1, help="archivers sharing the streams (by partition)")
     p.add_argument("--commit-rows", type=int, default=50_000, help="commit after this many rows ...")
     p.add_argument("--commit-seconds", type=float, default=10.0, help="... or this long after the first one")
+    p.add_argument("--read-count", type=int, default=1000, help="entries read per stream and round")
     p.set_defaults(fn=cmd_archive)
     p = sub.add_parser("sql", help="SQL (DuckDB) over the lake's tables, in place")
     p.add_argument("query")
