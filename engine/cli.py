@@ -252,9 +252,13 @@ def cmd_archive(args, settings):
 
 
 def cmd_sql(args, settings):
+    import duckdb
     from .lake.sql import connect
     con = connect(args.lake or settings.lake_uri)
-    result = con.sql(args.query)
+    try:
+        result = con.sql(args.query)
+    except duckdb.Error as exc:
+        sys.exit(f"error: {exc}")
     if result is None:
         return
     if args.csv:
