@@ -30,6 +30,7 @@ from ..connection import consumer_name
 from ..keys import Keys
 from ..settings import Settings
 from . import tables
+from .erasure import ERASURES, erased_subjects, subject_hash
 from .positions import parse_id
 from .store import Lake
 
@@ -42,6 +43,7 @@ class Counters:
     rows: int = 0                  # rows committed by this process
     commits: int = 0               # table commits
     skipped: int = 0               # redelivered entries already in the lake, acknowledged only
+    dropped: int = 0               # rows of erased users read before their erasure, not written
     commit_seconds: float = 0.0    # time spent committing (write + XACK)
     by_table: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -66,6 +68,8 @@ class Archiver:
         self.buffered = 0
         self.counters = Counters()
         self._skipped: list[tuple[str, bytes]] = []      # redelivered entries already in the lake
+        self.erased: set[str] = set()                          # SHA-256 of erased user ids
+        self._erasures_version: int | None = None
         self._stop = False
 
     def stop(self) -> None:
@@ -80,6 +84,7 @@ class Archiver:
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                 raise reply
         self.lake.ensure_tables()
+        self._refresh_erased()
         for source in self.sources:
             position = self.lake.position(source.table, source.stream, self.group)
             if position is not None:
@@ -164,8 +169,10 @@ class Archiver:
             return 0
         began = time.monotonic()
         committed = 0
+        self._refresh_erased()
         for table_name, records in list(self.rows.items()):
             table = tables.BY_NAME[table_name]
+            records = self._without_erased(records)
             streams = [s.stream for s in self.sources if s.table is table and self.ids.get(s.stream)]
             positions = {s: self.ids[s][-1].decode() for s in streams}
             self.lake.append(table, tables.arrow_table(table, records), positions, self.group)
@@ -182,6 +189,27 @@ class Archiver:
         self.buffered, self.first_at = 0, None
         log.debug("committed %d rows", committed)
         return committed
+
+    def _refresh_erased(self) -> None:
+        """Re-read the erased subjects when the erasures table has a new version."""
+        log_table = self.lake.open(ERASURES)
+        version = None if log_table is None else log_table.version()
+        if version != self._erasures_version:
+            self.erased, self._erasures_version = erased_subjects(self.lake), version
+
+    def _without_erased(self, records: list[dict]) -> list[dict]:
+        """Rows of users erased after the entry was read (it was in the stream then) are not written."""
+        if not self.erased:
+            return records
+        hashes: dict[str, bool] = {}
+        kept = []
+        for row in records:
+            user = row.get("user_id")
+            if user is not None and hashes.setdefault(user, subject_hash(user) in self.erased):
+                self.counters.dropped += 1
+                continue
+            kept.append(row)
+        return kept
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, idle_sleep: float = 0.1) -> Counters:
