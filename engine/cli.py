@@ -270,6 +270,17 @@ def cmd_sql(args, settings):
         result.show(max_rows=args.max_rows, max_width=200)
 
 
+def cmd_compact(args, settings):
+    from .lake.compaction import compact
+    from .lake.store import Lake
+    lake = Lake(args.lake or settings.lake_uri)
+    done = compact(lake, args.date, target_mb=args.target_mb)
+    for name, counts in done.items():
+        print(f"{name:<15} {counts['removed']:>6,} files -> {counts['added']:,}")
+    if not done:
+        print("nothing to compact")
+
+
 def _lake_commands(sub) -> None:
     p = sub.add_parser("archive", help="archive every input and output stream into the lake, exactly once")
     p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
@@ -286,6 +297,11 @@ def _lake_commands(sub) -> None:
     p.add_argument("--csv", action="store_true", help="CSV with a header instead of a table")
     p.add_argument("--max-rows", type=int, default=40)
     p.set_defaults(fn=cmd_sql)
+    p = sub.add_parser("compact", help="rewrite the lake's small files into large ones, per day")
+    p.add_argument("--date", help="only this day, YYYY-MM-DD (default: every day)")
+    p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
+    p.add_argument("--target-mb", type=int, default=256)
+    p.set_defaults(fn=cmd_compact)
 
 
 def _common(parser: argparse.ArgumentParser, top: bool) -> None:

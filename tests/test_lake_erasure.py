@@ -76,7 +76,7 @@ async def test_erasure_leaves_no_trace_of_the_user_in_any_file(backend, settings
     await control.flush(backend.aio, settings)
     lake_dir = tmp_path / "lake"
     lake = Lake(str(lake_dir))
-    Archiver(backend.sync, settings, lake, read_count=30, until_idle=True).run()     # several files per table
+    Archiver(backend.sync, settings, lake, commit_rows=40, read_count=30, until_idle=True).run()   # several files per table
     for table in tables.TABLES:
         dt = lake.open(table)
         dt.create_checkpoint()                       # a checkpoint (Parquet) lists the files before erasure

@@ -7,6 +7,7 @@
     archiver.py   `shopstream archive`: its own consumer group, commits sized by rows and time
     sql.py        `shopstream sql`: DuckDB views over the tables' current Parquet files (no copy)
     erasure.py    erase_from_lake(): a user's rows out of every table, old files removed
+    compaction.py `shopstream compact`: a day's small files rewritten into large ones
 
 Nothing here is imported by the consumer: the lake's dependencies (the `lake` extra) stay out of
 a consumer image.
