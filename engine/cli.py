@@ -281,6 +281,13 @@ def cmd_compact(args, settings):
         print("nothing to compact")
 
 
+def cmd_report(args, settings):
+    from .lake.report import write_report
+    done = write_report(args.lake or settings.lake_uri, args.date, args.out)
+    print(done["files"]["md"].read_text())
+    print(f"\nopen {done['files']['html'].resolve()} (self-contained); numbers in {done['files']['json']}")
+
+
 def _lake_commands(sub) -> None:
     p = sub.add_parser("archive", help="archive every input and output stream into the lake, exactly once")
     p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
@@ -302,6 +309,11 @@ def _lake_commands(sub) -> None:
     p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
     p.add_argument("--target-mb", type=int, default=256)
     p.set_defaults(fn=cmd_compact)
+    p = sub.add_parser("report", help="the daily BI report of one date from the lake (Markdown + HTML)")
+    p.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
+    p.add_argument("--out", default="out/report", help="writes OUT/DATE/report.md, report.html, report.json")
+    p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
+    p.set_defaults(fn=cmd_report)
 
 
 def _common(parser: argparse.ArgumentParser, top: bool) -> None:

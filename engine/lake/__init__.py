@@ -8,6 +8,9 @@
     sql.py        `shopstream sql`: DuckDB views over the tables' current Parquet files (no copy)
     erasure.py    erase_from_lake(): a user's rows out of every table, old files removed
     compaction.py `shopstream compact`: a day's small files rewritten into large ones
+    daily.py      the daily BI report's numbers (DuckDB over the lake, one date)
+    render.py     ... as Markdown and as a self-contained HTML page (inline SVG charts)
+    report.py     `shopstream report --date D`: writes both + JSON, says what changed since the last run
 
 Nothing here is imported by the consumer: the lake's dependencies (the `lake` extra) stay out of
 a consumer image.

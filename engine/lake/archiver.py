@@ -85,10 +85,11 @@ class Archiver:
                 raise reply
         self.lake.ensure_tables()
         self._refresh_erased()
-        for source in self.sources:
-            position = self.lake.position(source.table, source.stream, self.group)
-            if position is not None:
-                self.committed[source.stream] = parse_id(position)
+        for table in tables.TABLES:
+            streams = [s.stream for s in self.sources if s.table is table]
+            for stream, position in self.lake.positions(table, streams, self.group).items():
+                if position is not None:
+                    self.committed[stream] = parse_id(position)
         for source in self.sources:
             self._claim_pending(source)
         self._ack_skipped()

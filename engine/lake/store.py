@@ -59,9 +59,12 @@ class Lake:
     # -- reads ------------------------------------------------------------------------------
     def position(self, table: Table, stream: str, group: str) -> str | None:
         """The last entry id of ``stream`` committed to ``table`` by ``group`` (None: nothing yet)."""
+        return self.positions(table, [stream], group)[stream]
+
+    def positions(self, table: Table, streams: list[str], group: str) -> dict[str, str | None]:
         dt = self.open(table)
-        version = None if dt is None else dt.transaction_version(app_id(group, stream))
-        return None if version is None else from_version(version)
+        versions = {s: None if dt is None else dt.transaction_version(app_id(group, s)) for s in streams}
+        return {s: None if v is None else from_version(v) for s, v in versions.items()}
 
     def files(self, table: Table | str) -> list[str]:
         """The table's current data files (the snapshot a reader should see)."""
