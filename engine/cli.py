@@ -288,6 +288,12 @@ def cmd_report(args, settings):
     print(f"\nopen {done['files']['html'].resolve()} (self-contained); numbers in {done['files']['json']}")
 
 
+def cmd_dims(args, settings):
+    from .lake.dimensions import rebuild
+    for name, rows in rebuild(args.lake or settings.lake_uri).items():
+        print(f"{name:<13} {rows:>8,} versions")
+
+
 def _lake_commands(sub) -> None:
     p = sub.add_parser("archive", help="archive every input and output stream into the lake, exactly once")
     p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
@@ -314,6 +320,9 @@ def _lake_commands(sub) -> None:
     p.add_argument("--out", default="out/report", help="writes OUT/DATE/report.md, report.html, report.json")
     p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("dims", help="rebuild the SCD2 dimensions dim_customer and dim_product from the lake")
+    p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
+    p.set_defaults(fn=cmd_dims)
 
 
 def _common(parser: argparse.ArgumentParser, top: bool) -> None:

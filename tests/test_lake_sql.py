@@ -31,7 +31,7 @@ def doc_queries() -> dict[str, str]:
     """name -> SQL of each ```sql block of the lake section (its first line: ``-- name: …``)."""
     section = DOC.read_text().split("## The lake (engine/lake)", 1)[1]
     blocks = re.findall(r"```sql\n(.*?)```", section, re.S)
-    return {re.match(r"-- (\w+):", b).group(1): b for b in blocks}
+    return {re.match(r"-- (\w+):", b).group(1): b for b in blocks}     # as_of: tests/test_lake_dimensions.py
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def at(hhmmss: str) -> datetime:
 
 
 def test_the_doc_has_the_queries_this_file_checks():
-    assert set(doc_queries()) == {"funnel", "history", "fraud_rate", "payments", "conversion"}
+    assert set(doc_queries()) == {"funnel", "history", "fraud_rate", "payments", "conversion", "as_of"}
 
 
 def test_funnel_by_device(lake):

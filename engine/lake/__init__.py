@@ -10,6 +10,7 @@
     compaction.py `shopstream compact`: a day's small files rewritten into large ones
     daily.py      the daily BI report's numbers (DuckDB over the lake, one date)
     render.py     ... as Markdown and as a self-contained HTML page (inline SVG charts)
+    dimensions.py `shopstream dims`: SCD2 dim_customer and dim_product rebuilt from bronze
     report.py     `shopstream report --date D`: writes both + JSON, says what changed since the last run
 
 Nothing here is imported by the consumer: the lake's dependencies (the `lake` extra) stay out of

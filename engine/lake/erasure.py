@@ -151,6 +151,7 @@ def erase_from_lake(lake: Lake | str, user_id: str, request_id: str) -> dict[str
         if d or r:
             report["tables"][table.name] = {"deleted": d, "redacted": r}
         deleted, redacted = deleted + d, redacted + r
+    _rebuild_dimensions(lake, request_id)
     write_deltalake(lake.path(ERASURES),
                     pa.Table.from_pylist([{"request_id": request_id, "subject_sha256": subject_hash(user_id),
                                            "at": time.time_ns() // 1000, "rows_deleted": deleted,
@@ -158,6 +159,17 @@ def erase_from_lake(lake: Lake | str, user_id: str, request_id: str) -> dict[str
                     mode="append", configuration=CONFIG, storage_options=lake.storage_options)
     report.update(rows_deleted=deleted, rows_redacted=redacted)
     return report
+
+
+def _rebuild_dimensions(lake: Lake, request_id: str) -> None:
+    """The SCD2 dimensions, rebuilt from the erased bronze (one overwrite commit, no predicate),
+    then vacuumed: the user's versions are gone with their files."""
+    from .dimensions import DIMENSIONS, rebuild
+    present = tuple(name for name in DIMENSIONS if lake.open(name) is not None)
+    if present:
+        rebuild(lake, present, request_id)
+        for name in present:
+            lake.open(name).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
 
 
 def erased_subjects(lake: Lake) -> set[str]:

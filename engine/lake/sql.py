@@ -17,6 +17,8 @@ import duckdb
 from .store import Lake
 from .tables import TABLES
 
+DERIVED = ("dim_customer", "dim_product", "erasures")     # tables not fed by a stream (views when present)
+
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
@@ -36,4 +38,9 @@ def connect(lake: Lake | str, con: duckdb.DuckDBPyConnection | None = None) -> d
             empty = table.schema.empty_table()
             con.register(f"_empty_{table.name}", empty)
             con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM _empty_{table.name}")
+    for name in DERIVED:
+        files = lake.files(name)
+        if files:
+            listing = ", ".join(_literal(f) for f in files)
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
     return con
