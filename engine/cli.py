@@ -237,6 +237,7 @@ def cmd_sessions(args, settings):
 # -- the lake (engine/lake; needs the `lake` extra) ---------------------------------------------
 def cmd_archive(args, settings):
     from .lake.archiver import Archiver
+    from .lake.lineage import lineage, redis_namespace
     from .lake.store import Lake
     lake = Lake(args.lake or settings.lake_uri)
     archiver = Archiver(sync_client(_need_url(settings)), settings, lake, instance=args.instance,
@@ -246,7 +247,10 @@ def cmd_archive(args, settings):
         signal.signal(sig, lambda *_: archiver.stop())
     log.info("archiver %s (group %s) -> %s: %d streams", archiver.name, archiver.group, lake.uri,
              len(archiver.sources))
-    done = archiver.run()
+    with lineage(lake, "archive") as run:
+        done = archiver.run()
+        run.inputs = [(redis_namespace(settings.redis_url), s) for s in sorted(done.by_stream)]
+        run.outputs = [(lake.uri, t, n) for t, n in sorted(done.by_table.items())]
     print(f"archived {done.rows:,} rows in {done.commits:,} table commits to {lake.uri}"
           + (f" ({done.skipped:,} redelivered entries were already there)" if done.skipped else ""))
 
@@ -272,9 +276,13 @@ def cmd_sql(args, settings):
 
 def cmd_compact(args, settings):
     from .lake.compaction import compact
+    from .lake.lineage import lineage
     from .lake.store import Lake
     lake = Lake(args.lake or settings.lake_uri)
-    done = compact(lake, args.date, target_mb=args.target_mb)
+    with lineage(lake, "compact") as run:
+        done = compact(lake, args.date, target_mb=args.target_mb)
+        run.inputs = [(lake.uri, name) for name in done]
+        run.outputs = [(lake.uri, name, None) for name in done]
     for name, counts in done.items():
         print(f"{name:<15} {counts['removed']:>6,} files -> {counts['added']:,}")
     if not done:
@@ -282,15 +290,29 @@ def cmd_compact(args, settings):
 
 
 def cmd_report(args, settings):
+    from .lake.lineage import lineage
     from .lake.report import write_report
-    done = write_report(args.lake or settings.lake_uri, args.date, args.out)
+    from .lake.store import Lake
+    from .lake.tables import TABLES
+    lake = Lake(args.lake or settings.lake_uri)
+    with lineage(lake, "report") as run:
+        done = write_report(lake, args.date, args.out)
+        run.inputs = [(lake.uri, t.name) for t in TABLES]
+        run.outputs = [("file://", str(path.resolve()), None) for path in done["files"].values()]
     print(done["files"]["md"].read_text())
     print(f"\nopen {done['files']['html'].resolve()} (self-contained); numbers in {done['files']['json']}")
 
 
 def cmd_dims(args, settings):
     from .lake.dimensions import rebuild
-    for name, rows in rebuild(args.lake or settings.lake_uri).items():
+    from .lake.lineage import lineage
+    from .lake.store import Lake
+    lake = Lake(args.lake or settings.lake_uri)
+    with lineage(lake, "dims") as run:
+        built = rebuild(lake)
+        run.inputs = [(lake.uri, name) for name in ("bronze_clicks", "bronze_tx", "alerts", "bronze_catalog")]
+        run.outputs = [(lake.uri, name, rows) for name, rows in built.items()]
+    for name, rows in built.items():
         print(f"{name:<13} {rows:>8,} versions")
 
 

@@ -46,6 +46,7 @@ class Counters:
     dropped: int = 0               # rows of erased users read before their erasure, not written
     commit_seconds: float = 0.0    # time spent committing (write + XACK)
     by_table: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    by_stream: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 class Archiver:
@@ -180,6 +181,7 @@ class Archiver:
             self._ack({s: self.ids[s] for s in streams})       # only after the rows are in the lake
             for s in streams:
                 self.committed[s] = parse_id(positions[s])
+                self.counters.by_stream[s] += len(self.ids[s])
                 del self.ids[s]
             del self.rows[table_name]
             committed += len(records)
