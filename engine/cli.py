@@ -78,6 +78,10 @@ def cmd_generate(args, settings):
 def cmd_replay(args, settings):
     from .producer import replay
     client = sync_client(_need_url(settings))
+    if args.from_lake:
+        return _replay_from_lake(args, settings, client)
+    if not args.file:
+        sys.exit("error: give a FILE or folder to replay, or --from-lake --date D")
     for kind, sent in replay(client, args.file, settings, rate=args.rate).items():
         if kind == "catalog":
             print(f"loaded {sent:,} products into {settings.namespace}:product:<id> and the {settings.namespace}:catalog"
@@ -316,6 +320,14 @@ def cmd_dims(args, settings):
         print(f"{name:<13} {rows:>8,} versions")
 
 
+def _replay_from_lake(args, settings, client):
+    from .lake.replay import replay_day
+    if not args.date:
+        sys.exit("error: --from-lake needs --date YYYY-MM-DD")
+    for kind, sent in replay_day(args.lake or settings.lake_uri, client, settings, args.date).items():
+        print(f"re-published {sent:,} {kind} records of {args.date} from the lake")
+
+
 def _lake_commands(sub) -> None:
     p = sub.add_parser("archive", help="archive every input and output stream into the lake, exactly once")
     p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
@@ -374,8 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="publish a file (clicks, transactions.csv, support tickets, catalog) or a"
                                       " folder of them to the streams")
-    p.add_argument("file", help="a file (its kind is read from its records) or a folder with the sample files")
+    p.add_argument("file", nargs="?", help="a file (its kind is read from its records) or a folder with the sample files")
     p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.add_argument("--from-lake", action="store_true", help="instead: re-publish one day's raw input from the lake")
+    p.add_argument("--date", help="with --from-lake: the day, YYYY-MM-DD (UTC)")
+    p.add_argument("--lake", help="with --from-lake: lake folder or URI (default: setting lake_uri, lake/)")
     p.set_defaults(fn=cmd_replay)
 
     p = sub.add_parser("consume", help="run one consumer of the group (run several side by side)")

@@ -11,6 +11,7 @@
     daily.py      the daily BI report's numbers (DuckDB over the lake, one date)
     render.py     ... as Markdown and as a self-contained HTML page (inline SVG charts)
     dimensions.py `shopstream dims`: SCD2 dim_customer and dim_product rebuilt from bronze
+    replay.py     `shopstream replay --from-lake --date D`: a day's raw input published again
     lineage.py    OpenLineage run events of archive / compact / dims / report (JSONL file or HTTP)
     report.py     `shopstream report --date D`: writes both + JSON, says what changed since the last run
 
