@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +19,7 @@ from engine.cli import main  # noqa: E402
 from engine.lake.archiver import Archiver  # noqa: E402
 from engine.lake.sql import connect  # noqa: E402
 from engine.lake.store import Lake  # noqa: E402
+from engine.producer import publish  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from tests import lakedata  # noqa: E402
 from tests.conftest import fake_clients  # noqa: E402
@@ -47,6 +48,9 @@ def lake(tmp_path_factory) -> Lake:
         await consume_all(backend, settings)
         await control.flush(aio, settings)
     asyncio.run(engine())
+    publish(sync, [{"user_id": user, "event_type": "page_view", "timestamp": day, "device": "ios", "country": country}
+                   for user, day, country in (("a1", "2026-11-03T09:00:00Z", "FR"), ("a1", "2026-11-04T09:00:00Z", "FR"),
+                                              ("b2", "2026-11-04T10:00:00Z", "US"))], settings)   # users coming back
     lake = Lake(str(tmp_path_factory.mktemp("sql") / "lake"))
     Archiver(sync, settings, lake, commit_rows=50, read_count=25, until_idle=True).run()   # several files per table
     return lake
@@ -61,7 +65,8 @@ def at(hhmmss: str) -> datetime:
 
 
 def test_the_doc_has_the_queries_this_file_checks():
-    assert set(doc_queries()) == {"funnel", "history", "fraud_rate", "payments", "conversion", "as_of"}
+    assert set(doc_queries()) == {"funnel", "history", "fraud_rate", "cohort_retention", "payments", "conversion",
+                                  "as_of"}
 
 
 def test_funnel_by_device(lake):
@@ -80,6 +85,11 @@ def test_fraud_rate_by_country(lake):
     assert run(lake, "fraud_rate") == [("FR", 2, 0, 0.0), ("US", 3, 1, 0.333)]
     flagged = connect(lake).sql("SELECT DISTINCT user_id FROM alerts").fetchall()
     assert flagged == [("bot",)]
+
+
+def test_cohort_retention(lake):
+    day = date.fromisoformat(lakedata.DAY)
+    assert run(lake, "cohort_retention") == [(day, 0, 5, 1.0), (day, 1, 1, 0.2), (day, 2, 2, 0.4)]
 
 
 def test_payments_by_country(lake):
@@ -101,7 +111,7 @@ def test_views_read_the_files_in_place(lake):
 
 
 def test_sql_command(lake, capsys):
-    main(["sql", "SELECT user_id, event_count FROM sessions WHERE user_id LIKE 'a%' ORDER BY 1",
+    main(["sql", "SELECT user_id, event_count FROM sessions WHERE user_id LIKE 'a%' AND dt = '2026-11-02' ORDER BY 1",
           "--lake", lake.uri, "--csv"])
     assert capsys.readouterr().out.splitlines() == ["user_id,event_count", "a1,5", "a2,3"]
 
