@@ -242,11 +242,15 @@ def cmd_sessions(args, settings):
 def cmd_archive(args, settings):
     from .lake.archiver import Archiver
     from .lake.lineage import lineage, redis_namespace
+    from .lake.metrics import ArchiverMetrics
     from .lake.store import Lake
     lake = Lake(args.lake or settings.lake_uri)
+    metrics = ArchiverMetrics() if args.metrics_port is not None else None
     archiver = Archiver(sync_client(_need_url(settings)), settings, lake, instance=args.instance,
                         instances=args.instances, commit_rows=args.commit_rows, commit_seconds=args.commit_seconds,
-                        read_count=args.read_count, until_idle=args.until_idle)
+                        read_count=args.read_count, until_idle=args.until_idle, metrics=metrics)
+    if metrics:
+        log.info("serving /metrics on port %d", metrics.serve(args.metrics_port))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: archiver.stop())
     log.info("archiver %s (group %s) -> %s: %d streams", archiver.name, archiver.group, lake.uri,
@@ -337,6 +341,7 @@ def _lake_commands(sub) -> None:
     p.add_argument("--commit-rows", type=int, default=50_000, help="commit after this many rows ...")
     p.add_argument("--commit-seconds", type=float, default=10.0, help="... or this long after the first one")
     p.add_argument("--read-count", type=int, default=1000, help="entries read per stream and round")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (0 = any free port; default off)")
     p.set_defaults(fn=cmd_archive)
     p = sub.add_parser("sql", help="SQL (DuckDB) over the lake's tables, in place")
     p.add_argument("query")

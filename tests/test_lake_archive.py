@@ -103,3 +103,22 @@ def test_positions_encode_entry_ids_in_order():
     assert versions[-1] < 2**63
     with pytest.raises(ValueError):
         to_version("1-1048576")
+
+
+async def test_archiver_metrics(backend, settings, tmp_path):
+    from prometheus_client import generate_latest
+
+    from engine.lake.metrics import ArchiverMetrics
+    await run_engine(backend, settings)
+    metrics = ArchiverMetrics()
+    lake = Lake(str(tmp_path / "lake"))
+    archiver = Archiver(backend.sync, settings, lake, until_idle=True, metrics=metrics, lag_every=0)
+    archiver.start()
+    lag = archiver.lag()
+    assert lag["bronze_clicks"] == len(lakedata.clicks()) + 1 and lag["bronze_tx"] == 4
+    archiver.run()
+    text = generate_latest(metrics.registry).decode()
+    assert 'shopstream_archive_rows_total{table="bronze_tx"} 4.0' in text
+    assert 'shopstream_archive_lag_entries{table="bronze_clicks"} 0.0' in text     # measured after the last read
+    assert "shopstream_archive_commit_duration_seconds_count 1.0" in text
+    assert archiver.lag() == {t.name: 0 for t in tables.TABLES}

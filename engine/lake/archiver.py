@@ -32,6 +32,7 @@ from ..settings import Settings
 from . import tables
 from .erasure import ERASURES, erased_subjects, subject_hash
 from .positions import parse_id
+from .metrics import ArchiverMetrics
 from .store import Lake
 
 log = logging.getLogger("shopstream.archive")
@@ -52,7 +53,8 @@ class Counters:
 class Archiver:
     def __init__(self, client: Any, settings: Settings, lake: Lake, *, name: str | None = None,
                  instance: int = 0, instances: int = 1, commit_rows: int = 50_000, commit_seconds: float = 10.0,
-                 read_count: int = 1000, until_idle: bool = False):
+                 read_count: int = 1000, until_idle: bool = False, metrics: "ArchiverMetrics | None" = None,
+                 lag_every: float = 5.0):
         if not 0 <= instance < instances:
             raise ValueError(f"instance {instance} is not one of 0..{instances - 1}")
         self.client, self.settings, self.lake = client, settings, lake
@@ -62,6 +64,7 @@ class Archiver:
         self.by_stream = {s.stream: s for s in self.sources}
         self.commit_rows, self.commit_seconds = commit_rows, commit_seconds
         self.read_count, self.until_idle = read_count, until_idle
+        self.metrics, self.lag_every, self._lag_at = metrics, lag_every, 0.0
         self.committed: dict[str, tuple[int, int]] = {}      # stream -> last entry id in the lake
         self.rows: dict[str, list[dict]] = defaultdict(list)   # table -> rows not yet committed
         self.ids: dict[str, list[bytes]] = defaultdict(list)   # stream -> entry ids not yet committed
@@ -145,6 +148,8 @@ class Archiver:
         return read
 
     def _ack_skipped(self) -> None:
+        if self._skipped and self.metrics:
+            self.metrics.skipped.inc(len(self._skipped))
         if self._skipped:
             by_stream: dict[str, list[bytes]] = defaultdict(list)
             for stream, entry_id in self._skipped:
@@ -187,9 +192,16 @@ class Archiver:
             committed += len(records)
             self.counters.commits += 1
             self.counters.by_table[table_name] += len(records)
+            if self.metrics:
+                self.metrics.rows.labels(table_name).inc(len(records))
+                self.metrics.commits.labels(table_name).inc()
         self.counters.rows += committed
         self.counters.commit_seconds += time.monotonic() - began
         self.buffered, self.first_at = 0, None
+        if self.metrics:
+            self.metrics.commit_seconds.observe(time.monotonic() - began)
+            self.metrics.last_commit.set_to_current_time()
+            self.metrics.buffered.set(0)
         log.debug("committed %d rows", committed)
         return committed
 
@@ -210,15 +222,40 @@ class Archiver:
             user = row.get("user_id")
             if user is not None and hashes.setdefault(user, subject_hash(user) in self.erased):
                 self.counters.dropped += 1
+                if self.metrics:
+                    self.metrics.dropped.inc()
                 continue
             kept.append(row)
         return kept
+
+    def lag(self) -> dict[str, int]:
+        """Entries not yet delivered to the archive group, per table (XINFO GROUPS of every stream)."""
+        pipe = self.client.pipeline(transaction=False)
+        for source in self.sources:
+            pipe.xinfo_groups(source.stream)
+        out: dict[str, int] = defaultdict(int)
+        for source, groups in zip(self.sources, pipe.execute(raise_on_error=False)):
+            if isinstance(groups, Exception):
+                continue
+            group = next((g for g in groups if g["name"] in (self.group, self.group.encode())), None)
+            out[source.table.name] += (group or {}).get("lag") or 0
+        return out
+
+    def _observe(self) -> None:
+        if not self.metrics:
+            return
+        self.metrics.buffered.set(self.buffered)
+        if time.monotonic() - self._lag_at >= self.lag_every:
+            self._lag_at = time.monotonic()
+            for table, lag in self.lag().items():
+                self.metrics.lag.labels(table).set(lag)
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, idle_sleep: float = 0.1) -> Counters:
         self.start()
         while not self._stop:
             read = self.read_round()
+            self._observe()
             if self.due():
                 self.commit()
             if read == 0:
