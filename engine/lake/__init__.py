@@ -13,6 +13,7 @@
     render.py     ... as Markdown and as a self-contained HTML page (inline SVG charts)
     dimensions.py `shopstream dims`: SCD2 dim_customer and dim_product rebuilt from bronze
     replay.py     `shopstream replay --from-lake --date D`: a day's raw input published again
+    benchlake.py  measurements: a synthetic lake of N events, SQL and report timings
     demo.py       the demo's cold path: archive, dimensions, the busiest day's report
     lineage.py    OpenLineage run events of archive / compact / dims / report (JSONL file or HTTP)
     report.py     `shopstream report --date D`: writes both + JSON, says what changed since the last run

@@ -36,11 +36,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _funnel(con, day: str, by: str | None) -> list[list]:
-    steps = ", ".join(f"COUNT(DISTINCT user_id) FILTER (WHERE {cond})" for _, cond in STEPS)
-    key = f"COALESCE({by}, '(none)')" if by else "'all'"
-    return _rows(con, f"SELECT {key} AS k, {steps} FROM bronze_clicks WHERE dt = ? GROUP BY k "
-                      f"ORDER BY 2 DESC, k", day)
+def funnel(con, day: str) -> dict:
+    """Users reaching each step, overall / by device / by country: one pass over the day's clicks
+    down to one row per (user, device, country), then small aggregations."""
+    flags = ", ".join(f"bool_or({cond}) AS s{i}" for i, (_, cond) in enumerate(STEPS))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _steps AS SELECT user_id, COALESCE(device, '(none)') AS device, "
+                f"COALESCE(country, '(none)') AS country, {flags} FROM bronze_clicks WHERE dt = ? GROUP BY ALL", [day])
+    counts = ", ".join(f"count(DISTINCT user_id) FILTER (WHERE s{i})" for i in range(len(STEPS)))
+    by = {key: _rows(con, f"SELECT {key}, {counts} FROM _steps GROUP BY 1 ORDER BY 2 DESC, 1")
+          for key in ("device", "country")}
+    return {"steps": [name for name, _ in STEPS], "overall": _one(con, f"SELECT {counts} FROM _steps"),
+            "by_device": by["device"], "by_country": by["country"]}
 
 
 def traffic(con, day: str) -> dict:
@@ -70,16 +76,17 @@ def sales(con, day: str) -> dict:
 
 
 def products(con, day: str, top: int = 10) -> dict:
-    asof = ("FROM bronze_clicks e ASOF LEFT JOIN (SELECT * FROM bronze_catalog WHERE event_ts IS NOT NULL) c "
-            "ON e.product_id = c.product_id AND e.event_ts >= c.event_ts "
-            "WHERE e.dt = ? AND e.product_id IS NOT NULL")
-    counts = ("count(*) FILTER (WHERE e.event_type = 'product_view') AS views, "
-              "count(*) FILTER (WHERE e.event_type = 'purchase') AS purchases")
-    return {"top_products": _rows(con, f"SELECT e.product_id, COALESCE(c.name, ''), COALESCE(c.category, '(unknown)'), "
-                                       f"{counts} {asof} GROUP BY ALL ORDER BY views DESC, purchases DESC, 1 LIMIT {top}",
-                                  day),
-            "top_categories": _rows(con, f"SELECT COALESCE(c.category, '(unknown)'), {counts} {asof} GROUP BY ALL "
-                                         f"ORDER BY views DESC, purchases DESC, 1 LIMIT {top}", day)}
+    con.execute("CREATE OR REPLACE TEMP TABLE _products AS SELECT e.product_id, COALESCE(c.name, '') AS name, "
+                "COALESCE(c.category, '(unknown)') AS category, "
+                "count(*) FILTER (WHERE e.event_type = 'product_view') AS views, "
+                "count(*) FILTER (WHERE e.event_type = 'purchase') AS purchases "
+                "FROM bronze_clicks e ASOF LEFT JOIN (SELECT * FROM bronze_catalog WHERE event_ts IS NOT NULL) c "
+                "ON e.product_id = c.product_id AND e.event_ts >= c.event_ts "
+                "WHERE e.dt = ? AND e.product_id IS NOT NULL GROUP BY ALL", [day])
+    return {"top_products": _rows(con, "SELECT product_id, name, category, sum(views)::BIGINT, sum(purchases)::BIGINT "
+                                       f"FROM _products GROUP BY ALL ORDER BY 4 DESC, 5 DESC, 1 LIMIT {top}"),
+            "top_categories": _rows(con, "SELECT category, sum(views)::BIGINT, sum(purchases)::BIGINT FROM _products "
+                                         f"GROUP BY 1 ORDER BY 2 DESC, 3 DESC, 1 LIMIT {top}")}
 
 
 def support(con, day: str) -> dict:
@@ -106,9 +113,7 @@ def quality(con, day: str) -> dict:
 
 
 def compute(con: duckdb.DuckDBPyConnection, day: str) -> dict:
-    return {"date": day, "traffic": traffic(con, day),
-            "funnel": {"steps": [name for name, _ in STEPS], "overall": _funnel(con, day, None)[0][1:],
-                       "by_device": _funnel(con, day, "device"), "by_country": _funnel(con, day, "country")},
+    return {"date": day, "traffic": traffic(con, day), "funnel": funnel(con, day),
             "sales": sales(con, day), **products(con, day), "support": support(con, day), "fraud": fraud(con, day),
             "quality": quality(con, day)}
 

@@ -28,6 +28,7 @@ def connect(lake: Lake | str, con: duckdb.DuckDBPyConnection | None = None) -> d
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     con = con or duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
     for table in TABLES:
         files = lake.files(table)
         if files:

@@ -13,13 +13,14 @@ from typing import Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from .positions import app_id, from_version, to_version
 from .tables import BY_NAME, STATS_COLUMNS, TABLES, Table
 
 CONFIG = {"delta.dataSkippingStatsColumns": STATS_COLUMNS}
+WRITER = WriterProperties(compression="ZSTD", compression_level=3)   # ~40 % smaller than snappy, as fast to read
 
 
 class Lake:
@@ -52,7 +53,7 @@ class Lake:
         """Append ``data`` and, in the same commit, each stream's last archived entry id."""
         txns = [Transaction(app_id(group, stream), to_version(entry_id)) for stream, entry_id in positions.items()]
         write_deltalake(self.path(table), data, mode="append", partition_by=["dt"], configuration=CONFIG,
-                        storage_options=self.storage_options,
+                        storage_options=self.storage_options, writer_properties=WRITER,
                         commit_properties=CommitProperties(app_transactions=txns,
                                                            custom_metadata={"shopstream.writer": group}))
 
