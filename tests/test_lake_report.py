@@ -105,6 +105,10 @@ async def test_report_of_a_known_day(backend, settings, tmp_path):
     assert changed["traffic.events"] == (145, 146) and changed["sales.revenue"] == ("134.99", "145.00")
     assert changed["traffic.events_per_hour[23]"] == (0, 1)
     assert "traffic.events: 145 -> 146" in late["files"]["md"].read_text()
+    # the gold table holds one row per date, replaced by each run
+    from engine.lake.sql import connect
+    assert connect(lake).sql("SELECT CAST(dt AS VARCHAR), events, orders, revenue FROM mart_daily").fetchall() == [
+        (lakedata.DAY, 146, 4, "145.00")]
 
 
 def chromium() -> str | None:

@@ -17,7 +17,7 @@ import duckdb
 from .store import Lake
 from .tables import TABLES
 
-DERIVED = ("dim_customer", "dim_product", "erasures")     # tables not fed by a stream (views when present)
+DERIVED = ("dim_customer", "dim_product", "mart_daily", "erasures")     # tables not fed by a stream (views when present)
 
 
 def _literal(text: str) -> str:
@@ -43,5 +43,7 @@ def connect(lake: Lake | str, con: duckdb.DuckDBPyConnection | None = None) -> d
         files = lake.files(name)
         if files:
             listing = ", ".join(_literal(f) for f in files)
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
+            hive = ", hive_partitioning = true, hive_types = {'dt': DATE}" if "/dt=" in files[0] else ""
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}], "
+                        f"union_by_name = true{hive})")
     return con
