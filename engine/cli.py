@@ -332,6 +332,12 @@ def _replay_from_lake(args, settings, client):
         print(f"re-published {sent:,} {kind} records of {args.date} from the lake")
 
 
+def cmd_trim(args, settings):
+    from .lake.retention import trim_acknowledged
+    removed = trim_acknowledged(sync_client(_need_url(settings)), settings)
+    print(f"trimmed {sum(removed.values()):,} acknowledged entries from {len(removed)} streams")
+
+
 def _lake_commands(sub) -> None:
     p = sub.add_parser("archive", help="archive every input and output stream into the lake, exactly once")
     p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
@@ -359,6 +365,8 @@ def _lake_commands(sub) -> None:
     p.add_argument("--out", default="out/report", help="writes OUT/DATE/report.md, report.html, report.json")
     p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
     p.set_defaults(fn=cmd_report)
+    sub.add_parser("trim", help="retention: trim from the streams what every consumer group acknowledged"
+                   ).set_defaults(fn=cmd_trim)
     p = sub.add_parser("dims", help="rebuild the SCD2 dimensions dim_customer and dim_product from the lake")
     p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri, lake/)")
     p.set_defaults(fn=cmd_dims)

@@ -6,6 +6,7 @@
     store.py      the lake on disk / object storage: create, append with positions, files, vacuum
     archiver.py   `shopstream archive`: its own consumer group, commits sized by rows and time
     metrics.py    the archiver's Prometheus metrics (rows, commits, commit latency, lag, buffered)
+    retention.py  `shopstream trim`: Redis retention by acknowledgement of every group
     sql.py        `shopstream sql`: DuckDB views over the tables' current Parquet files (no copy)
     erasure.py    erase_from_lake(): a user's rows out of every table, old files removed
     compaction.py `shopstream compact`: a day's small files rewritten into large ones
