@@ -102,6 +102,5 @@ def sources(keys: Keys, instance: int = 0, instances: int = 1) -> list[Source]:
 
 def arrow_table(table: Table, records: list[rows.Row]) -> pa.Table:
     """Rows -> an Arrow table of the table's schema, sorted by dt then the table's sort key."""
-    schema = table.schema
-    data = pa.table({f.name: pa.array([r.get(f.name) for r in records], type=f.type) for f in schema}, schema=schema)
+    data = pa.Table.from_pylist(records, schema=table.schema)
     return data.sort_by([("dt", "ascending"), *((c, "ascending") for c in table.sort_by)])
