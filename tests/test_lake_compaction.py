@@ -46,3 +46,15 @@ async def test_compact_command(backend, settings, tmp_path, capsys):
     assert "bronze_clicks" in capsys.readouterr().out
     main(["compact", "--lake", lake.uri])
     assert capsys.readouterr().out.strip() == "nothing to compact"
+
+
+async def test_archive_throughput_measure(backend, settings, tmp_path):
+    from engine.lake.benchlake import archive_throughput, build, synthetic_clicks
+    await run_engine(backend, settings)
+    got = archive_throughput(backend.sync, settings, tmp_path / "bench")
+    assert got["rows"] == sum(stream_entries(backend.sync, settings).values()) and got["rows_per_s"] > 0
+    assert 0 < got["bytes_per_click_event"] < 400
+    lake = Lake(str(tmp_path / "synthetic"))
+    build(lake, 5000, users=50, chunk=2000)
+    assert lake.read("bronze_clicks").num_rows == 5000
+    assert synthetic_clicks(0, 3, 10, 3).column("dt").to_pylist()[0].isoformat() == "2026-11-02"

@@ -1,5 +1,6 @@
-"""Lake measurements: archive throughput from real streams, and a synthetic lake of N click
-events (written straight into bronze, no Redis) to time the SQL and the daily report at scale.
+"""Lake measurements: archive throughput from real streams (``archive_throughput``, for
+``shopstream bench`` to call after its engine run), and a synthetic lake of N click events
+(written straight into bronze, no Redis) to time the SQL and the daily report at scale.
 
     python -m engine.lake.benchlake --events 10000000 --lake /tmp/biglake
 """
@@ -7,12 +8,16 @@ events (written straight into bronze, no Redis) to time the SQL and the daily re
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..settings import Settings
+from .archiver import Archiver
 from .daily import compute
 from .sql import connect
 from .store import Lake
@@ -58,6 +63,21 @@ def synthetic_clicks(start: int, count: int, users: int, total: int, stream_coun
         "dt": pc.cast(pc.cast(ts, pa.timestamp("us", "UTC")), pa.date32()),
     }
     return pa.table(columns, schema=table.schema)
+
+
+def archive_throughput(client: Any, settings: Settings, lake_dir: str | Path) -> dict:
+    """Archive whatever the namespace's streams hold (call it after the engine's bench run: input
+    and outputs) into a fresh lake; rows/s, commit share and bytes per input event on disk."""
+    shutil.rmtree(lake_dir, ignore_errors=True)
+    lake = Lake(str(lake_dir))
+    started = time.monotonic()
+    done = Archiver(client, settings, lake, until_idle=True).run()
+    seconds = time.monotonic() - started
+    clicks = done.by_table.get("bronze_clicks", 0)
+    size = sum(f.stat().st_size for f in Path(lake_dir, "bronze_clicks").rglob("*.parquet"))
+    return {"rows": done.rows, "seconds": round(seconds, 3), "rows_per_s": round(done.rows / seconds) if seconds else 0,
+            "commit_share": round(done.commit_seconds / seconds, 3) if seconds else 0,
+            "bytes_per_click_event": round(size / clicks, 1) if clicks else None}
 
 
 def build(lake: Lake, events: int, users: int = 500_000, chunk: int = 2_000_000) -> float:
