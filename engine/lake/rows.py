@@ -40,9 +40,9 @@ def _doc(raw: bytes | None) -> dict:
 
 def _text(doc: dict, name: str) -> str | None:
     value = doc.get(name)
-    if value is None or isinstance(value, (dict, list)):
-        return None
-    return str(value)
+    if value is None or value.__class__ is str:      # the usual case first
+        return value
+    return None if isinstance(value, (dict, list)) else str(value)
 
 
 def _time(*values: object) -> int | None:
