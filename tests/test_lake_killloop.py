@@ -103,4 +103,7 @@ def test_kill_9_in_a_loop_loses_nothing_and_writes_nothing_twice(real, settings,
     assert not duplicated and not missing, (len(duplicated), len(missing), kills)
     assert archived == expected
     assert all(kills.values()), kills
+    consumers = real.sync.xinfo_consumers(Keys(settings.namespace, settings.partitions).partition(0).clicks,
+                                          settings.archive_group)
+    assert len(consumers) == 1                     # the killed processes' names were forgotten
     assert "archived 0 rows" not in out.decode()             # the last kill left work for the restart

@@ -97,6 +97,21 @@ class Archiver:
         for source in self.sources:
             self._claim_pending(source)
         self._ack_skipped()
+        self._forget_dead_consumers()
+
+    def _forget_dead_consumers(self) -> None:
+        """Earlier processes' consumer names (nothing pending any more: it was claimed) leave the group."""
+        pipe = self.client.pipeline(transaction=False)
+        for source in self.sources:
+            pipe.xinfo_consumers(source.stream, self.group)
+        replies = pipe.execute(raise_on_error=False)
+        pipe = self.client.pipeline(transaction=False)
+        for source, consumers in zip(self.sources, replies):
+            for consumer in [] if isinstance(consumers, Exception) else consumers:
+                name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
+                if name != self.name and not consumer["pending"]:
+                    pipe.xgroup_delconsumer(source.stream, self.group, name)
+        pipe.execute(raise_on_error=False)
 
     def _claim_pending(self, source: tables.Source) -> None:
         cursor = "0-0"
