@@ -28,3 +28,15 @@ def test_lake_manifests():
         build_parser().parse_args([a.replace('"$day"', "2026-11-02").replace("$day", "2026-11-02") for a in step[1:]])
     env = {e["name"] for e in container["env"]}
     assert {"REDIS_URL", "SHOPSTREAM_LAKE_URI", "SHOPSTREAM_PARTITIONS"} <= env
+
+
+def test_the_consumer_does_not_import_the_lake():
+    """A consumer image is built without the `lake` extra: nothing it imports may need it."""
+    import subprocess
+    import sys
+    code = ("import sys, consumers.consumer, engine.cli, engine.pipeline, engine.erase; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('deltalake', 'duckdb', 'pyarrow', "
+            "'openlineage') or m.startswith('engine.lake')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
