@@ -5,6 +5,8 @@ Delta log mentions the user; everyone else's rows are still there."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import msgspec
@@ -86,8 +88,18 @@ async def test_erasure_leaves_no_trace_of_the_user_in_any_file(backend, settings
                              ).fetchall()[0][0] >= 1
     assert connect(lake).sql(f"SELECT count(*) FROM dead_letters WHERE payload LIKE '%{VICTIM}%'").fetchall() == [(1,)]
 
+    # an archiver killed between writing a file and committing it left an orphan holding the user's
+    # rows two hours ago; one a live writer is committing right now holds someone else's
+    victim_file = next(f for f in lake.files("bronze_tx") if VICTIM in str(pq.read_table(f).to_pylist()))
+    dead = Path(victim_file).with_name("part-00000-dead-writer.zstd.parquet")
+    dead.write_bytes(Path(victim_file).read_bytes())
+    os.utime(dead, (time.time() - 7200, time.time() - 7200))
+    inflight = lake_dir / "minutes" / "dt=2026-11-02" / "part-00000-in-flight.zstd.parquet"
+    inflight.write_bytes(Path(lake.files("minutes")[0]).read_bytes())
+
     report = erase_from_lake(lake, VICTIM, "req-42")
 
+    assert not dead.exists() and inflight.exists() and report["orphans_removed"] >= 1
     assert traces(lake_dir, VICTIM) == []
     assert report["tables"]["bronze_clicks"]["deleted"] == 111 and report["tables"]["alerts"]["redacted"] == 1
     after = {t.name: lake.read(t).num_rows for t in tables.TABLES}

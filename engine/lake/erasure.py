@@ -4,7 +4,8 @@ The same rules as the Redis side (engine/erase.py): a row *of* the user is delet
 theirs, their sessions, late and dead-letter records, alerts about them); an alert about
 another subject (an IP, a card) that lists the user in its evidence is re-written without them.
 Then each table is vacuumed with no retention, so the files that held the user's rows are
-removed from the folder, not only from the current snapshot.
+removed from the folder, not only from the current snapshot; so are files that no commit
+references (left by a writer killed mid-write) once older than ORPHAN_HOURS.
 
 What keeps the id out of everything that stays:
 * rows are deleted by their key (stream, entry id), never by a predicate on the user id: Delta
@@ -38,6 +39,7 @@ ERASURES_SCHEMA = pa.schema([("request_id", pa.string()), ("subject_sha256", pa.
                              ("rows_redacted", pa.int64())])
 ERASED = "[erased]"
 JSON_TEXT = ("raw", "payload", "evidence")     # columns holding a JSON document as text
+ORPHAN_HOURS = 1       # files no commit references, older than this: left by a writer that died mid-write
 
 
 def subject_hash(user_id: str) -> str:
@@ -152,6 +154,7 @@ def erase_from_lake(lake: Lake | str, user_id: str, request_id: str) -> dict[str
             report["tables"][table.name] = {"deleted": d, "redacted": r}
         deleted, redacted = deleted + d, redacted + r
     _rebuild_dimensions(lake, request_id)
+    report["orphans_removed"] = _remove_orphans(lake)
     write_deltalake(lake.path(ERASURES),
                     pa.Table.from_pylist([{"request_id": request_id, "subject_sha256": subject_hash(user_id),
                                            "at": time.time_ns() // 1000, "rows_deleted": deleted,
@@ -170,6 +173,20 @@ def _rebuild_dimensions(lake: Lake, request_id: str) -> None:
         rebuild(lake, present, request_id)
         for name in present:
             lake.open(name).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+
+
+def _remove_orphans(lake: Lake) -> int:
+    """Parquet files no commit references (a writer killed between writing a file and committing
+    it) may hold the user's rows too: a full vacuum removes those older than ORPHAN_HOURS. Younger
+    ones may belong to a commit in flight; they go with the next erasure or compaction."""
+    from .dimensions import DIMENSIONS
+    removed = 0
+    for name in [t.name for t in TABLES] + list(DIMENSIONS):
+        dt = lake.open(name)
+        if dt is not None:
+            removed += len(dt.vacuum(retention_hours=ORPHAN_HOURS, enforce_retention_duration=False, dry_run=False,
+                                     full=True))
+    return removed
 
 
 def erased_subjects(lake: Lake) -> set[str]:
