@@ -266,7 +266,11 @@ def cmd_archive(args, settings):
 def cmd_sql(args, settings):
     import duckdb
     from .lake.sql import connect
-    con = connect(args.lake or settings.lake_uri)
+    from .lake.store import Lake
+    lake = Lake(args.lake or settings.lake_uri)
+    if lake.open("bronze_clicks") is None:
+        sys.exit(f"error: no lake at {lake.uri} (shopstream archive writes one; --lake or lake_uri to choose)")
+    con = connect(lake)
     try:
         result = con.sql(args.query)
     except duckdb.Error as exc:

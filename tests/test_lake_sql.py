@@ -119,3 +119,8 @@ def test_sql_command(lake, capsys):
 def test_sql_command_reports_a_bad_query_in_one_line(lake):
     with pytest.raises(SystemExit, match='error: Binder Error: Referenced column "nope" not found'):
         main(["sql", "SELECT nope FROM alerts", "--lake", lake.uri])
+
+
+def test_sql_command_without_a_lake(tmp_path):
+    with pytest.raises(SystemExit, match="error: no lake at"):
+        main(["sql", "SELECT 1", "--lake", str(tmp_path / "nowhere")])
