@@ -135,3 +135,27 @@ async def test_the_archiver_drops_rows_of_a_user_erased_after_it_read_them(backe
     for source in tables.sources(Keys(settings.namespace, settings.partitions)):
         assert backend.sync.xpending(source.stream, settings.archive_group)["pending"] == 0
     assert Archiver(backend.sync, settings, lake, until_idle=True).run().rows == 0
+
+
+async def test_erasure_of_a_short_id_spares_lookalikes_and_the_catalog(backend, settings, tmp_path):
+    """Erasing "home" (a user id that is also a catalog category, and a prefix of "homer") removes
+    that user's rows only."""
+    await control.ensure_groups(backend.aio, settings)
+    lakedata.publish_all(backend.sync, settings)         # product P1 has category "home"
+    publish(backend.sync, [{"user_id": u, "event_type": "page_view", "timestamp": f"{lakedata.DAY}T15:00:00Z"}
+                           for u in ("home", "homer")], settings)
+    part = Keys(settings.namespace, settings.partitions).partition(1)
+    backend.sync.xadd(part.key("alerts"), {"rule": "ip_users", "severity": "medium", "subject_kind": "ip",
+                                           "subject": "10.1.1.1", "user_id": "homer", "window_start": 1793620800000000,
+                                           "count": 2, "threshold": 1, "detected_at": 1793620800000000,
+                                           "entry_id": "", "evidence": json.dumps({"users": ["home", "homer"]})})
+    lake = Lake(str(tmp_path / "lake"))
+    Archiver(backend.sync, settings, lake, until_idle=True).run()
+    report = erase_from_lake(lake, "home", "req-7")
+    assert report["tables"] == {"bronze_clicks": {"deleted": 1, "redacted": 0},
+                                "alerts": {"deleted": 0, "redacted": 1}}
+    con = connect(lake)
+    assert con.sql("SELECT count(*) FROM bronze_catalog WHERE category = 'home'").fetchall() == [(1,)]
+    assert con.sql("SELECT count(*) FROM bronze_clicks WHERE user_id = 'homer'").fetchall() == [(1,)]
+    (alert,) = con.sql("SELECT user_id, evidence FROM alerts WHERE subject = '10.1.1.1'").fetchall()
+    assert alert == ("homer", '{"users":["homer"]}')

@@ -71,24 +71,28 @@ def _scrub(value: Any, user_id: str) -> Any:
 
 
 def _mentions(row: dict, user_id: str) -> bool:
-    return any(isinstance(v, str) and user_id in v for v in row.values())
+    """The user is a value of the row, or a JSON string inside one of its JSON columns."""
+    quoted = msgspec.json.encode(user_id).decode()
+    return any(isinstance(v, str) and (v == user_id or quoted in v) for v in row.values())
 
 
 def _marks(table: Table, data: pa.Table, user_id: str) -> tuple[pa.Array, pa.Array]:
     """(rows to delete, rows to redact) of one file."""
     names = data.schema.names
     false = pa.array([False] * data.num_rows)
+    if "user_id" not in names:                        # the catalog, the minutes: nobody's data
+        return false, false
     quoted = msgspec.json.encode(user_id).decode()
     mentioned = false
     for name in JSON_TEXT:
         if name in names:
             mentioned = pc.or_(mentioned, pc.fill_null(pc.match_substring(data[name], quoted), False))
-    owned = pc.fill_null(pc.equal(data["user_id"], user_id), False) if "user_id" in names else false
+    owned = pc.fill_null(pc.equal(data["user_id"], user_id), False)
     if table.name == "alerts":                        # about the user: delete; listing them: redact
         about_user = pc.fill_null(pc.equal(data["subject_kind"], "user"), True)
         delete = pc.and_(owned, about_user)
         return delete, pc.and_(pc.invert(delete), pc.or_(owned, mentioned))
-    unowned = pc.is_null(data["user_id"]) if "user_id" in names else pa.array([True] * data.num_rows)
+    unowned = pc.is_null(data["user_id"])
     return pc.or_(owned, pc.and_(unowned, mentioned)), false      # e.g. an unparseable payload of theirs
 
 
