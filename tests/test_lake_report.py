@@ -71,7 +71,8 @@ async def test_report_of_a_known_day(backend, settings, tmp_path):
     assert data["funnel"]["overall"] == [5, 3, 2, 2]
     assert ["ios", 1, 1, 1, 1] in data["funnel"]["by_device"] and ["web", 3, 1, 0, 0] in data["funnel"]["by_device"]
     sales = data["sales"]
-    assert (sales["orders"], sales["revenue"], sales["average_order_value"]) == (3, "134.99", "45.00")
+    assert (sales["currency"], sales["orders"], sales["revenue"], sales["average_order_value"]) == (
+        "USD", 3, "134.99", "45.00")
     assert (sales["failed_payments"], sales["failed_payment_rate"]) == (1, 0.25)
     assert data["top_products"] == [["P1", "Lamp", "home", 3, 2]]          # named from the catalog as of the event
     assert data["support"] == {"tickets": 1, "linked_to_orders": 1, "by_category": [["delivery", 1, 1, 1]]}
@@ -84,7 +85,7 @@ async def test_report_of_a_known_day(backend, settings, tmp_path):
     assert page.sections[:4] == ["traffic", "events-per-hour--utc-", "session-length", "conversion-funnel"]
     assert {"fraud-alerts", "support-tickets", "sales", "dead-letters", "late-events"} <= set(page.sections)
     assert page.urls == [] and "script" not in page.tags and "svg" in page.tags     # nothing to fetch, no script
-    assert ["revenue", "134.99"] in table_after(page_html, "sales")
+    assert ["revenue (USD)", "134.99"] in table_after(page_html, "sales")
     assert table_after(page_html, "conversion-funnel")[3] == ["purchased", "2", "40.0 %"]
     md = first["files"]["md"].read_text()
     assert "| orders | 3 |" in md and "First run for this date." in md
@@ -153,3 +154,21 @@ async def test_report_command(backend, settings, tmp_path, capsys):
     assert f"# ShopStream daily report — {lakedata.DAY}" in shown and "report.html" in shown
     with pytest.raises(ValueError):
         write_report(lake, "02/11/2026", tmp_path / "r")
+
+
+def test_sales_are_exact_per_currency(tmp_path):
+    """Revenue from integer minor units with each currency's decimals (JPY 0, BHD 3), never floats."""
+    from engine.lake import daily, tables
+    from engine.lake.sql import connect
+    table = tables.BY_NAME["bronze_tx"]
+    payments = [("USD", "0.10"), ("USD", "0.20"), ("USD", "19.99"), ("JPY", "1500"), ("BHD", "1.234"),
+                ("BHD", "0.001")]
+    rows = [table.row("ss:{0}:tx", 0, f"1793613600000-{i}", {b"e": json.dumps(
+        {"transaction_id": f"t{i}", "user_id": "u", "amount": amount, "currency": currency, "status": "completed",
+         "timestamp": f"{lakedata.DAY}T10:00:00Z"}).encode()}) for i, (currency, amount) in enumerate(payments)]
+    lake = Lake(str(tmp_path / "lake"))
+    lake.ensure_tables()
+    lake.append(table, tables.arrow_table(table, rows), {}, "test")
+    got = daily.sales(connect(lake), lakedata.DAY)
+    assert got["by_currency"] == [["USD", 3, "20.29", "6.76"], ["BHD", 2, "1.235", "0.618"], ["JPY", 1, "1500", "1500"]]
+    assert (got["currency"], got["revenue"]) == ("USD", "20.29")

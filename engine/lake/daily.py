@@ -13,6 +13,8 @@ from typing import Any
 
 import duckdb
 
+from ..schema import MINOR_DIGITS
+
 STEPS = (("viewed", "event_type IN ('page_view', 'product_view')"), ("carted", "event_type = 'add_to_cart'"),
          ("checked_out", "event_type = 'checkout'"), ("purchased", "event_type = 'purchase'"))
 LENGTH_BUCKETS = (("< 1 min", 0, 1), ("1-5 min", 1, 5), ("5-15 min", 5, 15), ("15-30 min", 15, 30),
@@ -62,17 +64,24 @@ def traffic(con, day: str) -> dict:
             "session_lengths": [[name, lengths.get(i, 0)] for i, (name, _, _) in enumerate(LENGTH_BUCKETS)]}
 
 
+def _money(minor: int, currency: str) -> str:
+    return str(Decimal(minor).scaleb(-MINOR_DIGITS.get(currency, 2)))
+
+
 def sales(con, day: str) -> dict:
-    orders, revenue, failed, payments = _one(
-        con, "SELECT count(*) FILTER (WHERE status = 'completed'), "
-             "COALESCE(sum(TRY_CAST(amount AS DECIMAL(18, 2))) FILTER (WHERE status = 'completed'), 0), "
-             "count(*) FILTER (WHERE status = 'failed'), count(*) FROM bronze_tx WHERE dt = ?", day)
-    aov = (Decimal(revenue) / orders).quantize(Decimal("0.01")) if orders else Decimal(0)
-    by_currency = _rows(con, "SELECT currency, count(*), sum(TRY_CAST(amount AS DECIMAL(18, 2))) FROM bronze_tx "
-                             "WHERE dt = ? AND status = 'completed' GROUP BY 1 ORDER BY 1", day)
-    return {"orders": orders, "revenue": revenue, "average_order_value": str(aov), "payments": payments,
-            "failed_payments": failed, "failed_payment_rate": round(failed / payments, 4) if payments else 0.0,
-            "by_currency": by_currency}
+    """Orders and revenue from the exact minor units, per currency; the headline figures are those
+    of the currency with the most orders (``currency``)."""
+    failed, payments = _one(con, "SELECT count(*) FILTER (WHERE status = 'failed'), count(*) FROM bronze_tx "
+                                 "WHERE dt = ?", day)
+    by_currency = [[currency, orders, _money(minor, currency),
+                    _money(round(Decimal(minor) / orders), currency) if orders else "0"]
+                   for currency, orders, minor in _rows(
+                       con, "SELECT currency, count(*), COALESCE(sum(amount_minor), 0)::BIGINT FROM bronze_tx "
+                            "WHERE dt = ? AND status = 'completed' GROUP BY 1 ORDER BY 2 DESC, 1", day)]
+    main = by_currency[0] if by_currency else ["USD", 0, "0.00", "0.00"]
+    return {"currency": main[0], "orders": main[1], "revenue": main[2], "average_order_value": main[3],
+            "payments": payments, "failed_payments": failed,
+            "failed_payment_rate": round(failed / payments, 4) if payments else 0.0, "by_currency": by_currency}
 
 
 def products(con, day: str, top: int = 10) -> dict:

@@ -42,9 +42,11 @@ def _sections(r: dict) -> list[tuple[str, list[str], list[list], dict | None]]:
         ("Funnel by country", ["country", *steps, "conversion"],
          [[*row, _pct(row[-1], row[1])] for row in f["by_country"]], None),
         ("Sales", ["measure", "value"],
-         [["orders", s["orders"]], ["revenue", s["revenue"]], ["average order value", s["average_order_value"]],
+         [["orders", s["orders"]], [f"revenue ({s['currency']})", s["revenue"]],
+          [f"average order value ({s['currency']})", s["average_order_value"]],
           ["payments", s["payments"]], ["failed payments", s["failed_payments"]],
           ["failed payment rate", f"{100 * s['failed_payment_rate']:.1f} %"]], None),
+        ("Sales by currency", ["currency", "orders", "revenue", "average order value"], s["by_currency"], None),
         ("Top products (named as of the event time)", ["product", "name", "category", "views", "purchases"],
          r["top_products"], None),
         ("Top categories", ["category", "views", "purchases"], r["top_categories"],
@@ -61,7 +63,7 @@ def _sections(r: dict) -> list[tuple[str, list[str], list[list], dict | None]]:
 def _summary(r: dict) -> str:
     t, s = r["traffic"], r["sales"]
     return (f"{_n(t['events'])} events from {_n(t['users'])} users in {_n(t['sessions'])} sessions; "
-            f"{_n(s['orders'])} orders, revenue {s['revenue']}, {_n(r['fraud']['alerts'])} fraud alerts.")
+            f"{_n(s['orders'])} orders, revenue {s['currency']} {s['revenue']}, {_n(r['fraud']['alerts'])} fraud alerts.")
 
 
 def _changes_lines(changes: list | None) -> list[str]:

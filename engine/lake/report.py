@@ -21,7 +21,8 @@ from .store import CONFIG, Lake
 
 MART = "mart_daily"
 MART_SCHEMA = pa.schema([("dt", pa.date32()), ("events", pa.int64()), ("users", pa.int64()), ("sessions", pa.int64()),
-                         ("avg_session_minutes", pa.float64()), ("orders", pa.int64()), ("revenue", pa.string()),
+                         ("avg_session_minutes", pa.float64()), ("currency", pa.string()), ("orders", pa.int64()),
+                         ("revenue", pa.string()),
                          ("average_order_value", pa.string()), ("failed_payment_rate", pa.float64()),
                          ("alerts", pa.int64()), ("tickets", pa.int64()), ("dead_letters", pa.int64()),
                          ("late", pa.int64())])
@@ -31,7 +32,8 @@ def write_mart(lake: Lake, data: dict) -> None:
     """The day's headline numbers as one row of the gold table ``mart_daily`` (replaced on re-run)."""
     t, s = data["traffic"], data["sales"]
     row = {"dt": date.fromisoformat(data["date"]), "events": t["events"], "users": t["users"],
-           "sessions": t["sessions"], "avg_session_minutes": float(t["avg_session_minutes"]), "orders": s["orders"],
+           "sessions": t["sessions"], "avg_session_minutes": float(t["avg_session_minutes"]),
+           "currency": s["currency"], "orders": s["orders"],
            "revenue": s["revenue"], "average_order_value": s["average_order_value"],
            "failed_payment_rate": float(s["failed_payment_rate"]), "alerts": data["fraud"]["alerts"],
            "tickets": data["support"]["tickets"], "dead_letters": sum(n for _, n in data["quality"]["dead_letters"]),

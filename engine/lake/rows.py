@@ -12,6 +12,7 @@ from typing import Any, Callable
 import msgspec
 
 from ..eventtime import parse_timestamp
+from ..schema import BadRecord, minor_units
 from .positions import parse_id
 
 US_PER_DAY = 86_400_000_000
@@ -83,10 +84,15 @@ def transaction(stream: str, partition: int | None, entry_id: str, f: dict[bytes
     raw = f.get(b"e", b"")
     doc = _doc(raw)
     ts = _time(doc.get("timestamp"))
+    amount, currency = _text(doc, "amount"), _text(doc, "currency") or "USD"
+    try:
+        minor = None if amount is None else minor_units(amount, currency)
+    except BadRecord:
+        minor = None
     return {**_base(stream, partition, entry_id, ts), "user_id": _text(doc, "user_id"),
             "transaction_id": _text(doc, "transaction_id"), "order_id": _text(doc, "order_id"),
-            "status": _text(doc, "status"), "amount": _text(doc, "amount"),
-            "currency": _text(doc, "currency") or "USD", "payment_method": _text(doc, "payment_method"),
+            "status": _text(doc, "status"), "amount": amount, "amount_minor": minor,
+            "currency": currency, "payment_method": _text(doc, "payment_method"),
             "country": _text(doc, "country"), "event_ts": ts, "raw": _s(raw)}
 
 

@@ -48,7 +48,7 @@ TABLES: tuple[Table, ...] = (
            ("device", S), ("country", S), ("product_id", S), ("raw", S)), ("user_id", "event_ts")),
     Table("bronze_tx", "bronze", TX, rows.transaction,
           (("user_id", S), ("transaction_id", S), ("order_id", S), ("status", S), ("amount", S),
-           ("currency", S), ("payment_method", S), ("country", S), ("event_ts", TS), ("raw", S)),
+           ("amount_minor", I64), ("currency", S), ("payment_method", S), ("country", S), ("event_ts", TS), ("raw", S)),
           ("user_id", "event_ts")),
     Table("bronze_support", "bronze", SUPPORT, rows.ticket,
           (("user_id", S), ("ticket_id", S), ("status", S), ("category", S), ("channel", S), ("priority", S),
