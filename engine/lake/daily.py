@@ -127,8 +127,16 @@ def compute(con: duckdb.DuckDBPyConnection, day: str) -> dict:
             "quality": quality(con, day)}
 
 
+# names of a table's value columns (after its leading text columns), for readable change paths
+VALUE_COLUMNS = {"funnel.by_device": [n for n, _ in STEPS], "funnel.by_country": [n for n, _ in STEPS],
+                 "sales.by_currency": ["orders", "revenue", "average_order_value"],
+                 "top_products": ["views", "purchases"], "top_categories": ["views", "purchases"],
+                 "support.by_category": ["tickets", "open", "user_paid"], "fraud.by_rule": ["alerts", "subjects"]}
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Leaf values by path (``traffic.events``, ``fraud.by_rule[burst]``…), for a run-to-run diff."""
+    """Leaf values by path (``traffic.events``, ``fraud.by_rule[burst/medium].alerts``…), for a
+    run-to-run diff."""
     out: dict[str, Any] = {}
     if isinstance(data, dict):
         for k, v in data.items():
@@ -137,10 +145,11 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
         for row in data:          # a table: rows keyed by their leading text columns (or the first column)
             n = next((i for i, c in enumerate(row) if not isinstance(c, str)), len(row)) or 1
             key, values = "/".join(str(c) for c in row[:n]), row[n:]
+            names = VALUE_COLUMNS.get(prefix, [str(i) for i in range(len(values))])
             if len(values) == 1:
                 out[f"{prefix}[{key}]"] = values[0]
             else:
-                out.update({f"{prefix}[{key}].{i}": v for i, v in enumerate(values)})
+                out.update({f"{prefix}[{key}].{name}": v for name, v in zip(names, values)})
     elif isinstance(data, list):
         for i, v in enumerate(data):
             out[f"{prefix}[{i}]"] = v
@@ -150,7 +159,6 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def changes(previous: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """(path, before, after) of every number that differs between two runs of the same date."""
+    """(path, before, after) of every value that differs between two runs of the same date."""
     before, after = flatten(previous), flatten(current)
-    return [(k, before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
-            if before.get(k) != after.get(k) and k not in ("generated_at",)]
+    return [(k, before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
