@@ -1,5 +1,6 @@
 """The cold path: Redis streams archived exactly once into a Delta Lake (Parquet) lake.
 
+    commands.py   the `shopstream` sub-commands of the lake (argparse only until one runs)
     positions.py  stream entry id <-> the Delta transaction version that records it
     tables.py     the tables: schemas, partitioning, sort order, which stream feeds which table
     rows.py       stream entries -> table rows (lenient: bad input is archived as it came)
