@@ -23,7 +23,7 @@ cluster: $(VENV)/.installed redis-server
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,lake]'
 	touch $@
 
 redis-server:

@@ -83,6 +83,11 @@ def cmd_replay(args, settings):
         control.refuse_if_flushed(client, settings)
     except control.InputEnded as exc:
         sys.exit(f"error: {exc}")
+    if args.from_lake:
+        from .lake.commands import replay_from_lake
+        return replay_from_lake(args, settings, client)
+    if not args.file:
+        sys.exit("error: give a FILE or folder to replay, or --from-lake --date D")
     for kind, sent in replay(client, args.file, settings, rate=args.rate).items():
         if kind == "catalog":
             print(f"loaded {sent:,} products into {settings.namespace}:product:<id> and the {settings.namespace}:catalog"
@@ -119,8 +124,8 @@ def cmd_consume(args, settings):
 
 
 def cmd_trim(args, settings):
-    from .retention import trim_inputs
-    removed = _call(settings, trim_inputs, list(range(settings.partitions)))
+    from .retention import trim_all
+    removed = _call(settings, trim_all)
     print(f"trimmed {removed:,} input entries acknowledged by every consumer group and older than "
           f"{settings.input_retention_ms / 1000:g} s")
 
@@ -277,8 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="publish a file (clicks, transactions.csv, support tickets, catalog) or a"
                                       " folder of them to the streams")
-    p.add_argument("file", help="a file (its kind is read from its records) or a folder with the sample files")
+    p.add_argument("file", nargs="?", help="a file (its kind is read from its records) or a folder with the sample files")
     p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.add_argument("--from-lake", action="store_true", help="instead: re-publish one day's raw input from the lake")
+    p.add_argument("--date", help="with --from-lake: the day, YYYY-MM-DD (UTC)")
+    p.add_argument("--lake", help="with --from-lake: lake folder or URI (default: setting lake_uri, lake/)")
     p.set_defaults(fn=cmd_replay)
 
     p = sub.add_parser("consume", help="run one consumer of the group (run several side by side)")
@@ -347,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.set_defaults(fn=cmd_erase)
     sub.add_parser("reset", help="delete every key of the namespace").set_defaults(fn=cmd_reset)
+    from .lake.commands import add_commands       # argparse only: the lake's libraries load when a command runs
+    add_commands(sub)
     for p in sub.choices.values():
         _common(p, top=False)
     return parser

@@ -1,5 +1,9 @@
-"""Input retention: an input stream loses only entries that every consumer group on it has
-acknowledged, and only once they are older than ``input_retention_ms`` (asyncio client).
+"""Retention: a stream loses only entries that every consumer group on it has acknowledged, and
+only once they are older than ``input_retention_ms`` (asyncio client).  Input streams (clicks, tx,
+support, rekey) and, once a group reads them (the archiver's, engine/lake), the output streams
+(sessions, alerts, minutes, late) and the dead-letter stream; an output stream no group reads
+is bounded by ``MAXLEN ~ output_maxlen`` only (a backstop well above any archiver lag).  With the
+archiver deployed, ``archive_required`` keeps every stream whole until the archiver's group reads it.
 
 A group has acknowledged every entry below its smallest pending id, or, with nothing pending,
 below its last-delivered-id.  The floor of a stream is the least of those over *all* groups that
@@ -20,7 +24,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .keys import Keys
+from .keys import ALERTS, INPUTS, LATE, MINUTES, SESSIONS, Keys
+
+OUTPUTS = (SESSIONS, ALERTS, MINUTES, LATE)
 from .settings import Settings
 
 
@@ -29,9 +35,10 @@ def parse_id(entry_id: bytes | str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-async def floors(client: Any, streams: list[str]) -> dict[str, tuple[int, int]]:
+async def floors(client: Any, streams: list[str], required: str | None = None) -> dict[str, tuple[int, int]]:
     """stream -> the id below which every group on it has acknowledged every entry (streams with
-    no group, or missing, are left out: nothing of theirs may be trimmed)."""
+    no group, without the ``required`` group, or missing, are left out: nothing of theirs may be
+    trimmed)."""
     pipe = client.pipeline(transaction=False)
     for stream in streams:
         pipe.xinfo_groups(stream)
@@ -39,6 +46,8 @@ async def floors(client: Any, streams: list[str]) -> dict[str, tuple[int, int]]:
     with_pending: list[tuple[str, bytes]] = []
     for stream, groups in zip(streams, await pipe.execute(raise_on_error=False)):
         if isinstance(groups, Exception) or not groups:
+            continue
+        if required and not any(g["name"] in (required, required.encode()) for g in groups):
             continue
         found[stream] = min(parse_id(g["last-delivered-id"]) for g in groups)
         with_pending += [(stream, g["name"]) for g in groups if g["pending"]]
@@ -52,14 +61,13 @@ async def floors(client: Any, streams: list[str]) -> dict[str, tuple[int, int]]:
     return found
 
 
-async def trim_inputs(client: Any, settings: Settings, partitions: list[int], now_ms: int | None = None) -> int:
-    """Trim the input streams of ``partitions`` below what every group acknowledged and what is
-    older than input_retention_ms.  Returns how many entries were removed."""
-    keys = Keys(settings.namespace, settings.partitions)
-    streams = [stream for p in partitions for stream in keys.partition(p).inputs]
+async def trim_streams(client: Any, settings: Settings, streams: list[str], now_ms: int | None = None) -> int:
+    """Trim ``streams`` below what every group acknowledged and what is older than input_retention_ms
+    (a stream with no group is left alone).  Returns how many entries were removed."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     horizon = (max(now_ms - settings.input_retention_ms, 0), 0)
-    targets = {stream: min(floor, horizon) for stream, floor in (await floors(client, streams)).items()}
+    required = settings.archive_group if settings.archive_required else None
+    targets = {stream: min(floor, horizon) for stream, floor in (await floors(client, streams, required)).items()}
     targets = {stream: target for stream, target in targets.items() if target > (0, 0)}
     if not targets:
         return 0
@@ -67,3 +75,20 @@ async def trim_inputs(client: Any, settings: Settings, partitions: list[int], no
     for stream, (ms, seq) in targets.items():
         pipe.xtrim(stream, minid=f"{ms}-{seq}", approximate=False)
     return sum(await pipe.execute())
+
+
+def partition_streams(settings: Settings, partitions: list[int]) -> list[str]:
+    """The streams of ``partitions`` retention looks at: inputs and outputs."""
+    keys = Keys(settings.namespace, settings.partitions)
+    return [keys.partition(p).key(s) for p in partitions for s in (*INPUTS, *OUTPUTS)]
+
+
+async def trim_inputs(client: Any, settings: Settings, partitions: list[int], now_ms: int | None = None) -> int:
+    """Trim the streams of ``partitions`` (a consumer: the ones it owns)."""
+    return await trim_streams(client, settings, partition_streams(settings, partitions), now_ms)
+
+
+async def trim_all(client: Any, settings: Settings, now_ms: int | None = None) -> int:
+    """Every partition's streams and the dead-letter stream (``shopstream trim``)."""
+    streams = partition_streams(settings, list(range(settings.partitions)))
+    return await trim_streams(client, settings, streams + [Keys(settings.namespace, settings.partitions).dlq], now_ms)

@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_deliveries: int = 5               # a batch whose script fails this often is split; failing entries -> DLQ
     heartbeat_ms: int = 1_000             # membership + lease renewal period
     metrics_port: int | None = 9108       # /metrics; 0 = any free port; None = off
+    lake_uri: str = "lake"                # the lake: a folder, or s3://… / abfss://… / gs://… (engine/lake)
+    archive_group: str = "archive"        # the archiver's consumer group on every input and output stream
+    archive_required: bool = False        # retention: trim no stream the archiver's group does not read yet
 
     def replace(self, **changes: Any) -> "Settings":
         return msgspec.structs.replace(self, **{k: v for k, v in changes.items() if v is not None})
