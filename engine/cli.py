@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import signal
 import sys
@@ -142,10 +143,30 @@ def cmd_export(args, settings):
 
 
 def cmd_erase(args, settings):
-    from .erase import erase
-    report = _call(settings, erase, args.user)
-    print(f"erased {args.user!r}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.items()))
+    import uuid
+
+    from .erase import audit_key_sync, erase
+    request_id = uuid.uuid4().hex
+    report = _call(settings, erase, args.user, request_id)
+    print(f"erased {args.user!r} from Redis (request {request_id}): "
+          + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.items()))
     print("a tombstone drops the user's later events; the audit stream keeps only an HMAC of the id")
+    lake = _lake_if_any(settings)
+    if lake is not None:
+        from .lake.erasure import erase_from_lake
+        done = erase_from_lake(lake, args.user, request_id, audit_key_sync(sync_client(settings.redis_url), settings))
+        print(f"erased {args.user!r} from the lake {lake.uri}: {done['rows_deleted']:,} rows deleted, "
+              f"{done['rows_redacted']:,} redacted, old files removed")
+
+
+def _lake_if_any(settings: Settings):
+    """The lake at lake_uri when the lake extra is installed and a lake is there (engine/lake)."""
+    import importlib.util
+    if importlib.util.find_spec("deltalake") is None:
+        return None
+    from .lake.store import Lake
+    lake = Lake(settings.lake_uri)
+    return lake if lake.exists() else None
 
 
 def cmd_reset(args, settings):
@@ -170,7 +191,16 @@ def cmd_demo(args, settings):
           f"{args.consumers} consumers -> sessions, metrics, profiles, fraud alerts\n")
     with _redis_for_run(settings) as s:
         result = _run(run_file(path, args.out, s, consumers=args.consumers, reset=args.reset))
+        cold = None
+        if importlib.util.find_spec("deltalake") is not None:      # the lake extra: archive, dimensions, report
+            from .lake.demo import archive_and_report
+            cold = archive_and_report(s, Path(args.out))
     print_run(result, args.out, detailed=True, truth=path / "fraud_truth.jsonl" if path.is_dir() else None)
+    if cold is not None:
+        from .lake.demo import describe
+        print(describe(cold))
+    else:
+        print("\n(the lake is not installed: pip install 'shopstream[lake]' archives the run and writes the daily report)")
 
 
 def cmd_bench(args, settings):

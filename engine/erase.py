@@ -50,6 +50,15 @@ async def audit_key(client: Any, settings: Settings) -> bytes:
     return await client.get(name)
 
 
+def audit_key_sync(client: Any, settings: Settings) -> bytes:
+    """audit_key with a sync client (the archiver, engine/lake)."""
+    if settings.audit_key:
+        return settings.audit_key.encode("utf-8")
+    name = Keys(settings.namespace, settings.partitions).audit_key
+    client.set(name, os.urandom(32), nx=True)
+    return client.get(name)
+
+
 def subject_hmac(key: bytes, user_id: str) -> str:
     return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
@@ -165,7 +174,9 @@ async def _erase_indexed(client: Any, keys: Keys, part: Partition, user_id: str,
         await client.delete(index)
 
 
-async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]:
+async def erase(client: Any, settings: Settings, user_id: str, request_id: str = "") -> dict[str, int]:
+    """Erase the user from Redis; the audit record carries ``request_id`` (the lake's erasure, engine/lake,
+    records the same id) and a keyed HMAC of the user id, never the id."""
     keys = Keys(settings.namespace, settings.partitions)
     part = keys.partition(partition_of(user_id, settings.partitions))
     uid = user_id.encode("utf-8")
@@ -201,7 +212,7 @@ async def erase(client: Any, settings: Settings, user_id: str) -> dict[str, int]
 
     report["dead_letters"] = await _delete_entries(client, keys.dlq, dead_letter_of_user)
 
-    await client.xadd(keys.audit, {"action": "erase",
+    await client.xadd(keys.audit, {"action": "erase", "request_id": request_id,
                                    "subject_hmac": subject_hmac(await audit_key(client, settings), user_id),
                                    "partition": part.p, "at_ms": int(time.time() * 1000), **report})
     return report

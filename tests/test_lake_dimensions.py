@@ -14,6 +14,7 @@ pytest.importorskip("deltalake")
 
 from engine import catalog, control  # noqa: E402
 from engine.keys import Keys  # noqa: E402
+from engine.erase import audit_key_sync  # noqa: E402
 from engine.lake.archiver import Archiver  # noqa: E402
 from engine.lake.dimensions import rebuild  # noqa: E402
 from engine.lake.erasure import erase_from_lake  # noqa: E402
@@ -100,6 +101,6 @@ async def test_erasure_rebuilds_the_dimensions_without_the_user(backend, setting
     lake = await build(backend, settings, tmp_path)
     rebuild(lake)
     assert traces(Path(lake.uri) / "dim_customer", "m1")
-    erase_from_lake(lake, "m1", "req-9")
+    erase_from_lake(lake, "m1", "req-9", audit_key_sync(backend.sync, settings))
     assert traces(Path(lake.uri), "m1") == []
     assert connect(lake).sql("SELECT user_id FROM dim_customer").fetchall() == [("s1",)]

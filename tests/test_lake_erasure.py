@@ -4,6 +4,7 @@ Delta log mentions the user; everyone else's rows are still there."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -19,7 +20,8 @@ from engine import control  # noqa: E402
 from engine.keys import Keys  # noqa: E402
 from engine.lake import tables  # noqa: E402
 from engine.lake.archiver import Archiver  # noqa: E402
-from engine.lake.erasure import ERASED, erase_from_lake, subject_hash  # noqa: E402
+from engine.erase import audit_key_sync, subject_hmac  # noqa: E402
+from engine.lake.erasure import ERASED, erase_from_lake  # noqa: E402
 from engine.lake.sql import connect  # noqa: E402
 from engine.lake.store import Lake  # noqa: E402
 from engine.producer import publish  # noqa: E402
@@ -97,7 +99,7 @@ async def test_erasure_leaves_no_trace_of_the_user_in_any_file(backend, settings
     inflight = lake_dir / "minutes" / "dt=2026-11-02" / "part-00000-in-flight.zstd.parquet"
     inflight.write_bytes(Path(lake.files("minutes")[0]).read_bytes())
 
-    report = erase_from_lake(lake, VICTIM, "req-42")
+    report = erase_from_lake(lake, VICTIM, "req-42", audit_key_sync(backend.sync, settings))
 
     assert not dead.exists() and inflight.exists() and report["orphans_removed"] >= 1
     assert traces(lake_dir, VICTIM) == []
@@ -113,9 +115,10 @@ async def test_erasure_leaves_no_trace_of_the_user_in_any_file(backend, settings
         ("a1", 5), ("a2", 3), ("b1", 5), ("b2", 1), ("bot", 131), (None, 1)]
     erasures = lake_dir / "erasures"
     logged = [r for f in erasures.rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
-    assert {r["subject_sha256"] for r in logged} == {subject_hash(VICTIM)} and {r["request_id"] for r in logged} == {"req-42"}
+    key = audit_key_sync(backend.sync, settings)                  # the namespace's audit key, as Redis's audit
+    assert {r["subject_hmac"] for r in logged} == {subject_hmac(key, VICTIM)} and {r["request_id"] for r in logged} == {"req-42"}
     # idempotent
-    assert erase_from_lake(lake, VICTIM, "req-42")["rows_deleted"] == 0
+    assert erase_from_lake(lake, VICTIM, "req-42", audit_key_sync(backend.sync, settings))["rows_deleted"] == 0
 
 
 async def test_the_archiver_drops_rows_of_a_user_erased_after_it_read_them(backend, settings, tmp_path):
@@ -127,7 +130,7 @@ async def test_the_archiver_drops_rows_of_a_user_erased_after_it_read_them(backe
     archiver = Archiver(backend.sync, settings, lake, until_idle=True)
     archiver.start()
     archiver.read_round()                                     # the victim's entries are in memory now
-    erase_from_lake(lake, VICTIM, "req-43")
+    erase_from_lake(lake, VICTIM, "req-43", audit_key_sync(backend.sync, settings))
     archiver.commit()
     assert archiver.counters.dropped >= 113
     assert traces(tmp_path / "lake", VICTIM) == []
@@ -151,7 +154,7 @@ async def test_erasure_of_a_short_id_spares_lookalikes_and_the_catalog(backend, 
                                            "entry_id": "", "evidence": json.dumps({"users": ["home", "homer"]})})
     lake = Lake(str(tmp_path / "lake"))
     Archiver(backend.sync, settings, lake, until_idle=True).run()
-    report = erase_from_lake(lake, "home", "req-7")
+    report = erase_from_lake(lake, "home", "req-7", audit_key_sync(backend.sync, settings))
     assert report["tables"] == {"bronze_clicks": {"deleted": 1, "redacted": 0},
                                 "alerts": {"deleted": 0, "redacted": 1}}
     con = connect(lake)
@@ -159,3 +162,22 @@ async def test_erasure_of_a_short_id_spares_lookalikes_and_the_catalog(backend, 
     assert con.sql("SELECT count(*) FROM bronze_clicks WHERE user_id = 'homer'").fetchall() == [(1,)]
     (alert,) = con.sql("SELECT user_id, evidence FROM alerts WHERE subject = '10.1.1.1'").fetchall()
     assert alert == ("homer", '{"users":["homer"]}')
+
+
+async def test_the_erase_command_reaches_redis_and_the_lake_under_one_request_id(real, settings, tmp_path,
+                                                                                 monkeypatch, capsys):
+    from engine.cli import main
+    await run_engine(real, settings)
+    victim_input(real.sync, settings)
+    await consume_all(real, settings)
+    lake = Lake(str(tmp_path / "lake"))
+    Archiver(real.sync, settings, lake, until_idle=True).run()
+    assert traces(tmp_path / "lake", VICTIM)
+    monkeypatch.setenv("SHOPSTREAM_LAKE_URI", lake.uri)
+    await asyncio.to_thread(main, ["erase", VICTIM, "--redis-url", real.url, "--partitions", str(settings.partitions)])
+    out = capsys.readouterr().out
+    assert "from the lake" in out and traces(tmp_path / "lake", VICTIM) == []
+    (audit,) = [fields for _, fields in real.sync.xrange(Keys(settings.namespace, settings.partitions).audit)]
+    logged = [r for f in (tmp_path / "lake" / "erasures").rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert {r["request_id"] for r in logged} == {audit[b"request_id"].decode()} and audit[b"request_id"]
+    assert {r["subject_hmac"] for r in logged} == {audit[b"subject_hmac"].decode()}

@@ -9,6 +9,7 @@ pytest.importorskip("deltalake")
 
 from engine import control, export  # noqa: E402
 from engine.cli import main  # noqa: E402
+from engine.erase import audit_key_sync  # noqa: E402
 from engine.lake.archiver import Archiver  # noqa: E402
 from engine.lake.erasure import erase_from_lake  # noqa: E402
 from engine.lake.replay import replay_day  # noqa: E402
@@ -46,7 +47,7 @@ async def test_an_erased_user_does_not_come_back(backend, settings, tmp_path):
     await run_engine(backend, settings)
     lake = Lake(str(tmp_path / "lake"))
     Archiver(backend.sync, settings, lake, until_idle=True).run()
-    erase_from_lake(lake, "b1", "req-1")
+    erase_from_lake(lake, "b1", "req-1", audit_key_sync(backend.sync, settings))
     again = settings.replace(namespace="recovered")
     if backend.url:                                               # the command, on the real server
         main(["replay", "--from-lake", "--date", lakedata.DAY, "--lake", lake.uri, "--namespace", "recovered",

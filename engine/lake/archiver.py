@@ -30,7 +30,8 @@ from ..connection import consumer_name
 from ..keys import Keys
 from ..settings import Settings
 from . import tables
-from .erasure import ERASURES, erased_subjects, subject_hash
+from ..erase import audit_key_sync, subject_hmac
+from .erasure import ERASURES, erased_subjects
 from .positions import parse_id
 from .metrics import ArchiverMetrics
 from .store import Lake
@@ -58,6 +59,7 @@ class Archiver:
         if not 0 <= instance < instances:
             raise ValueError(f"instance {instance} is not one of 0..{instances - 1}")
         self.client, self.settings, self.lake = client, settings, lake
+        self.audit_key: bytes | None = None          # read once some user was erased (engine/erase.py)
         self.group = settings.archive_group
         self.name = name or consumer_name()
         self.sources = tables.sources(Keys(settings.namespace, settings.partitions), instance, instances)
@@ -226,6 +228,8 @@ class Archiver:
         version = None if log_table is None else log_table.version()
         if version != self._erasures_version:
             self.erased, self._erasures_version = erased_subjects(self.lake), version
+            if self.erased and self.audit_key is None:
+                self.audit_key = audit_key_sync(self.client, self.settings)
 
     def _without_erased(self, records: list[dict]) -> list[dict]:
         """Rows of users erased after the entry was read (it was in the stream then) are not written."""
@@ -235,7 +239,7 @@ class Archiver:
         kept = []
         for row in records:
             user = row.get("user_id")
-            if user is not None and hashes.setdefault(user, subject_hash(user) in self.erased):
+            if user is not None and hashes.setdefault(user, subject_hmac(self.audit_key, user) in self.erased):
                 self.counters.dropped += 1
                 if self.metrics:
                     self.metrics.dropped.inc()

@@ -21,7 +21,6 @@ each commit); running the erasure again is harmless and catches a commit that ra
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
@@ -30,11 +29,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, write_deltalake
 
+from ..erase import subject_hmac
 from .store import CONFIG, Lake, read_file
 from .tables import TABLES, Table
 
 ERASURES = "erasures"
-ERASURES_SCHEMA = pa.schema([("request_id", pa.string()), ("subject_sha256", pa.string()),
+ERASURES_SCHEMA = pa.schema([("request_id", pa.string()), ("subject_hmac", pa.string()),
                              ("at", pa.timestamp("us", tz="UTC")), ("rows_deleted", pa.int64()),
                              ("rows_redacted", pa.int64())])
 ERASED = "[erased]"
@@ -42,8 +42,6 @@ JSON_TEXT = ("raw", "payload", "evidence")     # columns holding a JSON document
 ORPHAN_HOURS = 1       # files no commit references, older than this: left by a writer that died mid-write
 
 
-def subject_hash(user_id: str) -> str:
-    return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
 
 
 def _quote(value: str) -> str:
@@ -140,13 +138,14 @@ def erase_table(lake: Lake, table: Table, user_id: str, request_id: str) -> tupl
     return len(doomed), len(rewritten)
 
 
-def erase_from_lake(lake: Lake | str, user_id: str, request_id: str) -> dict[str, Any]:
-    """Remove ``user_id`` from every table of the lake, physically; record the request (hash only).
+def erase_from_lake(lake: Lake | str, user_id: str, request_id: str, key: bytes) -> dict[str, Any]:
+    """Remove ``user_id`` from every table of the lake, physically; record the request with only a
+    keyed HMAC of the id (``key``: engine/erase.py audit_key, the same as Redis's audit stream).
 
     Idempotent: a second run finds nothing and records the request again."""
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     write_deltalake(lake.path(ERASURES),      # first: archivers drop the subject's rows from now on
-                    pa.Table.from_pylist([{"request_id": request_id, "subject_sha256": subject_hash(user_id),
+                    pa.Table.from_pylist([{"request_id": request_id, "subject_hmac": subject_hmac(key, user_id),
                                            "at": time.time_ns() // 1000, "rows_deleted": None,
                                            "rows_redacted": None}], schema=ERASURES_SCHEMA),
                     mode="append", configuration=CONFIG, storage_options=lake.storage_options)
@@ -160,7 +159,7 @@ def erase_from_lake(lake: Lake | str, user_id: str, request_id: str) -> dict[str
     _rebuild_dimensions(lake, request_id)
     report["orphans_removed"] = _remove_orphans(lake)
     write_deltalake(lake.path(ERASURES),
-                    pa.Table.from_pylist([{"request_id": request_id, "subject_sha256": subject_hash(user_id),
+                    pa.Table.from_pylist([{"request_id": request_id, "subject_hmac": subject_hmac(key, user_id),
                                            "at": time.time_ns() // 1000, "rows_deleted": deleted,
                                            "rows_redacted": redacted}], schema=ERASURES_SCHEMA),
                     mode="append", configuration=CONFIG, storage_options=lake.storage_options)
@@ -194,9 +193,9 @@ def _remove_orphans(lake: Lake) -> int:
 
 
 def erased_subjects(lake: Lake) -> set[str]:
-    """SHA-256 of every erased user id (the archiver drops their rows)."""
+    """The HMAC of every erased user id (the archiver drops their rows)."""
     dt = lake.open(ERASURES)
     if dt is None:
         return set()
     import pyarrow.parquet as pq
-    return {h for uri in dt.file_uris() for h in pq.read_table(uri, columns=["subject_sha256"])["subject_sha256"].to_pylist()}
+    return {h for uri in dt.file_uris() for h in pq.read_table(uri, columns=["subject_hmac"])["subject_hmac"].to_pylist()}

@@ -28,6 +28,13 @@ class Lake:
         self.uri = uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
         self.storage_options = dict(storage_options or {}) or None
 
+    def exists(self) -> bool:
+        """Does the lake hold any table?  (A remote lake is assumed to: its tables say otherwise.)"""
+        if "://" in self.uri:
+            return True
+        return os.path.isdir(self.uri) and any(os.path.isdir(os.path.join(self.uri, t.name, "_delta_log"))
+                                               for t in TABLES)
+
     def path(self, table: Table | str) -> str:
         name = table if isinstance(table, str) else table.name
         return f"{self.uri}/{name}"
