@@ -78,6 +78,40 @@ async def test_cardinality_bomb_of_one_user_does_not_freeze_the_partition(backen
     assert fields <= MAX_DISTINCT, f"profile of {bomb} holds {fields} fields"
 
 
+async def test_transaction_bomb_of_distinct_cards_ips_and_countries(backend, settings):
+    """Invariant: no input can make a Lua call fail after its first write; every per-user set of
+    distinct values is capped.  4,100 completed transactions of one user within one card window, each
+    with its own card, IP and country: the run completes, every transaction is applied once, the
+    partition keeps advancing for other users, and the user's profile, card set and the alert's
+    evidence stay bounded."""
+    import msgspec
+    from engine.keys import TX, UCARDS
+
+    bomb, *others = same_partition("tx-bomb", 4, settings.partitions)
+    txs = [msgspec.json.encode({"transaction_id": f"t{i}", "user_id": bomb, "amount": "1.00", "currency": "USD",
+                                "status": "completed", "card_fingerprint": f"card-{i}", "ip": f"10.{i // 250}.{i % 250}.1",
+                                "country": f"K{i}", "timestamp": format_us(T0 + i * 100_000)}) for i in range(4_100)]
+    clicks = [click(u, T0 + 60 * MIN + j * MIN) for j in range(3) for u in others]
+    await control.ensure_groups(backend.aio, settings)
+    publish(backend.sync, txs, settings, TX)
+    publish(backend.sync, clicks, settings)
+    await consume_all(backend, settings)
+    state = await partition_state(backend, settings, bomb)
+    assert state.get("applied") == len(txs) + len(clicks), state
+    assert state.get("wm") == T0 + 62 * MIN - B, state
+    await control.flush(backend.aio, settings)
+    out = await export.collect(backend.aio, settings)
+    assert out.dlq == [] and sorted(s["user_id"] for s in out.sessions) == sorted(others)
+    profile = await export.read_profile(backend.aio, settings, bomb)
+    assert profile is not None and profile["orders"] == 4_100
+    part = Keys(settings.namespace, settings.partitions).partition(partition_of(bomb, settings.partitions))
+    assert await backend.aio.hlen(part.key(PROFILE) + bomb) <= MAX_DISTINCT
+    window = T0 // (60 * MIN) * (60 * MIN)
+    assert await backend.aio.scard(f"{part.key(UCARDS)}{window}:{bomb}") <= MAX_DISTINCT
+    card_alerts = [a for a in out.alerts if a["rule"] == "card_testing" and a["subject"] == bomb]
+    assert len(card_alerts) == 1 and len(msgspec.json.encode(card_alerts[0]["evidence"])) < 64 * 1024
+
+
 # -- skewed clocks ------------------------------------------------------------------------------
 
 def normal_traffic(users: list[str], seed: int) -> list[tuple[str, int, str]]:

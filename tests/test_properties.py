@@ -55,7 +55,7 @@ enabled = false
 enabled = false
 """
 
-hsettings.register_profile("ci", max_examples=int(os.environ.get("PROPERTY_EXAMPLES", 30)), deadline=None,
+hsettings.register_profile("ci", max_examples=int(os.environ.get("PROPERTY_EXAMPLES", 150)), deadline=None,
                            derandomize=True, database=None, print_blob=True,
                            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                                   HealthCheck.data_too_large])
