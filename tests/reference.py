@@ -4,6 +4,11 @@ Sort each user's events by time, split where the gap is strictly greater than G;
 events and distinct users per UTC minute; flag every user-minute with more than T events;
 flag sessions with a purchase within S seconds of their start or a checkout without a product
 interaction; in time order, flag the first event of a minute whose two-bucket estimate passes T.
+
+The second half is the streaming contract (DESIGN §3), for inputs where the publish order matters:
+late_and_applied (watermark quorum, lateness, producer retries, advances) says which clicks are
+applied; streamed_sessions closes sessions by the watermark; rule_alerts lists every click-rule
+alert with its count.  tests/test_properties.py checks the engine against them.
 """
 
 from __future__ import annotations

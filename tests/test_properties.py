@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import dataclass
 
-import msgspec
 import pytest
+import redis
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
@@ -78,12 +79,25 @@ def engine_settings(rules_file: str, partitions: int, batch_size: int, quorum: i
     return base                        # an engine without the setting: its watermark is the quorum of 1
 
 
-def fresh(backend: Backend) -> Backend:
+@dataclass(frozen=True)
+class Target:
+    """Which Redis the examples run on (a short repr: hypothesis prints it with a failing example)."""
+    kind: str
+    url: str | None
+
+
+@pytest.fixture
+def target(backend) -> Target:
+    return Target(backend.kind, backend.url)
+
+
+def fresh(target: Target) -> Backend:
     """A clean backend with an asyncio client for a new event loop (each example runs in its own)."""
-    if backend.kind == "fake":
+    if target.kind == "fake":
         return Backend("fake", *fake_clients(), None)
-    backend.sync.flushall()
-    return Backend("real", backend.sync, aioredis.Redis.from_url(backend.url), backend.url)
+    sync = redis.Redis.from_url(target.url)
+    sync.flushall()
+    return Backend("real", sync, aioredis.Redis.from_url(target.url), target.url)
 
 
 # -- what hypothesis draws ---------------------------------------------------------------------
@@ -165,21 +179,22 @@ def observed(out) -> dict:
             "alerts": sorted((a["rule"], a["subject"], a["window_start"], a["count"]) for a in out.alerts)}
 
 
-async def run_scenario(backend: Backend, rules_file: str, sc: dict) -> dict:
+async def run_scenario(target: Target, rules_file: str, sc: dict) -> dict:
     settings = engine_settings(rules_file, sc["partitions"], sc["batch_size"], sc["quorum"])
     raws = [click(u, ts, t, event_id=eid) for u, ts, t, eid in sc["arrival"]]
-    b = fresh(backend)
+    b = fresh(target)
     try:
         out = await drive(b, settings, raws, advances=sc["advances"], consumers=sc["consumers"],
                           mode="twice" if sc["mode"] == "twice" else "consumers", ghost=sc["ghost"])
     finally:
         await b.aio.aclose()
+        b.sync.close()
     assert out.dlq == []
     return observed(out)
 
 
-def check(backend: Backend, rules_file: str, sc: dict) -> None:
-    got = asyncio.run(run_scenario(backend, rules_file, sc))
+def check(target: Target, rules_file: str, sc: dict) -> None:
+    got = asyncio.run(run_scenario(target, rules_file, sc))
     want = expected(sc)
     for part in ("late", "sessions", "minutes", "alerts"):
         assert got[part] == want[part], f"{part} differ for {summary(sc)}"
@@ -218,10 +233,10 @@ STRAGGLER_AFTER_CLOSE = scenario([("a", T0, "page_view"), ("b", T0 + 40 * MIN, "
 @example(sc=MINUTE_DROPPED)
 @example(sc=RETRY_AFTER_20)
 @example(sc=STRAGGLER_AFTER_CLOSE)
-def test_engine_equals_the_streaming_reference(backend, rules_file, sc):
+def test_engine_equals_the_streaming_reference(target, rules_file, sc):
     """Invariant: sessions, minutes, the late set and every alert are a function of the publish order
     alone (not of batch size, consumers, redeliveries or retries), as the reference defines them."""
-    check(backend, rules_file, sc)
+    check(target, rules_file, sc)
 
 
 # -- live mode: the idle advance of a real consumer ---------------------------------------------------
@@ -235,12 +250,12 @@ async def consume_live(backend: Backend, settings: Settings) -> None:
     await asyncio.wait_for(worker.run(), timeout=60)
 
 
-async def run_live(backend: Backend, rules_file: str, sc: dict, cut: int) -> dict:
+async def run_live(target: Target, rules_file: str, sc: dict, cut: int) -> dict:
     from engine import control, export
     from engine.producer import publish
     settings = engine_settings(rules_file, sc["partitions"], sc["batch_size"], sc["quorum"])
     raws = [click(u, ts, t, event_id=eid) for u, ts, t, eid in sc["arrival"]]
-    b = fresh(backend)
+    b = fresh(target)
     try:
         await control.ensure_groups(b.aio, settings)
         publish(b.sync, raws[:cut], settings)
@@ -248,18 +263,19 @@ async def run_live(backend: Backend, rules_file: str, sc: dict, cut: int) -> dic
         out = await drive(b, settings, raws[cut:], consumers=sc["consumers"])
     finally:
         await b.aio.aclose()
+        b.sync.close()
     return observed(out)
 
 
 @hsettings(hsettings.get_profile(PROFILE), max_examples=max(5, hsettings.get_profile(PROFILE).max_examples // 4))
 @given(sc=scenarios(), data=st.data())
-def test_live_idle_advance_equals_the_reference(backend, rules_file, sc, data):
+def test_live_idle_advance_equals_the_reference(target, rules_file, sc, data):
     """Invariant: the live-mode idle advance is a watermark advance like any other: a consumer that
     finds its partitions idle moves their watermark to the wall clock (every session closes, every
     later click of those partitions is late), and the outputs are the reference's with an advance
     at that point of the publish order for each partition it applied clicks to."""
     cut = data.draw(st.integers(0, len(sc["arrival"])), label="cut")
-    got = asyncio.run(run_live(backend, rules_file, sc, cut))
+    got = asyncio.run(run_live(target, rules_file, sc, cut))
     now = time.time_ns() // 1000 - B
     first, _ = ref.late_and_applied(sc["arrival"][:cut], sc["partitions"], sc["quorum"], B, GAP)
     idle = {partition_of(u, sc["partitions"]) for u, *_ in first}
