@@ -76,3 +76,78 @@ def shuffle_within(events, bound_us: int, seed: int):
 def by_rule(alerts, rule: str = "events_per_minute") -> list[tuple[str, str]]:
     """(window_start, user_id) of one rule's alerts, sorted (as tests/reference.py returns them)."""
     return sorted((a["window_start"], a["user_id"]) for a in alerts if a["rule"] == rule)
+
+
+# -- a driver for scripted runs: segments of input, watermark advances, redeliveries -------------
+
+def click(user: str, ts_us: int, etype: str = "page_view", event_id: str | None = None, **extra) -> bytes:
+    """A click's JSON; with event_id when given (a producer retry repeats it)."""
+    if event_id is not None:
+        extra["event_id"] = event_id
+    return event(user, ts_us, etype, **extra)
+
+
+async def advance_partition(backend, settings, p: int, target_us: int) -> None:
+    """Move partition p's watermark up to target_us, as an idle advance does (no owner check)."""
+    from engine.keys import Keys
+    from engine.rules import RulesFile
+    from engine.scripts import Scripts
+    await control.advance(backend.aio, Scripts(backend.aio), Keys(settings.namespace, settings.partitions).partition(p),
+                          settings, target_us, RulesFile(settings.rules_file).current())
+
+
+async def ghost_read(backend, settings, per_partition: int) -> int:
+    """A consumer that reads up to per_partition new click entries of every partition and dies
+    without applying them: they stay pending under its name until a new owner claims them."""
+    from engine.keys import Keys
+    streams = {part.clicks: ">" for part in Keys(settings.namespace, settings.partitions).all_partitions()}
+    reply = await backend.aio.xreadgroup(settings.group, "ghost", streams, count=per_partition)
+    return sum(len(entries) for _, entries in (reply.items() if isinstance(reply, dict) else reply))
+
+
+async def apply_every_batch_twice(backend, settings) -> None:
+    """One consumer applies each batch it reads twice through the apply script (a redelivery of
+    the same entries): the second call must change nothing (the XACK guard)."""
+    worker = Consumer(backend.aio, settings, "twice", until_idle=True, idle_advance=False)
+    try:
+        for _ in range(1_000):
+            await worker.leases.heartbeat()        # renew the leases: the apply checks them
+            batches = await worker.read(sorted(worker.leases.owned))
+            for p, entries, from_pending, full in batches:
+                for _ in range(2 if entries else 0):
+                    error = await worker.apply(p, entries)
+                    assert error is None, f"apply failed: {error}"
+                if from_pending and not full:          # as Consumer.step: recovered
+                    worker.leases.recovering.discard(p)
+            if not any(entries for _, entries, _, _ in batches) and await control.drained(backend.aio, settings):
+                return
+        raise AssertionError("apply_every_batch_twice did not drain the input")
+    finally:
+        await worker.leases.leave()
+
+
+async def drive(backend, settings, raws, *, advances=(), consumers: int = 1, mode: str = "consumers",
+                ghost: int = 0, flush: bool = True) -> export.Outputs:
+    """Publish raws in order and consume them; advances = (position, partition, target_us) happen
+    once raws[:position] are applied.  mode "consumers": ``consumers`` Consumer processes (in this
+    event loop); "twice": apply_every_batch_twice.  ghost > 0: before each segment is consumed, a
+    dead consumer read that many entries of every partition (redelivered through XAUTOCLAIM)."""
+    await control.ensure_groups(backend.aio, settings)
+    cuts = sorted({pos for pos, _, _ in advances} | {len(raws)})
+    start = 0
+    for cut in cuts:
+        if cut > start:
+            publish(backend.sync, raws[start:cut], settings)
+            if ghost:
+                await ghost_read(backend, settings, ghost)
+            if mode == "twice":
+                await apply_every_batch_twice(backend, settings)
+            else:
+                await consume_all(backend, settings, consumers)
+            start = cut
+        for pos, p, target in advances:
+            if pos == cut:
+                await advance_partition(backend, settings, p, target)
+    if flush:
+        await control.flush(backend.aio, settings)
+    return await export.collect(backend.aio, settings)
