@@ -22,18 +22,18 @@ from typing import Any
 import msgspec
 from redis.exceptions import ResponseError
 
-from engine.batch import SOURCE_CODE, DeadLetter, apply_args, decode_entries, merge_sources, payload_of
-from engine.catalog import Catalog
-from engine.contract import AlertRef, ApplyReply
-from engine.connection import UNAVAILABLE, is_cluster_client
-from engine.control import advance, drained, ensure_groups, group_state
-from engine.keys import INPUTS, OUTBOX, REKEY, Keys
-from engine.partitioning import partition_of
-from engine.retention import trim_inputs
-from engine.metrics import ConsumerMetrics
-from engine.rules import RulesFile
-from engine.scripts import NotOwner, Scripts, translate
-from engine.settings import Settings
+from shopstream.engine.batch import SOURCE_CODE, DeadLetter, apply_args, decode_entries, merge_sources, payload_of
+from shopstream.engine.catalog import Catalog
+from shopstream.engine.contract import AlertRef, ApplyReply
+from shopstream.engine.connection import UNAVAILABLE, is_cluster_client
+from shopstream.engine.control import advance, drained, ensure_groups, group_state
+from shopstream.engine.keys import INPUTS, OUTBOX, REKEY, Keys
+from shopstream.engine.partitioning import partition_of
+from shopstream.engine.retention import trim_inputs
+from shopstream.engine.metrics import ConsumerMetrics
+from shopstream.engine.rules import RulesFile
+from shopstream.engine.scripts import NotOwner, Scripts, translate
+from shopstream.engine.settings import Settings
 
 from .leases import Leases
 

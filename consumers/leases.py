@@ -14,12 +14,12 @@ import logging
 import time
 from typing import Any, Callable
 
-from engine.assignment import assigned
-from engine.connection import UNAVAILABLE
-from engine.contract import LeaseArgs, ReleaseArgs
-from engine.keys import Keys
-from engine.scripts import Scripts
-from engine.settings import Settings
+from shopstream.engine.assignment import assigned
+from shopstream.engine.connection import UNAVAILABLE
+from shopstream.engine.contract import LeaseArgs, ReleaseArgs
+from shopstream.engine.keys import Keys
+from shopstream.engine.scripts import Scripts
+from shopstream.engine.settings import Settings
 
 log = logging.getLogger("shopstream.leases")
 

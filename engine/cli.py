@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+from importlib import resources
 import logging
 import signal
 import sys
@@ -16,14 +17,13 @@ from typing import Any
 import redis
 
 from . import control, export, logs
-from .connection import RedisServerMissing, async_client, consumer_name, embedded_redis, sync_client
+from .connection import RedisServerMissing, async_client, consumer_name, sync_client
 from .pipeline import NamespaceInUse
 from .producer import BackPressure
 from .settings import Settings, load_settings
 
 log = logging.getLogger("shopstream")
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data"
+SAMPLE = Path(str(resources.files("shopstream.data")))     # data/ in the source tree, a package resource installed
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -62,6 +62,7 @@ def _redis_for_run(settings: Settings):
     if settings.redis_url:
         yield settings
         return
+    from .tools.servers import embedded_redis
     with embedded_redis() as url:
         print(f"started a private redis-server for this run at {url} (set REDIS_URL to use your own)")
         yield settings.replace(redis_url=url)
@@ -69,7 +70,7 @@ def _redis_for_run(settings: Settings):
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_generate(args, settings):
-    from .generate import GeneratorConfig, write_all
+    from .tools.generate import GeneratorConfig, write_all
     cfg = GeneratorConfig(seed=args.seed, users=args.users, hours=args.hours, start=args.start,
                           fraud=not args.no_fraud)
     files = write_all(Path(args.out), cfg)
@@ -98,7 +99,7 @@ def cmd_replay(args, settings):
 
 
 def cmd_consume(args, settings):
-    from consumers.consumer import Consumer
+    from shopstream.consumers.consumer import Consumer
     url = _need_url(settings)
 
     async def main():
@@ -205,16 +206,16 @@ def cmd_demo(args, settings):
 
 def cmd_bench(args, settings):
     if args.flush:
-        from .benchflush import print_report, run as run_flush
+        from .tools.benchflush import print_report, run as run_flush
         print_report(run_flush(args.flush))
         return
     if args.cluster:
-        from .benchcluster import run as run_cluster
+        from .tools.benchcluster import run as run_cluster
         consumers = [int(x) for x in args.consumers.split(",")]
         run_cluster(args.events, args.users, args.runs, consumers[len(consumers) // 2], args.cluster,
                     args.appendfsync, args.json)
         return
-    from .bench import run
+    from .tools.bench import run
     run(args.events, args.users, args.runs, [int(x) for x in args.consumers.split(",")],
         [int(x) for x in args.scale_partitions.split(",")], args.rate, args.json, args.profile, args.growth,
         args.appendfsync)
@@ -225,7 +226,7 @@ def cmd_bench(args, settings):
 
 
 def cmd_cluster(args, settings):
-    from .connection import embedded_cluster
+    from .tools.servers import embedded_cluster
     from .keys import Keys
     from .layout import describe, partitions_by_master
     with embedded_cluster(args.masters, args.replicas, base_port=args.port or None) as cluster:

@@ -26,3 +26,4 @@ def setup(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("openlineage").setLevel(max(root.level, logging.WARNING))   # its client's chatter

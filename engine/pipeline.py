@@ -39,7 +39,7 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 def start_consumers(settings: Settings, n: int) -> list[subprocess.Popen]:
     env = child_env(settings)
-    cmd = [sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume", "--until-idle"]
+    cmd = [sys.executable, "-m", "shopstream.engine.cli", "--log-level", "warning", "consume", "--until-idle"]
     return [subprocess.Popen(cmd, env=env) for _ in range(n)]
 
 

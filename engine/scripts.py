@@ -12,6 +12,7 @@ Contract violations come back as ``SS_<CODE> ...`` errors and become ``ScriptErr
 from __future__ import annotations
 
 import re
+from importlib import resources
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -23,7 +24,7 @@ from redis.exceptions import ResponseError
 from . import contract
 from .keys import DERIVED, Partition
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+LUA_DIR = Path(str(resources.files("shopstream.lua")))     # lua/ in the source tree, a package resource installed
 _INCLUDE = re.compile(r"^--@include (\w+)\s*$", re.M)
 _HEADER = re.compile(r"\A--\[\[ (\w+): ")
 _KEY_DECL = re.compile(r"KEYS\[(\d+)\]")
@@ -122,9 +123,9 @@ def script_names() -> list[str]:
 
 
 def readme() -> str:
-    """lua/README.md: every script's contract header, and the includes' (``python -m engine.scripts``)."""
+    """lua/README.md: every script's contract header, and the includes' (``python -m shopstream.engine.scripts``)."""
     parts = ["# Lua scripts\n",
-             "Generated from the scripts' contract headers by `python -m engine.scripts > lua/README.md`"
+             "Generated from the scripts' contract headers by `python -m shopstream.engine.scripts > lua/README.md`"
              " (a test checks it is current). Names of KEYS, ARGV and replies: engine/contract.py;"
              " the loader (engine/scripts.py) inlines `--@include` files and a generated prelude.\n"]
     for kind, folder in (("script", LUA_DIR), ("include", LUA_DIR / "includes")):

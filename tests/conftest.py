@@ -19,8 +19,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from engine.connection import embedded_cluster, embedded_redis
-from engine.settings import Settings
+from shopstream.engine.tools.servers import embedded_cluster, embedded_redis
+from shopstream.engine.settings import Settings
 
 IN_CI = bool(os.environ.get("CI"))
 LUA_MODULES = os.path.join(os.path.dirname(__file__), "lua")

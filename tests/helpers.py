@@ -7,10 +7,10 @@ import random
 
 import msgspec
 
-from consumers.consumer import Consumer
-from engine import control, export
-from engine.eventtime import format_us
-from engine.producer import publish
+from shopstream.consumers.consumer import Consumer
+from shopstream.engine import control, export
+from shopstream.engine.eventtime import format_us
+from shopstream.engine.producer import publish
 
 GAP = 30 * 60 * 1_000_000
 B = 5 * 60 * 1_000_000
@@ -89,9 +89,9 @@ def click(user: str, ts_us: int, etype: str = "page_view", event_id: str | None 
 
 async def advance_partition(backend, settings, p: int, target_us: int) -> None:
     """Move partition p's watermark up to target_us, as an idle advance does (no owner check)."""
-    from engine.keys import Keys
-    from engine.rules import RulesFile
-    from engine.scripts import Scripts
+    from shopstream.engine.keys import Keys
+    from shopstream.engine.rules import RulesFile
+    from shopstream.engine.scripts import Scripts
     await control.advance(backend.aio, Scripts(backend.aio), Keys(settings.namespace, settings.partitions).partition(p),
                           settings, target_us, RulesFile(settings.rules_file).current())
 
@@ -99,7 +99,7 @@ async def advance_partition(backend, settings, p: int, target_us: int) -> None:
 async def ghost_read(backend, settings, per_partition: int) -> int:
     """A consumer that reads up to per_partition new click entries of every partition and dies
     without applying them: they stay pending under its name until a new owner claims them."""
-    from engine.keys import Keys
+    from shopstream.engine.keys import Keys
     streams = {part.clicks: ">" for part in Keys(settings.namespace, settings.partitions).all_partitions()}
     reply = await backend.aio.xreadgroup(settings.group, "ghost", streams, count=per_partition)
     return sum(len(entries) for _, entries in (reply.items() if isinstance(reply, dict) else reply))

@@ -12,9 +12,9 @@ plus a catalog of two products and one record that is not JSON (a dead letter).
 
 from __future__ import annotations
 
-from engine import catalog
-from engine.keys import SUPPORT, TX
-from engine.producer import publish
+from shopstream.engine import catalog
+from shopstream.engine.keys import SUPPORT, TX
+from shopstream.engine.producer import publish
 
 DAY = "2026-11-02"
 FUNNEL = ("page_view", "product_view", "add_to_cart", "checkout", "purchase")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from engine.eventtime import US_PER_MINUTE, format_us
+from shopstream.engine.eventtime import US_PER_MINUTE, format_us
 
 GAP_US = 30 * 60 * 1_000_000
 
@@ -116,7 +116,7 @@ def late_and_applied(arrival, partitions: int, quorum: int = 3, ooo_us: int = B_
     retry (dropped) unless it is late.  Returns (applied, late): applied = [(user, ts, type, W)]
     with W the watermark the click met (sessions close by it), late = [(user, ts, type)], both in
     publish order."""
-    from engine.partitioning import partition_of
+    from shopstream.engine.partitioning import partition_of
 
     wm = defaultdict(lambda: NEG_INF)
     user_max: dict[int, dict] = defaultdict(dict)

@@ -10,7 +10,7 @@ import sys
 import pytest
 import redis
 
-from engine.connection import free_port, redis_server_binary, wait_for_redis
+from shopstream.engine.tools.servers import free_port, redis_server_binary, wait_for_redis
 
 from .test_cli import REPO
 
@@ -37,7 +37,7 @@ def acl_server(tmp_path):
 def cli(url: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "REDIS_URL": url, "SHOPSTREAM_METRICS_PORT": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0",
            "SHOPSTREAM_HEARTBEAT_MS": "100"}
-    return subprocess.run([sys.executable, "-m", "engine.cli", "--log-level", "warning", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "shopstream.engine.cli", "--log-level", "warning", *args], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -85,7 +85,7 @@ def test_logs_carry_no_secret_and_no_payload(acl_server, tmp_path):
                      + EVENT + b"\n")
     assert cli(producer, "replay", str(data)).returncode == 0
     env = {**os.environ, "REDIS_URL": consumer, "SHOPSTREAM_METRICS_PORT": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0"}
-    run = subprocess.run([sys.executable, "-m", "engine.cli", "--log-level", "debug", "consume", "--until-idle"],
+    run = subprocess.run([sys.executable, "-m", "shopstream.engine.cli", "--log-level", "debug", "consume", "--until-idle"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "dead-letter" in run.stderr                       # the event that matters is logged...

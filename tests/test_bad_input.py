@@ -12,9 +12,9 @@ import msgspec
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from redis.crc import key_slot
 
-from engine import control, export
-from engine.producer import publish
-from engine.schema import BadRecord, parse_click
+from shopstream.engine import control, export
+from shopstream.engine.producer import publish
+from shopstream.engine.schema import BadRecord, parse_click
 
 from .helpers import consume_all
 
@@ -129,7 +129,7 @@ async def test_a_random_mix_of_fields_never_crashes_the_consumer(backend, settin
 async def test_bad_transactions_and_tickets_go_to_the_dead_letter_stream(backend, settings):
     """The other sources' bad records: dead-lettered with the reason, the rest applied, nothing stuck."""
     import random
-    from engine.keys import SUPPORT, TX
+    from shopstream.engine.keys import SUPPORT, TX
     rng = random.Random(11)
     tx_pools = {"transaction_id": ["t", "", 5, None], "user_id": ["u1", "", "{x}", None, "x" * 300],
                 "amount": ["9.99", "1.005", "abc", -1, 3, None], "status": ["failed", "completed", "pending", 1],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from engine.benchdata import generate
-from engine.schema import parse_click
+from shopstream.engine.tools.benchdata import generate
+from shopstream.engine.schema import parse_click
 
 from .test_cli import shopstream
 

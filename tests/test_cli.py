@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.generate import GeneratorConfig, write_all
-from engine.schema import BadRecord, parse_click
+from shopstream.engine.tools.generate import GeneratorConfig, write_all
+from shopstream.engine.schema import BadRecord, parse_click
 
 from . import reference as ref
 from .helpers import by_rule
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def shopstream(*args: str, env: dict | None = None, timeout: float = 300) -> str:
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "shopstream.engine.cli", *args], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -76,7 +76,7 @@ def test_run_matches_the_batch_reference(real_redis_url, dataset, tmp_path, cons
 
 def test_run_without_redis_url_starts_a_private_server(dataset, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(dataset), "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "shopstream.engine.cli", "run", str(dataset), "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "started a private redis-server" in proc.stdout
@@ -111,7 +111,7 @@ def test_replay_into_a_flushed_namespace_is_refused_with_what_to_do(real_redis_u
     shopstream("replay", str(dataset), env=env)
     shopstream("consume", "--until-idle", env=env)
     shopstream("flush", env=env)
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "replay", str(dataset)], cwd=REPO, text=True,
+    proc = subprocess.run([sys.executable, "-m", "shopstream.engine.cli", "replay", str(dataset)], cwd=REPO, text=True,
                           capture_output=True, env={**os.environ, **env}, timeout=120)
     assert proc.returncode != 0
     assert "was flushed" in proc.stderr and "shopstream reset" in proc.stderr
@@ -129,12 +129,12 @@ def test_the_documented_redis_cli_commands_show_something(real_redis_url, tmp_pa
 
     import redis
 
-    from engine.keys import INPUTS
+    from shopstream.engine.keys import INPUTS
     env = {"REDIS_URL": real_redis_url, "SHOPSTREAM_METRICS_PORT": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0"}
     client = redis.Redis.from_url(real_redis_url)
     client.flushall()
     shopstream("replay", str(REPO / "data"), env=env)
-    consumer = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume"],
+    consumer = subprocess.Popen([sys.executable, "-m", "shopstream.engine.cli", "--log-level", "warning", "consume"],
                                 cwd=REPO, env={**os.environ, **env})             # running, as in the README
     try:
         deadline = time.monotonic() + 60
@@ -171,8 +171,8 @@ def test_a_taken_metrics_port_moves_to_the_next_free_one():
 
     from prometheus_client import CollectorRegistry
 
-    from engine.connection import free_port
-    from engine.metrics import ConsumerMetrics
+    from shopstream.engine.tools.servers import free_port
+    from shopstream.engine.metrics import ConsumerMetrics
     holder = socket.socket()
     holder.bind(("0.0.0.0", free_port()))
     holder.listen()
@@ -195,7 +195,7 @@ def test_three_consumers_side_by_side_with_default_settings(real_redis_url, tmp_
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPSTREAM_")}
     env.update(REDIS_URL=real_redis_url, SHOPSTREAM_NAMESPACE="side")
     logs = [tmp_path / f"consumer{i}.log" for i in range(3)]
-    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", "consume"], cwd=REPO, env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "shopstream.engine.cli", "consume"], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=log.open("wb")) for log in logs]
     client = redis.Redis.from_url(real_redis_url)
     try:

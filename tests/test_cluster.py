@@ -25,18 +25,19 @@ import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from engine import control, export
-from engine.connection import UNAVAILABLE, async_client, free_port, is_cluster, sync_client
-from engine.erase import erase
-from engine.eventtime import US_PER_MINUTE, format_us
-from engine.generate import GeneratorConfig, write_all
-from engine.keys import LEASE, SESSIONS, STATE, Keys
-from engine.layout import describe, partitions_by_master
-from engine.partitioning import partition_of
-from engine.producer import NotReplicated, publish
-from engine.report import live_minutes
-from engine.scripts import Scripts, script_names, source
-from engine.settings import Settings
+from shopstream.engine import control, export
+from shopstream.engine.connection import UNAVAILABLE, async_client, is_cluster, sync_client
+from shopstream.engine.tools.servers import free_port
+from shopstream.engine.erase import erase
+from shopstream.engine.eventtime import US_PER_MINUTE, format_us
+from shopstream.engine.tools.generate import GeneratorConfig, write_all
+from shopstream.engine.keys import LEASE, SESSIONS, STATE, Keys
+from shopstream.engine.layout import describe, partitions_by_master
+from shopstream.engine.partitioning import partition_of
+from shopstream.engine.producer import NotReplicated, publish
+from shopstream.engine.report import live_minutes
+from shopstream.engine.scripts import Scripts, script_names, source
+from shopstream.engine.settings import Settings
 
 from . import reference as ref
 from .conftest import Backend
@@ -236,7 +237,7 @@ def test_every_command_with_the_url_of_a_cluster_node(redis_cluster, dataset, tm
     replica = next(n for n in redis_cluster.nodes if n not in redis_cluster.masters())
     env = {**FAST, "REDIS_URL": replica.url, "SHOPSTREAM_NAMESPACE": "cmd"}   # even a replica's URL
     shopstream("reset", env=env)
-    tail = subprocess.Popen([sys.executable, "-m", "engine.cli", "tail"], cwd=REPO, text=True,
+    tail = subprocess.Popen([sys.executable, "-m", "shopstream.engine.cli", "tail"], cwd=REPO, text=True,
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert "listening" in tail.stderr.readline()
@@ -301,7 +302,7 @@ def test_consumers_scale_1_to_4_to_2_during_a_run(redis_cluster, dataset, tmp_pa
     applied = lambda: sum(int(client.hget(p.key(STATE), "applied") or 0) for p in keys.all_partitions())  # noqa: E731
     shopstream("reset", env=env)
     first = consumer(env)
-    replay = subprocess.Popen([sys.executable, "-m", "engine.cli", "replay", str(dataset), "--rate", "2000"],
+    replay = subprocess.Popen([sys.executable, "-m", "shopstream.engine.cli", "replay", str(dataset), "--rate", "2000"],
                               cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
     procs = [first, replay]
     try:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from engine.connection import free_port, redis_server_binary, wait_for_redis
-from engine.generate import GeneratorConfig, write_all
-from engine.producer import read_events
+from shopstream.engine.tools.servers import free_port, redis_server_binary, wait_for_redis
+from shopstream.engine.tools.generate import GeneratorConfig, write_all
+from shopstream.engine.producer import read_events
 
 from .test_cli import REPO, reference_inputs, shopstream
 from . import reference as ref
@@ -43,7 +43,7 @@ def dataset(tmp_path_factory):
 
 
 def consumer(env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume", *extra],
+    return subprocess.Popen([sys.executable, "-m", "shopstream.engine.cli", "--log-level", "warning", "consume", *extra],
                             cwd=REPO, env={**os.environ, **FAST, **env})
 
 
@@ -152,8 +152,8 @@ def test_redis_killed_during_publishing_with_everysec_loses_nothing_acknowledged
     postpone that write: with everysec, while a background fsync is still running Redis keeps new
     writes in its AOF buffer for up to 2 s and replies meanwhile (INFO aof_buffer_length > 0, seen
     on this shared machine under disk load).  What survived is applied once."""
-    from engine.producer import publish
-    from engine.settings import load_settings
+    from shopstream.engine.producer import publish
+    from shopstream.engine.settings import load_settings
     port, data = free_port(), tmp_path / "redis"
     data.mkdir()
     args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", "",
@@ -245,10 +245,10 @@ def test_until_idle_exits_after_a_restart_that_left_the_group_lag_stale(tmp_path
 
     import redis.asyncio as aioredis
 
-    from consumers.consumer import Consumer
-    from engine.control import drained, ensure_groups, group_state
-    from engine.producer import publish
-    from engine.settings import Settings
+    from shopstream.consumers.consumer import Consumer
+    from shopstream.engine.control import drained, ensure_groups, group_state
+    from shopstream.engine.producer import publish
+    from shopstream.engine.settings import Settings
     from .helpers import event
     server = _AofRedis(tmp_path / "redis")
     settings = Settings(partitions=2, namespace="stale", heartbeat_ms=50, lease_ttl_ms=600, block_ms=20,
@@ -294,7 +294,7 @@ def test_until_idle_exits_after_a_restart_that_left_the_group_lag_stale(tmp_path
 
 
 def test_stream_state_decides_caught_up_from_ids():
-    from engine.control import _stream_state
+    from shopstream.engine.control import _stream_state
     stream = {"length": 10, "first-entry": (b"100-0", {}), "last-entry": (b"200-0", {}),
               "last-generated-id": b"300-0"}                   # the last entries were deleted
 

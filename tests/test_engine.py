@@ -9,15 +9,15 @@ import msgspec
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from consumers.consumer import Consumer
-from engine import contract, control, export
-from engine.batch import apply_args, decode_entries
-from engine.keys import CLICKS, OPEN, STATE, TX, Keys
-from engine.rules import Rules
-from engine.metrics import ConsumerMetrics
-from engine.partitioning import partition_of
-from engine.producer import publish
-from engine.scripts import NotOwner, Scripts, translate
+from shopstream.consumers.consumer import Consumer
+from shopstream.engine import contract, control, export
+from shopstream.engine.batch import apply_args, decode_entries
+from shopstream.engine.keys import CLICKS, OPEN, STATE, TX, Keys
+from shopstream.engine.rules import Rules
+from shopstream.engine.metrics import ConsumerMetrics
+from shopstream.engine.partitioning import partition_of
+from shopstream.engine.producer import publish
+from shopstream.engine.scripts import NotOwner, Scripts, translate
 from redis.exceptions import ResponseError
 
 from .helpers import by_rule, consume_all, event, run_events
@@ -382,7 +382,7 @@ def test_the_linger_decision_uses_the_input_rate_over_half_a_second_windows(back
     """Consumers linger only when their partitions take in more than linger_above_rate events/s
     each.  The rate is counted over windows of RATE_WINDOW_S: a burst read right after the previous
     read must not look like a high rate (it did when each read was divided by its own interval)."""
-    from consumers import consumer as module
+    from shopstream.consumers import consumer as module
     clock = [1000.0]
     monkeypatch.setattr(module.time, "perf_counter", lambda: clock[0])
     c = Consumer(backend.aio, settings, "c")

@@ -6,11 +6,11 @@ import hashlib
 import re
 from collections import Counter
 
-from engine import control, export
-from engine.erase import erase, subject_hmac
-from engine.eventtime import format_us
-from engine.keys import TX, USER_KEYS, USER_SETS, Keys
-from engine.producer import publish
+from shopstream.engine import control, export
+from shopstream.engine.erase import erase, subject_hmac
+from shopstream.engine.eventtime import format_us
+from shopstream.engine.keys import TX, USER_KEYS, USER_SETS, Keys
+from shopstream.engine.producer import publish
 
 from .helpers import consume_all, event
 

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import msgspec
 import pytest
 
-from engine.generate import COUNTRIES, FARM_IP, ODD_USERS, PATTERNS, GeneratorConfig, write_all
+from shopstream.engine.tools.generate import COUNTRIES, FARM_IP, ODD_USERS, PATTERNS, GeneratorConfig, write_all
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"

@@ -10,12 +10,12 @@ import random
 
 import pytest
 
-from engine import control, export
-from engine.eventtime import US_PER_MINUTE, format_us
-from engine.keys import PROFILE, STATE, Keys
-from engine.partitioning import partition_of
-from engine.pipeline import partition_counters
-from engine.producer import publish, replay
+from shopstream.engine import control, export
+from shopstream.engine.eventtime import US_PER_MINUTE, format_us
+from shopstream.engine.keys import PROFILE, STATE, Keys
+from shopstream.engine.partitioning import partition_of
+from shopstream.engine.pipeline import partition_counters
+from shopstream.engine.producer import publish, replay
 
 from . import reference as ref
 from .helpers import B, GAP, by_rule, click, consume_all, run_events, shuffle_within
@@ -85,7 +85,7 @@ async def test_transaction_bomb_of_distinct_cards_ips_and_countries(backend, set
     partition keeps advancing for other users, and the user's profile, card set and the alert's
     evidence stay bounded."""
     import msgspec
-    from engine.keys import TX, UCARDS
+    from shopstream.engine.keys import TX, UCARDS
 
     bomb, *others = same_partition("tx-bomb", 4, settings.partitions)
     txs = [msgspec.json.encode({"transaction_id": f"t{i}", "user_id": bomb, "amount": "1.00", "currency": "USD",

@@ -6,10 +6,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from engine.eventtime import format_us
-from engine.keys import SUPPORT, TX
-from engine.producer import publish
-from engine.schema import BadRecord, parse_click, parse_ticket, parse_transaction
+from shopstream.engine.eventtime import format_us
+from shopstream.engine.keys import SUPPORT, TX
+from shopstream.engine.producer import publish
+from shopstream.engine.schema import BadRecord, parse_click, parse_ticket, parse_transaction
 
 from .helpers import event, run_events
 

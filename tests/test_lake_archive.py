@@ -8,11 +8,11 @@ import pytest
 
 pytest.importorskip("deltalake")
 
-from engine import control  # noqa: E402
-from engine.keys import Keys  # noqa: E402
-from engine.lake import tables  # noqa: E402
-from engine.lake.archiver import Archiver  # noqa: E402
-from engine.lake.store import Lake  # noqa: E402
+from shopstream.engine import control  # noqa: E402
+from shopstream.engine.keys import Keys  # noqa: E402
+from shopstream.engine.lake import tables  # noqa: E402
+from shopstream.engine.lake.archiver import Archiver  # noqa: E402
+from shopstream.engine.lake.store import Lake  # noqa: E402
 from tests import lakedata  # noqa: E402
 from tests.helpers import consume_all  # noqa: E402
 
@@ -96,7 +96,7 @@ async def test_instances_split_the_streams(backend, settings, tmp_path):
 
 
 def test_positions_encode_entry_ids_in_order():
-    from engine.lake.positions import from_version, to_version
+    from shopstream.engine.lake.positions import from_version, to_version
     ids = ["0-0", "0-1", "1-0", "1793520000000-0", "1793520000000-1048575", "1793520000001-0"]
     versions = [to_version(i) for i in ids]
     assert versions == sorted(versions) and [from_version(v) for v in versions] == ids
@@ -108,7 +108,7 @@ def test_positions_encode_entry_ids_in_order():
 async def test_archiver_metrics(backend, settings, tmp_path):
     from prometheus_client import generate_latest
 
-    from engine.lake.metrics import ArchiverMetrics
+    from shopstream.engine.lake.metrics import ArchiverMetrics
     await run_engine(backend, settings)
     metrics = ArchiverMetrics()
     lake = Lake(str(tmp_path / "lake"))
@@ -130,7 +130,7 @@ async def test_instances_commit_to_the_same_tables_at_once(real, settings, tmp_p
     import threading
 
     import redis
-    from engine.producer import publish
+    from shopstream.engine.producer import publish
     await run_engine(real, settings)
     publish(real.sync, [{"user_id": f"x{i}", "event_type": "page_view", "timestamp": "2026-11-02T12:00:00Z"}
                         for i in range(3000)], settings)

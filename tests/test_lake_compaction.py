@@ -9,11 +9,11 @@ import pytest
 
 pytest.importorskip("deltalake")
 
-from engine.lake import tables  # noqa: E402
-from engine.lake.archiver import Archiver  # noqa: E402
-from engine.lake.compaction import compact  # noqa: E402
-from engine.lake.store import Lake, day_of  # noqa: E402
-from engine.producer import publish  # noqa: E402
+from shopstream.engine.lake import tables  # noqa: E402
+from shopstream.engine.lake.archiver import Archiver  # noqa: E402
+from shopstream.engine.lake.compaction import compact  # noqa: E402
+from shopstream.engine.lake.store import Lake, day_of  # noqa: E402
+from shopstream.engine.producer import publish  # noqa: E402
 from tests import lakedata  # noqa: E402
 from tests.test_lake_archive import lake_entries, run_engine, stream_entries  # noqa: E402
 
@@ -38,7 +38,7 @@ async def test_compaction_of_a_day(backend, settings, tmp_path):
 
 
 async def test_compact_command(backend, settings, tmp_path, capsys):
-    from engine.cli import main
+    from shopstream.engine.cli import main
     await run_engine(backend, settings)
     lake = Lake(str(tmp_path / "lake"))
     Archiver(backend.sync, settings, lake, commit_rows=20, read_count=10, until_idle=True).run()
@@ -49,7 +49,7 @@ async def test_compact_command(backend, settings, tmp_path, capsys):
 
 
 async def test_archive_throughput_measure(backend, settings, tmp_path):
-    from engine.lake.benchlake import archive_throughput, build, synthetic_clicks
+    from shopstream.engine.lake.benchlake import archive_throughput, build, synthetic_clicks
     await run_engine(backend, settings)
     got = archive_throughput(backend.sync, settings, tmp_path / "bench")
     assert got["rows"] == sum(stream_entries(backend.sync, settings).values()) and got["rows_per_s"] > 0

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("deltalake")
 
-from engine.lake.demo import archive_and_report, describe  # noqa: E402
+from shopstream.engine.lake.demo import archive_and_report, describe  # noqa: E402
 from tests import lakedata  # noqa: E402
 from tests.test_lake_archive import run_engine  # noqa: E402
 

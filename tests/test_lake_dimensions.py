@@ -12,16 +12,16 @@ import pytest
 
 pytest.importorskip("deltalake")
 
-from engine import catalog, control  # noqa: E402
-from engine.keys import Keys  # noqa: E402
-from engine.erase import audit_key_sync  # noqa: E402
-from engine.lake.archiver import Archiver  # noqa: E402
-from engine.lake.dimensions import rebuild  # noqa: E402
-from engine.lake.erasure import erase_from_lake  # noqa: E402
-from engine.lake.sql import connect  # noqa: E402
-from engine.lake.store import Lake  # noqa: E402
-from engine.partitioning import partition_of  # noqa: E402
-from engine.producer import publish  # noqa: E402
+from shopstream.engine import catalog, control  # noqa: E402
+from shopstream.engine.keys import Keys  # noqa: E402
+from shopstream.engine.erase import audit_key_sync  # noqa: E402
+from shopstream.engine.lake.archiver import Archiver  # noqa: E402
+from shopstream.engine.lake.dimensions import rebuild  # noqa: E402
+from shopstream.engine.lake.erasure import erase_from_lake  # noqa: E402
+from shopstream.engine.lake.sql import connect  # noqa: E402
+from shopstream.engine.lake.store import Lake  # noqa: E402
+from shopstream.engine.partitioning import partition_of  # noqa: E402
+from shopstream.engine.producer import publish  # noqa: E402
 from tests.test_lake_erasure import traces  # noqa: E402
 
 DAY = "2026-11-02"
@@ -81,7 +81,7 @@ async def test_dim_customer_versions(backend, settings, tmp_path):
         ("US", ["ios", "web"], 2, "500-2000", "high", at("13:00"), None, True),     # the failed payment: no version
     ]
     # idempotent, and the command
-    from engine.cli import main
+    from shopstream.engine.cli import main
     main(["dims", "--lake", lake.uri])
     assert connect(lake).sql("SELECT count(*) FROM dim_customer").fetchall() == [(6,)]
 

@@ -16,15 +16,15 @@ import pytest
 
 pytest.importorskip("deltalake")
 
-from engine import control  # noqa: E402
-from engine.keys import Keys  # noqa: E402
-from engine.lake import tables  # noqa: E402
-from engine.lake.archiver import Archiver  # noqa: E402
-from engine.erase import audit_key_sync, subject_hmac  # noqa: E402
-from engine.lake.erasure import ERASED, erase_from_lake  # noqa: E402
-from engine.lake.sql import connect  # noqa: E402
-from engine.lake.store import Lake  # noqa: E402
-from engine.producer import publish  # noqa: E402
+from shopstream.engine import control  # noqa: E402
+from shopstream.engine.keys import Keys  # noqa: E402
+from shopstream.engine.lake import tables  # noqa: E402
+from shopstream.engine.lake.archiver import Archiver  # noqa: E402
+from shopstream.engine.erase import audit_key_sync, subject_hmac  # noqa: E402
+from shopstream.engine.lake.erasure import ERASED, erase_from_lake  # noqa: E402
+from shopstream.engine.lake.sql import connect  # noqa: E402
+from shopstream.engine.lake.store import Lake  # noqa: E402
+from shopstream.engine.producer import publish  # noqa: E402
 from tests import lakedata  # noqa: E402
 from tests.helpers import consume_all  # noqa: E402
 from tests.test_lake_archive import run_engine  # noqa: E402
@@ -166,7 +166,7 @@ async def test_erasure_of_a_short_id_spares_lookalikes_and_the_catalog(backend, 
 
 async def test_the_erase_command_reaches_redis_and_the_lake_under_one_request_id(real, settings, tmp_path,
                                                                                  monkeypatch, capsys):
-    from engine.cli import main
+    from shopstream.engine.cli import main
     await run_engine(real, settings)
     victim_input(real.sync, settings)
     await consume_all(real, settings)

@@ -16,10 +16,10 @@ import pytest
 
 pytest.importorskip("deltalake")
 
-from engine.keys import Keys  # noqa: E402
-from engine.producer import publish  # noqa: E402
+from shopstream.engine.keys import Keys  # noqa: E402
+from shopstream.engine.producer import publish  # noqa: E402
 from tests.test_lake_archive import lake_entries, stream_entries  # noqa: E402
-from engine.lake.store import Lake  # noqa: E402
+from shopstream.engine.lake.store import Lake  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = 14
@@ -49,7 +49,7 @@ def add_entries(client, settings, start: int, count: int) -> None:
 
 def start_archiver(url: str, lake: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "REDIS_URL": url, "SHOPSTREAM_PARTITIONS": "4"}
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", "archive", "--lake", lake, "--commit-rows", "300",
+    return subprocess.Popen([sys.executable, "-m", "shopstream.engine.cli", "archive", "--lake", lake, "--commit-rows", "300",
                              "--commit-seconds", "0.05", "--read-count", "60", *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("openlineage.client")
 
-from engine.cli import main  # noqa: E402
-from engine.lake.lineage import lineage, redis_namespace  # noqa: E402
-from engine.lake.store import Lake  # noqa: E402
+from shopstream.engine.cli import main  # noqa: E402
+from shopstream.engine.lake.lineage import lineage, redis_namespace  # noqa: E402
+from shopstream.engine.lake.store import Lake  # noqa: E402
 from tests import lakedata  # noqa: E402
 from tests.test_lake_archive import run_engine, stream_entries  # noqa: E402
 

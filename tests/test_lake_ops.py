@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.cli import build_parser
+from shopstream.engine.cli import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,14 +30,16 @@ def test_lake_manifests():
     assert {"REDIS_URL", "SHOPSTREAM_LAKE_URI", "SHOPSTREAM_PARTITIONS"} <= env
 
 
-def test_the_consumer_does_not_import_the_lake():
-    """A consumer image is built without the `lake` extra: nothing it imports may need it."""
+def test_the_consumer_does_not_import_the_lake_nor_the_tools():
+    """A consumer image is built without the `lake` extra: nothing it imports may need it; and a
+    consumer process imports none of the developer tools (bench, generator, embedded servers)."""
     import subprocess
     import sys
-    code = ("import sys, consumers.consumer, engine.cli, engine.pipeline, engine.erase; "
-            "engine.cli.build_parser().parse_args(['consume']); "
+    code = ("import sys, shopstream.consumers.consumer, shopstream.engine.cli, shopstream.engine.pipeline, "
+            "shopstream.engine.erase; shopstream.engine.cli.build_parser().parse_args(['consume']); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('deltalake', 'duckdb', 'pyarrow', "
-            "'openlineage') or m.startswith('engine.lake.') and m != 'engine.lake.commands'))")
+            "'openlineage') or m.startswith('shopstream.engine.lake.') and m != 'shopstream.engine.lake.commands'"
+            " or m.startswith('shopstream.engine.tools.')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

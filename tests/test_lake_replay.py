@@ -7,13 +7,13 @@ import pytest
 
 pytest.importorskip("deltalake")
 
-from engine import control, export  # noqa: E402
-from engine.cli import main  # noqa: E402
-from engine.erase import audit_key_sync  # noqa: E402
-from engine.lake.archiver import Archiver  # noqa: E402
-from engine.lake.erasure import erase_from_lake  # noqa: E402
-from engine.lake.replay import replay_day  # noqa: E402
-from engine.lake.store import Lake  # noqa: E402
+from shopstream.engine import control, export  # noqa: E402
+from shopstream.engine.cli import main  # noqa: E402
+from shopstream.engine.erase import audit_key_sync  # noqa: E402
+from shopstream.engine.lake.archiver import Archiver  # noqa: E402
+from shopstream.engine.lake.erasure import erase_from_lake  # noqa: E402
+from shopstream.engine.lake.replay import replay_day  # noqa: E402
+from shopstream.engine.lake.store import Lake  # noqa: E402
 from tests import lakedata  # noqa: E402
 from tests.helpers import consume_all  # noqa: E402
 from tests.test_lake_archive import run_engine  # noqa: E402

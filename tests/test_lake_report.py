@@ -15,12 +15,12 @@ import pytest
 
 pytest.importorskip("deltalake")
 
-from engine import control  # noqa: E402
-from engine.cli import main  # noqa: E402
-from engine.lake.archiver import Archiver  # noqa: E402
-from engine.lake.report import write_report  # noqa: E402
-from engine.lake.store import Lake  # noqa: E402
-from engine.producer import publish  # noqa: E402
+from shopstream.engine import control  # noqa: E402
+from shopstream.engine.cli import main  # noqa: E402
+from shopstream.engine.lake.archiver import Archiver  # noqa: E402
+from shopstream.engine.lake.report import write_report  # noqa: E402
+from shopstream.engine.lake.store import Lake  # noqa: E402
+from shopstream.engine.producer import publish  # noqa: E402
 from tests import lakedata  # noqa: E402
 from tests.helpers import consume_all  # noqa: E402
 from tests.test_lake_archive import run_engine  # noqa: E402
@@ -107,7 +107,7 @@ async def test_report_of_a_known_day(backend, settings, tmp_path):
     assert changed["traffic.events_per_hour[23]"] == (0, 1)
     assert "traffic.events: 145 -> 146" in late["files"]["md"].read_text()
     # the gold table holds one row per date, replaced by each run
-    from engine.lake.sql import connect
+    from shopstream.engine.lake.sql import connect
     assert connect(lake).sql("SELECT CAST(dt AS VARCHAR), events, orders, revenue FROM mart_daily").fetchall() == [
         (lakedata.DAY, 146, 4, "145.00")]
 
@@ -158,8 +158,8 @@ async def test_report_command(backend, settings, tmp_path, capsys):
 
 def test_sales_are_exact_per_currency(tmp_path):
     """Revenue from integer minor units with each currency's decimals (JPY 0, BHD 3), never floats."""
-    from engine.lake import daily, tables
-    from engine.lake.sql import connect
+    from shopstream.engine.lake import daily, tables
+    from shopstream.engine.lake.sql import connect
     table = tables.BY_NAME["bronze_tx"]
     payments = [("USD", "0.10"), ("USD", "0.20"), ("USD", "19.99"), ("JPY", "1500"), ("BHD", "1.234"),
                 ("BHD", "0.001")]

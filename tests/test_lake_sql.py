@@ -14,13 +14,13 @@ import pytest
 
 pytest.importorskip("deltalake")
 
-from engine import control  # noqa: E402
-from engine.cli import main  # noqa: E402
-from engine.lake.archiver import Archiver  # noqa: E402
-from engine.lake.sql import connect  # noqa: E402
-from engine.lake.store import Lake  # noqa: E402
-from engine.producer import publish  # noqa: E402
-from engine.settings import Settings  # noqa: E402
+from shopstream.engine import control  # noqa: E402
+from shopstream.engine.cli import main  # noqa: E402
+from shopstream.engine.lake.archiver import Archiver  # noqa: E402
+from shopstream.engine.lake.sql import connect  # noqa: E402
+from shopstream.engine.lake.store import Lake  # noqa: E402
+from shopstream.engine.producer import publish  # noqa: E402
+from shopstream.engine.settings import Settings  # noqa: E402
 from tests import lakedata  # noqa: E402
 from tests.conftest import fake_clients  # noqa: E402
 from tests.helpers import consume_all  # noqa: E402

@@ -34,7 +34,7 @@ def test_promtool(promtool, args):
 def test_alert_rules_use_metrics_the_consumer_exports():
     from prometheus_client import generate_latest
 
-    from engine.metrics import ConsumerMetrics
+    from shopstream.engine.metrics import ConsumerMetrics
     exported = generate_latest(ConsumerMetrics().registry).decode()
     rules = (PROM / "alerts.yml").read_text()
     for name in ("shopstream_events_total", "shopstream_consumer_lag_entries",
@@ -51,7 +51,7 @@ def test_a_real_prometheus_scrapes_a_running_consumer_and_evaluates_the_rules(re
     import time
     import urllib.request
 
-    from engine.connection import free_port
+    from shopstream.engine.tools.servers import free_port
 
     prometheus = shutil.which("prometheus")
     if not prometheus:
@@ -59,7 +59,7 @@ def test_a_real_prometheus_scrapes_a_running_consumer_and_evaluates_the_rules(re
     metrics_port, prom_port = free_port(), free_port()
     env = {**os.environ, "REDIS_URL": real_redis_url, "SHOPSTREAM_NAMESPACE": "prom",
            "SHOPSTREAM_METRICS_PORT": str(metrics_port), "SHOPSTREAM_IDLE_TIMEOUT_MS": "0"}
-    consumer = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume"],
+    consumer = subprocess.Popen([sys.executable, "-m", "shopstream.engine.cli", "--log-level", "warning", "consume"],
                                 cwd=REPO, env=env)
     (tmp_path / "alerts.yml").write_text((PROM / "alerts.yml").read_text())
     (tmp_path / "prometheus.yml").write_text(
@@ -189,7 +189,8 @@ def test_k8s_manifests_validate_against_their_schemas():
     import jsonschema
     import kubernetes_validate
     objects = _k8s_objects()
-    assert {kind for kind, _ in objects} == {"Deployment", "Secret", "ScaledObject", "TriggerAuthentication"}
+    assert {kind for kind, _ in objects} == {"Deployment", "Secret", "ScaledObject", "TriggerAuthentication",
+                                            "StatefulSet", "CronJob"}          # (the last two: the lake, lake.yaml)
     for (kind, name), doc in objects.items():
         if kind in KEDA_SCHEMAS:
             jsonschema.validate(doc, KEDA_SCHEMAS[kind])
@@ -203,7 +204,7 @@ def test_k8s_manifests_validate_against_their_schemas():
 def test_k8s_references_resolve():
     """Every secret, key and authentication a manifest names is defined by another one; no
     trigger reads credentials from environment variables nobody sets."""
-    from engine.settings import Settings
+    from shopstream.engine.settings import Settings
     objects = _k8s_objects()
     secret = objects[("Secret", "shopstream-redis")]
     keys = set(secret["stringData"])
@@ -263,7 +264,7 @@ def test_compose_redis_config_and_acl_load_in_a_real_server(tmp_path):
     the healthcheck's user answers, maxmemory and noeviction are set."""
     import redis
 
-    from engine.connection import free_port, redis_server_binary, wait_for_redis
+    from shopstream.engine.tools.servers import free_port, redis_server_binary, wait_for_redis
     port = free_port()
     proc = subprocess.Popen([redis_server_binary(), str(REPO / "ops" / "redis" / "redis.conf"), "--aclfile",
                              str(REPO / "ops" / "redis" / "users.acl"), "--port", str(port), "--bind", "127.0.0.1",

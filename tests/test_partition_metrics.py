@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from consumers.consumer import Consumer
-from engine import control
-from engine.keys import LEASE, Keys
-from engine.producer import publish
+from shopstream.consumers.consumer import Consumer
+from shopstream.engine import control
+from shopstream.engine.keys import LEASE, Keys
+from shopstream.engine.producer import publish
 
 from .helpers import event
 

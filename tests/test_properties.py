@@ -26,9 +26,9 @@ import redis
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
-from engine.eventtime import US_PER_MINUTE
-from engine.partitioning import partition_of
-from engine.settings import Settings
+from shopstream.engine.eventtime import US_PER_MINUTE
+from shopstream.engine.partitioning import partition_of
+from shopstream.engine.settings import Settings
 
 from . import reference as ref
 from .conftest import Backend, fake_clients
@@ -244,15 +244,15 @@ def test_engine_equals_the_streaming_reference(target, rules_file, sc):
 async def consume_live(backend: Backend, settings: Settings) -> None:
     """One live consumer (idle advance on, idle timeout 1 ms) until drained: once a partition it
     applied clicks to is idle, its watermark follows the wall clock (now - idle timeout - B)."""
-    from consumers.consumer import Consumer
+    from shopstream.consumers.consumer import Consumer
     worker = Consumer(backend.aio, settings.replace(idle_timeout_ms=1, batch_size=10_000), "live",
                       until_idle=True, idle_advance=True)
     await asyncio.wait_for(worker.run(), timeout=60)
 
 
 async def run_live(target: Target, rules_file: str, sc: dict, cut: int) -> dict:
-    from engine import control, export
-    from engine.producer import publish
+    from shopstream.engine import control, export
+    from shopstream.engine.producer import publish
     settings = engine_settings(rules_file, sc["partitions"], sc["batch_size"], sc["quorum"])
     raws = [click(u, ts, t, event_id=eid) for u, ts, t, eid in sc["arrival"]]
     b = fresh(target)

@@ -8,13 +8,13 @@ import msgspec
 import pytest
 from redis.crc import key_slot
 
-from engine.assignment import assigned
-from engine.batch import decode_entries
-from engine.eventtime import BadTimestamp, format_us, parse_timestamp
-from engine.keys import CLICKS, Keys
-from engine.partitioning import partition_of
-from engine.schema import BadRecord, parse_click
-from engine.settings import Settings, load_settings
+from shopstream.engine.assignment import assigned
+from shopstream.engine.batch import decode_entries
+from shopstream.engine.eventtime import BadTimestamp, format_us, parse_timestamp
+from shopstream.engine.keys import CLICKS, Keys
+from shopstream.engine.partitioning import partition_of
+from shopstream.engine.schema import BadRecord, parse_click
+from shopstream.engine.settings import Settings, load_settings
 
 NOW = parse_timestamp("2026-11-25T12:00:00Z")
 DAY = 86_400_000_000
@@ -168,14 +168,14 @@ def test_settings_precedence(tmp_path):
     b'\xef\xbb\xbf[{"a": 1}, {"a": 2}]',
 ])
 def test_input_files_as_json_lines_or_array(tmp_path, content):
-    from engine.producer import read_events
+    from shopstream.engine.producer import read_events
     path = tmp_path / "events.json"
     path.write_bytes(content)
     assert [msgspec.json.decode(r) for r in read_events(path)] == [{"a": 1}, {"a": 2}]
 
 
 def test_an_unexpected_validator_error_dead_letters_the_record(monkeypatch):
-    import engine.batch as batch
+    import shopstream.engine.batch as batch
 
     def broken(*_):
         raise KeyError("bug")
@@ -187,7 +187,7 @@ def test_an_unexpected_validator_error_dead_letters_the_record(monkeypatch):
 @pytest.mark.parametrize("amount, currency, minor", [("330.98", "USD", 33098), ("12", "USD", 1200), (12.5, "EUR", 1250),
                                                      ("1000", "JPY", 1000), ("1.234", "KWD", 1234), ("0.10", "USD", 10)])
 def test_money_in_minor_units(amount, currency, minor):
-    from engine.schema import minor_units
+    from shopstream.engine.schema import minor_units
     assert minor_units(amount, currency) == minor
 
 
@@ -195,13 +195,13 @@ def test_money_in_minor_units(amount, currency, minor):
                                                       ("abc", "USD", "not a number"), ("-3", "USD", "out of range"),
                                                       ("NaN", "USD", "decimals"), ("1e20", "USD", "out of range")])
 def test_bad_money_is_bad_input(amount, currency, reason):
-    from engine.schema import BadRecord, minor_units
+    from shopstream.engine.schema import BadRecord, minor_units
     with pytest.raises(BadRecord, match=reason):
         minor_units(amount, currency)
 
 
 def test_transaction_and_ticket_validation():
-    from engine.schema import BadRecord, parse_ticket, parse_transaction
+    from shopstream.engine.schema import BadRecord, parse_ticket, parse_transaction
     row = {"transaction_id": "t1", "user_id": "u", "amount": "9.99", "currency": "usd", "status": "FAILED",
            "card_fingerprint": "fp", "ip": "10.0.0.1", "country": "de", "timestamp": "2026-11-02T08:00:00Z"}
     t = parse_transaction(msgspec.json.encode(row), NOW, 86_400_000_000, 256)
@@ -217,8 +217,8 @@ def test_transaction_and_ticket_validation():
 
 
 def test_sources_merge_in_append_order_clicks_first_within_a_millisecond():
-    from engine.batch import merge_sources
-    from engine.keys import REKEY, SUPPORT, TX
+    from shopstream.engine.batch import merge_sources
+    from shopstream.engine.keys import REKEY, SUPPORT, TX
     merged = merge_sources({TX: [(b"5-0", {}), (b"7-0", {})], CLICKS: [(b"5-1", {}), (b"6-0", {})],
                             SUPPORT: [(b"5-0", {})], REKEY: [(b"4-9", {})]})
     assert [(s, e[0]) for s, e in merged] == [(REKEY, b"4-9"), (CLICKS, b"5-1"), (TX, b"5-0"), (SUPPORT, b"5-0"),
@@ -226,8 +226,8 @@ def test_sources_merge_in_append_order_clicks_first_within_a_millisecond():
 
 
 def test_replay_reads_each_source_kind(tmp_path):
-    from engine.keys import SUPPORT, TX
-    from engine.producer import CATALOG, kind_of, read_events
+    from shopstream.engine.keys import SUPPORT, TX
+    from shopstream.engine.producer import CATALOG, kind_of, read_events
     csv_file = tmp_path / "t.csv"
     csv_file.write_text("transaction_id,user_id,amount,status,timestamp\nt1,u1,1.00,completed,2026-11-02T08:00:00Z\n")
     rows = list(read_events(csv_file))
@@ -238,7 +238,7 @@ def test_replay_reads_each_source_kind(tmp_path):
 
 
 def test_rules_defaults_and_validation():
-    from engine.rules import Rules, parse_rules
+    from shopstream.engine.rules import Rules, parse_rules
     assert parse_rules("") == Rules()
     assert parse_rules("[ip_users]\nthreshold = 3\n").ip_users.threshold == 3
     for bad in ("[ip_users]\nthreshold = 'x'\n", "[no_such_rule]\n", "[burst]\nseverity = 'extreme'\n", "= broken",
@@ -250,19 +250,19 @@ def test_rules_defaults_and_validation():
 
 
 def test_the_shipped_rules_file_is_the_defaults():
-    from engine.rules import Rules, parse_rules
+    from shopstream.engine.rules import Rules, parse_rules
     assert parse_rules((Path(__file__).resolve().parent.parent / "ops" / "rules.toml").read_text()) == Rules()
 
 
 def test_lua_readme_is_generated_from_the_current_headers():
-    from engine.scripts import LUA_DIR, readme
-    assert (LUA_DIR / "README.md").read_text() == readme(), "run: python -m engine.scripts > lua/README.md"
+    from shopstream.engine.scripts import LUA_DIR, readme
+    assert (LUA_DIR / "README.md").read_text() == readme(), "run: python -m shopstream.engine.scripts > lua/README.md"
 
 
 @pytest.fixture
 def lua_dir(tmp_path, monkeypatch):
     """A scratch lua/ folder for the loader (engine/scripts.py), its source() cache cleared around."""
-    from engine import scripts
+    from shopstream.engine import scripts
     (tmp_path / "includes").mkdir()
     monkeypatch.setattr(scripts, "LUA_DIR", tmp_path)
     scripts.source.cache_clear()
@@ -271,7 +271,7 @@ def lua_dir(tmp_path, monkeypatch):
 
 
 def test_includes_nest_in_order_once_each(lua_dir):
-    from engine.scripts import source
+    from shopstream.engine.scripts import source
     (lua_dir / "includes" / "a.lua").write_text("-- a\n--@include b\nlocal A = B\n")
     (lua_dir / "includes" / "b.lua").write_text("-- b\nlocal B = 1\n")
     (lua_dir / "s.lua").write_text("--[[ s: test.\n  KEYS[1] x\n]]\n--@include a\n--@include b\nreturn A\n")
@@ -282,7 +282,7 @@ def test_includes_nest_in_order_once_each(lua_dir):
 
 
 def test_a_missing_include_or_a_cycle_is_an_error(lua_dir):
-    from engine.scripts import source
+    from shopstream.engine.scripts import source
     (lua_dir / "s.lua").write_text("--[[ s: test.\n]]\n--@include nope\n")
     with pytest.raises(ValueError, match="no file"):
         source("s")
@@ -294,15 +294,15 @@ def test_a_missing_include_or_a_cycle_is_an_error(lua_dir):
 
 
 def test_a_header_that_disagrees_with_the_contract_is_refused(lua_dir):
-    from engine.scripts import source
+    from shopstream.engine.scripts import source
     (lua_dir / "claim_lease.lua").write_text("--[[ claim_lease: test.\n  KEYS[1] a\n  KEYS[2] b\n]]\nreturn 1\n")
     with pytest.raises(ValueError, match="declares 2 KEYS"):
         source("claim_lease")
 
 
 def test_generated_prelude_names_every_argument_and_checks_the_count():
-    from engine.contract import ApplyArgs
-    from engine.scripts import prelude
+    from shopstream.engine.contract import ApplyArgs
+    from shopstream.engine.scripts import prelude
     text = prelude("apply_batch")
     assert "if #ARGV ~= 13 then return redis.error_reply('SS_CONTRACT apply_batch takes 13 ARGV" in text
     for f in msgspec.structs.fields(ApplyArgs):

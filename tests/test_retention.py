@@ -9,11 +9,11 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from consumers.consumer import Consumer
-from engine import control, export
-from engine.keys import Keys
-from engine.producer import BackPressure, publish
-from engine.retention import floors, trim_inputs
+from shopstream.consumers.consumer import Consumer
+from shopstream.engine import control, export
+from shopstream.engine.keys import Keys
+from shopstream.engine.producer import BackPressure, publish
+from shopstream.engine.retention import floors, trim_inputs
 
 from .helpers import consume_all, event
 from .test_acl import acl_server  # noqa: F401  (fixture: a real server with ops/redis/users.acl)
@@ -123,7 +123,7 @@ def test_the_acl_users_may_trim_check_the_cap_and_read_group_state(acl_server):
     import redis
     import redis.asyncio as aioredis
 
-    from engine.settings import Settings
+    from shopstream.engine.settings import Settings
     url = acl_server
     s = Settings(partitions=1, input_retention_ms=0, metrics_port=None)
     publish(redis.Redis.from_url(url("shopstream-producer", "change-me-producer")), events(10), s)

@@ -4,9 +4,9 @@ every entry applied), every rule key stays bounded, and the alerts still fire.""
 
 from __future__ import annotations
 
-from engine import control, export
-from engine.keys import TX, Keys
-from engine.producer import publish
+from shopstream.engine import control, export
+from shopstream.engine.keys import TX, Keys
+from shopstream.engine.producer import publish
 
 from .helpers import consume_all, event
 from .test_rules import MIN, S, T_HOUR, tx

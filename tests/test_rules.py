@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from consumers.consumer import Consumer
-from engine import control, export
-from engine.eventtime import format_us
-from engine.keys import SUPPORT, TX, Keys
-from engine.partitioning import partition_of
-from engine.producer import publish
+from shopstream.consumers.consumer import Consumer
+from shopstream.engine import control, export
+from shopstream.engine.eventtime import format_us
+from shopstream.engine.keys import SUPPORT, TX, Keys
+from shopstream.engine.partitioning import partition_of
+from shopstream.engine.producer import publish
 
 from .helpers import consume_all, event, format_us_us
 
@@ -248,8 +248,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("folder", ["committed", "seed-99"])
 def test_every_planted_fraudster_is_caught_and_no_clean_customer_flagged(folder, real, tmp_path):
-    from engine.generate import GeneratorConfig, write_all
-    from engine.report import truth_check
+    from shopstream.engine.tools.generate import GeneratorConfig, write_all
+    from shopstream.engine.report import truth_check
 
     from .test_cli import read_jsonl, shopstream
     data = REPO / "data"

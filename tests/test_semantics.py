@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.eventtime import format_us
+from shopstream.engine.eventtime import format_us
 
 from . import reference as ref
 from .helpers import B, GAP, by_rule, event, generated_events, run_events, shuffle_within
@@ -70,7 +70,7 @@ async def test_out_of_order_event_bridging_two_open_sessions_merges_them(backend
 async def test_event_behind_the_watermark_goes_to_the_late_stream(backend, settings):
     minute = 60_000_000
     # same partition for both users keeps one watermark: pick ids that share partition 0 of 4
-    from engine.partitioning import partition_of
+    from shopstream.engine.partitioning import partition_of
     users = [u for u in (f"u{i}" for i in range(100)) if partition_of(u, settings.partitions) == 0][:4]
     # the partition's clock is the 3rd latest of its users' latest click times (watermark_quorum)
     evs = [(users[0], T0, "page_view"), (users[1], T0 + 100 * minute, "page_view"),
@@ -95,7 +95,7 @@ async def test_one_alert_per_user_minute_on_the_101st_event(backend, settings):
 
 async def test_alert_is_published_on_the_channel(real, settings):
     import json
-    from engine.keys import Keys
+    from shopstream.engine.keys import Keys
     pubsub = real.sync.pubsub()
     pubsub.subscribe(Keys(settings.namespace, settings.partitions).channel(settings.alerts_channel))
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
@@ -110,8 +110,8 @@ async def test_alert_is_published_on_the_channel(real, settings):
 async def test_open_minute_is_readable_before_it_is_final(backend, settings):
     out = await run_events(backend, settings, [event("a", T0), event("b", T0 + 1)], flush=False)
     assert out.minutes == [] and out.sessions == []
-    from engine.keys import Keys
-    from engine.partitioning import partition_of
+    from shopstream.engine.keys import Keys
+    from shopstream.engine.partitioning import partition_of
     m = T0 // 60_000_000
     keys = Keys(settings.namespace, settings.partitions)
     parts = {partition_of(user, settings.partitions) for user in ("a", "b")}

@@ -7,9 +7,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from engine import catalog, control, export
-from engine.keys import Keys
-from engine.producer import _as_bytes, kind_of, publish, read_events, replay, route
+from shopstream.engine import catalog, control, export
+from shopstream.engine.keys import Keys
+from shopstream.engine.producer import _as_bytes, kind_of, publish, read_events, replay, route
 
 from .helpers import consume_all, event
 

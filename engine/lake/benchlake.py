@@ -2,7 +2,7 @@
 ``shopstream bench`` to call after its engine run), and a synthetic lake of N click events
 (written straight into bronze, no Redis) to time the SQL and the daily report at scale.
 
-    python -m engine.lake.benchlake --events 10000000 --lake /tmp/biglake
+    python -m shopstream.engine.lake.benchlake --events 10000000 --lake /tmp/biglake
 """
 
 from __future__ import annotations

@@ -14,13 +14,14 @@ import time
 
 import redis
 
-from . import control
+from .. import control
 from .bench import _ensure_groups
-from .connection import async_client, embedded_redis
-from .eventtime import format_us
-from .pipeline import start_consumers
-from .producer import publish
-from .settings import Settings
+from ..connection import async_client
+from .servers import embedded_redis
+from ..eventtime import format_us
+from ..pipeline import start_consumers
+from ..producer import publish
+from ..settings import Settings
 
 T0_US = 1_793_520_000_000_000          # 2026-11-01T06:40:00Z
 SLOWLOG_LEN = 100_000

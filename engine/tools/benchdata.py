@@ -12,7 +12,7 @@ import zlib
 
 import msgspec
 
-from .eventtime import format_us
+from ..eventtime import format_us
 
 TYPES = ("page_view", "product_view", "product_view", "product_view", "add_to_cart", "checkout", "purchase")
 T0 = 1_793_520_000_000_000          # 2026-11-01T06:40:00Z

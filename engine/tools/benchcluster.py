@@ -18,8 +18,8 @@ from pathlib import Path
 
 from .bench import _machine, run_stage
 from .benchdata import generate
-from .connection import embedded_cluster, embedded_redis
-from .settings import Settings
+from .servers import embedded_cluster, embedded_redis
+from ..settings import Settings
 
 
 def run(events: int, users: int, runs: int, consumers: int, masters: int, appendfsync: str,

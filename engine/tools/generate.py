@@ -28,7 +28,7 @@ from pathlib import Path
 
 import msgspec
 
-from .eventtime import format_us, parse_timestamp
+from ..eventtime import format_us, parse_timestamp
 
 CATEGORIES = ["electronics", "books", "fashion", "home", "toys", "sports", "beauty", "grocery"]
 DEVICES = [("web", 0.5), ("ios", 0.3), ("android", 0.2)]

@@ -23,14 +23,15 @@ from pathlib import Path
 
 import redis
 
-from . import control
+from .. import control
 from .benchdata import generate
-from .connection import async_client, embedded_redis, is_cluster_client, sync_client, wait_for_redis
-from .keys import OPEN, OPEN_MINUTES, Keys
-from .pipeline import child_env
-from .producer import publish
-from .rules import Rules
-from .settings import Settings, load_settings
+from ..connection import async_client, is_cluster_client, sync_client
+from .servers import embedded_redis, wait_for_redis
+from ..keys import OPEN, OPEN_MINUTES, Keys
+from ..pipeline import child_env
+from ..producer import publish
+from ..rules import Rules
+from ..settings import Settings, load_settings
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -114,14 +115,14 @@ def run_stage(url: str, base: Settings, payloads: list[bytes], name: str, consum
     _ensure_groups(url, settings)
     env = child_env(settings)
     lat_file = tempfile.NamedTemporaryFile(prefix="shopstream-lat-", delete=False).name
-    subscriber = subprocess.Popen([sys.executable, "-m", "engine.bench", "_subscribe", url,
+    subscriber = subprocess.Popen([sys.executable, "-m", "shopstream.engine.tools.bench", "_subscribe", url,
                                    keys.channel(settings.alerts_channel), lat_file], env=env)
     workers = []
     for i in range(consumers):
         if name == "transport":
-            cmd = [sys.executable, "-m", "engine.bench", "_transport", str(i), str(consumers)]
+            cmd = [sys.executable, "-m", "shopstream.engine.tools.bench", "_transport", str(i), str(consumers)]
         else:
-            cmd = [sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume"]
+            cmd = [sys.executable, "-m", "shopstream.engine.cli", "--log-level", "warning", "consume"]
             if profile and i == 0:
                 cmd += ["--profile", profile]
         workers.append(subprocess.Popen(cmd, env=env))
@@ -175,7 +176,7 @@ def memory_profile(url: str, base: Settings, users: int = 20_000) -> dict:
                         "timestamp": t0 + i * 50_000 // users, "device": "web", "country": "US",
                         "ip": f"10.1.{i >> 8 & 255}.{i & 255}"}).encode() for i in range(users)]
     publish(client, rows, settings)
-    subprocess.run([sys.executable, "-m", "engine.cli", "--log-level", "warning", "consume", "--until-idle"],
+    subprocess.run([sys.executable, "-m", "shopstream.engine.cli", "--log-level", "warning", "consume", "--until-idle"],
                    env=env, check=True)
     sessions = state_bytes = minute_bytes = minutes = stream_bytes = entries = profiles = profile_bytes = 0
     for part in keys.all_partitions():
@@ -188,7 +189,7 @@ def memory_profile(url: str, base: Settings, users: int = 20_000) -> dict:
             minutes += 1
         stream_bytes += client.memory_usage(part.clicks, samples=0) or 0
         entries += client.xlen(part.clicks)
-    subprocess.run([sys.executable, "-m", "engine.cli", "--log-level", "warning", "flush"], env=env, check=True,
+    subprocess.run([sys.executable, "-m", "shopstream.engine.cli", "--log-level", "warning", "flush"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
     for part in keys.all_partitions():
         for key in client.scan_iter(match=part.prefix + "profile:*", count=1000):

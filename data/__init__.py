@@ -1,0 +1,1 @@
+"""Sample data (shopstream generate writes it): the default input of shopstream demo."""
