@@ -5,13 +5,17 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench cluster redis-server clean
+.PHONY: demo test test-fast bench cluster redis-server clean
 
 demo: $(VENV)/.installed redis-server
 	$(BIN)/shopstream demo
 
 test: $(VENV)/.installed redis-server
 	$(BIN)/pytest
+
+# The edit loop (under 20 s): pure Python and the Lua scripts on fakeredis; `make test` runs everything.
+test-fast: $(VENV)/.installed
+	$(BIN)/pytest -m "not integration and not cluster and not slow"
 
 bench: $(VENV)/.installed redis-server
 	$(BIN)/shopstream bench

@@ -7,8 +7,6 @@ fakeredis's Lua lacks Redis's built-in ``cmsgpack`` library: tests/lua/cmsgpack.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
 import shutil
 from dataclasses import dataclass
@@ -34,14 +32,31 @@ def fake_clients() -> tuple[fakeredis.FakeRedis, fakeredis.FakeAsyncRedis]:
             fakeredis.FakeAsyncRedis(server=server, lua_modules={"cmsgpack"}))
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem):
-    """Run ``async def`` tests on a fresh event loop (no plugin needed)."""
-    if inspect.iscoroutinefunction(pyfuncitem.obj):
-        args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-        asyncio.run(pyfuncitem.obj(**args))
-        return True
-    return None
+# Files whose tests are slow as a whole (processes, kill loops, full-size inputs, hypothesis).
+SLOW_FILES = {"test_bench.py", "test_crash.py", "test_properties.py", "test_rule_state_bombs.py", "test_cluster.py",
+              "test_hostile.py"}
+SLOW_PREFIXES = ("test_lake_",)         # Delta commits and Parquet files: a second or so each
+# Files whose tests start processes or servers of their own (so: a real server, whatever fixture).
+PROCESS_FILES = {"test_cli.py", "test_acl.py", "test_ops.py", "test_bench.py", "test_crash.py", "test_lake_killloop.py",
+                 "test_lake_ops.py", "test_lake_report.py"}
+
+
+def pytest_collection_modifyitems(items):
+    """The test pyramid: each test is marked unit, lua, integration or cluster by what it uses."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        param = getattr(getattr(item, "callspec", None), "params", {}).get("backend")
+        file = item.path.name
+        if "redis_cluster" in names or file == "test_cluster.py":
+            item.add_marker(pytest.mark.cluster)
+        elif names & {"real", "real_redis_url"} or param == "real" or file in PROCESS_FILES:
+            item.add_marker(pytest.mark.integration)
+        elif param == "fake" or names & {"backend"}:
+            item.add_marker(pytest.mark.lua)
+        else:
+            item.add_marker(pytest.mark.unit)
+        if file in SLOW_FILES or file.startswith(SLOW_PREFIXES):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
