@@ -41,11 +41,10 @@ async def partition_state(backend, settings, user: str) -> dict[str, int]:
 
 # -- per-user cardinality bombs -----------------------------------------------------------------
 
-BOMBS = {
-    "category": lambda i: {"event_type": "product_view", "product_id": f"not-in-catalog-{i}",
-                           "properties": {"category": f"cat-{i}"}},
-    "device": lambda i: {"event_type": "page_view", "device": f"device-{i}"},
-    "country": lambda i: {"event_type": "page_view", "country": f"C{i}"},
+BOMBS = {                                   # kind -> the i-th click's (event_type, extra fields)
+    "category": lambda i: ("product_view", {"product_id": f"not-in-catalog-{i}", "properties": {"category": f"cat-{i}"}}),
+    "device": lambda i: ("page_view", {"device": f"device-{i}"}),
+    "country": lambda i: ("page_view", {"country": f"C{i}"}),
 }
 
 
@@ -56,9 +55,8 @@ async def test_cardinality_bomb_of_one_user_does_not_freeze_the_partition(backen
     without error, the partition's applied counter and watermark keep advancing for other users,
     the attacker's session is emitted and folded into a profile whose size stays bounded."""
     bomb, *others = same_partition("bomb", 4, settings.partitions)
-    raws = [click(bomb, T0 + i * 50_000, event_id=f"b{i}", **{k: v for k, v in BOMBS[kind](i).items()
-                                                              if k != "event_type"},
-                  etype=BOMBS[kind](i)["event_type"]) for i in range(4_100)]
+    raws = [click(bomb, T0 + i * 50_000, etype, event_id=f"b{i}", **extra)
+            for i, (etype, extra) in enumerate(BOMBS[kind](i) for i in range(4_100))]
     # other users an hour later: the watermark passes the bomb's session, which closes in the apply
     raws += [click(u, T0 + (60 + j) * MIN) for j in range(3) for u in others]
     raws += [click(u, T0 + 120 * MIN) for u in others]
@@ -114,49 +112,61 @@ async def test_transaction_bomb_of_distinct_cards_ips_and_countries(backend, set
 
 # -- skewed clocks ------------------------------------------------------------------------------
 
-def normal_traffic(users: list[str], seed: int) -> list[tuple[str, int, str]]:
+def normal_traffic(users: list[str], seed: int, t0: int = T0) -> list[tuple[str, int, str]]:
     """Two hours of clicks of each user (a burst of 120 in one minute for the first), in arrival order
     within B, and one straggler of the last user delayed past B + G (late in every run)."""
     rng = random.Random(seed)
     events = []
     for k, user in enumerate(users):
-        ts = T0 + rng.randrange(10 * MIN)
-        while ts < T0 + 120 * MIN:
+        ts = t0 + rng.randrange(10 * MIN)
+        while ts < t0 + 120 * MIN:
             events.append((user, ts, rng.choice(["page_view", "product_view", "add_to_cart", "purchase"])))
             ts += rng.randrange(10 * SEC, 8 * MIN)
         if k == 0:
-            events += [(user, T0 + 30 * MIN + i * 400_000, "page_view") for i in range(120)]
+            events += [(user, t0 + 30 * MIN + i * 400_000, "page_view") for i in range(120)]
     arrival = shuffle_within(events, B, seed)
-    arrival.append((users[-1], T0 + 60 * MIN, "page_view"))      # W is ~T0 + 115 min by now: late
+    arrival.append((users[-1], t0 + 60 * MIN, "page_view"))      # W is ~t0 + 115 min by now: late
     return arrival
 
 
-def without(out, user: str) -> dict:
+def without(out, user: str, before_us: int = T0 + DAY) -> dict:
     return {"sessions": [s for s in out.sessions if s["user_id"] != user],
             "alerts": [(a["rule"], a["subject"], a["window_start"], a["count"]) for a in out.alerts
                        if a["user_id"] != user],
             "late": [(r["user_id"], r["timestamp"]) for r in out.late if r["user_id"] != user],
-            "minutes": [m for m in out.minutes if m["minute"] < format_us(T0 + DAY)]}
+            "minutes": [m for m in out.minutes if m["minute"] < format_us(before_us)]}
 
 
 @pytest.mark.parametrize("skewed", [1, 10, 100])
-async def test_a_skewed_clock_changes_nothing_for_other_users(backend, settings, skewed):
+@pytest.mark.parametrize("mode", ["replay", "live"])
+async def test_a_skewed_clock_changes_nothing_for_other_users(backend, settings, skewed, mode):
     """Invariant: one client's clock, however wrong, cannot make other users late.  User X sends
-    `skewed` clicks dated 18 days after everyone else (in the past of the wall clock, so valid);
-    then four other users of the same partition send normal traffic.  Their sessions, minutes,
-    alerts and late set are exactly those of a run without X (default watermark quorum)."""
+    `skewed` clicks dated 18 days after everyone else (replay: a file of last month, so in the past of
+    the wall clock and valid) or 6 hours ahead of the wall clock (live: within max_future_ms, so
+    valid); then four other users of the same partition send normal traffic.  Their sessions,
+    minutes, alerts and late set are exactly those of a run without X (default watermark quorum)."""
+    import time
     x, *others = same_partition("X", 5, settings.partitions)
-    traffic = normal_traffic(others, seed=skewed)
-    skew = [click(x, T0 + 18 * DAY + i * MIN) for i in range(skewed)]
+    if mode == "replay":
+        t0, ahead = T0, 18 * DAY
+    else:                                   # two hours of traffic ending now; X's clock 6 h ahead
+        t0 = (time.time_ns() // 1000 - 125 * MIN) // MIN * MIN
+        ahead = 125 * MIN + 6 * 3600 * SEC
+    traffic = normal_traffic(others, seed=skewed, t0=t0)
+    skew = [click(x, t0 + ahead + i * SEC) for i in range(skewed)]
     plain = [click(u, ts, t) for u, ts, t in traffic]
-    with_x = without(await run_events(backend, settings, skew + plain), x)
+    with_x = without(await run_events(backend, settings, skew + plain), x, t0 + 3 * 3600 * SEC)
     backend.sync.flushall()
     baseline = await run_events(backend, settings, plain)
-    assert with_x == without(baseline, x)
+    assert out_ok(baseline) and with_x == without(baseline, x, t0 + 3 * 3600 * SEC)
     # and the baseline is what the contract says: nothing vacuous (sessions exist, one click is late)
     applied, late = ref.late_and_applied(traffic, settings.partitions)
     assert without(baseline, x)["late"] == ref.late_records(late) and len(late) == 1
     assert len(baseline.sessions) == len(ref.streamed_sessions(applied)) > 0
+
+
+def out_ok(out) -> bool:
+    return out.dlq == [] and len(out.sessions) > 0
 
 
 # -- batch-size dependence ------------------------------------------------------------------------
