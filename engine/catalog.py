@@ -19,8 +19,8 @@ import msgspec
 from .keys import Keys
 from .schema import BadRecord, parse_product
 from .settings import Settings
+from .streams import pages
 
-PAGE = 5000
 CATALOG_MAXLEN = 10_000_000
 
 
@@ -60,8 +60,7 @@ class Catalog:
     async def refresh(self, client: Any) -> int:
         """Apply the updates appended since the last refresh; returns how many."""
         seen = 0
-        while True:
-            page = await client.xrange(self.stream, min=b"(" + self.last_id, max="+", count=PAGE)
+        async for page in pages(client, self.stream, after=self.last_id):
             for entry_id, fields in page:
                 try:
                     product = parse_product(fields.get(b"e", b""))
@@ -69,10 +68,8 @@ class Catalog:
                     continue
                 self.categories[str(product.product_id)] = product.category
             seen += len(page)
-            if page:
-                self.last_id = page[-1][0]
-            if len(page) < PAGE:
-                return seen
+            self.last_id = page[-1][0]
+        return seen
 
     def category(self, product_id: str) -> str | None:
         return self.categories.get(product_id)

@@ -34,7 +34,9 @@ import msgspec
 from .keys import (ALERTS, CLICKS, FAILS, FIRED, LATE, OPEN, RISK, SESSIONS, STATE, SUPPORT, TICKETS, TOMB, TX,
                    USER_KEYS, USER_SETS, Keys, Partition)
 from .partitioning import partition_of
+from .export import decode_evidence
 from .settings import Settings
+from .streams import pages
 
 PAGE = 5000
 MEMBER = b'{"role":"member"}'      # the evidence of a record linking a user to a subject alert (rules.lua)
@@ -73,25 +75,10 @@ def _payload_user(raw: bytes) -> str | None:
     return user if isinstance(user, str) else None
 
 
-async def _pages(client: Any, stream: str) -> AsyncIterator[list]:
-    """The entries of ``stream`` that exist now, PAGE at a time (entries added meanwhile are not read)."""
-    last = await client.xrevrange(stream, count=1)
-    if not last:
-        return
-    start, end = "-", last[0][0]
-    while True:
-        page = await client.xrange(stream, min=start, max=end, count=PAGE)
-        if page:
-            yield page
-        if len(page) < PAGE:
-            return
-        start = "(" + page[-1][0].decode()
-
-
 async def _delete_entries(client: Any, stream: str, match) -> int:
     """XDEL every entry of ``stream`` for which match(fields) is true; returns how many."""
     removed = 0
-    async for page in _pages(client, stream):
+    async for page in pages(client, stream, upto_now=True):
         doomed = [entry_id for entry_id, fields in page if match(fields)]
         if doomed:
             removed += await client.xdel(stream, *doomed)
@@ -132,13 +119,13 @@ async def _redact_alerts(client: Any, stream: str, user_id: str) -> tuple[int, i
     versions) are re-written without the user.  Returns (deleted, redacted)."""
     uid, quoted = user_id.encode("utf-8"), msgspec.json.encode(user_id)
     deleted = redacted = 0
-    async for page in _pages(client, stream):
+    async for page in pages(client, stream, upto_now=True):
         for entry_id, fields in page:
             if fields.get(b"user_id") == uid and (fields.get(b"subject_kind", b"user") == b"user"
                                                   or fields.get(b"evidence") == MEMBER):
                 deleted += await client.xdel(stream, entry_id)
             elif fields.get(b"user_id") == uid or quoted in fields.get(b"evidence", b""):
-                evidence = _evidence.decode(fields.get(b"evidence", b"{}"))
+                evidence = decode_evidence(fields.get(b"evidence", b"{}"))
                 if isinstance(evidence, dict):
                     evidence = {k: [u for u in v if u != user_id] if isinstance(v, list) else v
                                 for k, v in evidence.items()}
@@ -151,7 +138,6 @@ async def _redact_alerts(client: Any, stream: str, user_id: str) -> tuple[int, i
     return deleted, redacted
 
 
-_evidence = msgspec.json.Decoder(dict | list)
 
 
 async def _erase_indexed(client: Any, keys: Keys, part: Partition, user_id: str, report: dict) -> None:

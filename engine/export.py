@@ -26,20 +26,13 @@ from .keys import ALERTS, LATE, MINUTES, PROFILE, SESSIONS, USER, Keys, glob_esc
 from .partitioning import partition_of
 from .scripts import Scripts
 from .settings import Settings
+from .streams import pages
 
-PAGE = 5000
 PROFILE_READS = 32
 
 
 async def read_stream(client: Any, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    out: list = []
-    start = "-"
-    while True:
-        page = await client.xrange(key, min=start, max="+", count=PAGE)
-        out.extend(page)
-        if len(page) < PAGE:
-            return out
-        start = "(" + page[-1][0].decode()
+    return [entry async for page in pages(client, key) for entry in page]
 
 
 def _s(value: bytes) -> str:
@@ -65,11 +58,16 @@ def alert_record(f: dict[bytes, bytes]) -> dict:
     return {"rule": _s(f[b"rule"]), "severity": _s(f[b"severity"]), "subject_kind": _s(f[b"subject_kind"]),
             "subject": _s(f[b"subject"]), "user_id": _s(f[b"user_id"]),
             "window_start": format_us(int(f[b"window_start"])), "count": int(f[b"count"]),
-            "threshold": int(f[b"threshold"]), "evidence": _evidence.decode(f[b"evidence"]),
+            "threshold": int(f[b"threshold"]), "evidence": decode_evidence(f[b"evidence"]),
             "detected_at": format_us(int(f[b"detected_at"]))}
 
 
 _evidence = msgspec.json.Decoder(dict | list)
+
+
+def decode_evidence(raw: bytes) -> dict | list:
+    """An alert's evidence field (JSON written by lua/includes/rules.lua)."""
+    return _evidence.decode(raw)
 NUMERIC = {"events", "sessions", "orders", "spend_minor", "failed_payments", "tickets", "open_tickets"}
 
 
