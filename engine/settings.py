@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import tomllib
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 import msgspec
+
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]     # a setting the scripts divide or index by
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -22,7 +25,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 
     session_gap_ms: int = 30 * 60_000     # G: inactivity gap that ends a session
     out_of_order_ms: int = 5 * 60_000     # B: watermark = the partition's clock - B
-    watermark_quorum: int = 3             # the clock = the quorum-th latest of the users' latest click times
+    watermark_quorum: Positive = 3             # the clock = the quorum-th latest of the users' latest click times
     idle_timeout_ms: int = 60_000         # live mode: an idle partition's watermark follows the wall clock (0 = off)
     max_future_ms: int = 86_400_000       # events further ahead of the wall clock are bad input
     max_id_bytes: int = 256               # longer user ids are bad input
@@ -35,7 +38,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     alerts_channel: str = "alerts"        # pub/sub channel (namespaced: <namespace>:alerts)
 
     batch_size: int = 1000                # XREADGROUP COUNT per partition
-    close_per_call: int = 100             # users / minutes one script call closes at most (bounds its length)
+    close_per_call: Positive = 100             # users / minutes one script call closes at most (bounds its length)
     block_ms: int = 100                   # XREADGROUP BLOCK when there is nothing to do
     poll_ms: int = 10                     # Redis Cluster (no multi-slot BLOCK): pause after a read that found nothing
     linger_ms: int = 40                   # under load, wait this long after a round so that batches grow ...

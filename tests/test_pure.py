@@ -308,3 +308,12 @@ def test_generated_prelude_names_every_argument_and_checks_the_count():
     for f in msgspec.structs.fields(ApplyArgs):
         assert f"{f.name} = " in text
     assert "now_us = tonumber(ARGV[3])" in text and "consumer = ARGV[1]" in text
+
+
+@pytest.mark.parametrize("field", ["watermark_quorum", "close_per_call"])
+def test_a_setting_the_scripts_index_or_divide_by_must_be_positive(field):
+    """A quorum of 0 would make the apply script fail after its first write: refused at load."""
+    from shopstream.engine.settings import load_settings
+    assert getattr(load_settings(env={f"SHOPSTREAM_{field.upper()}": "2"}), field) == 2
+    with pytest.raises(msgspec.ValidationError, match=f"at `\\$.{field}`"):
+        load_settings(env={f"SHOPSTREAM_{field.upper()}": "0"})
