@@ -115,6 +115,12 @@ def parse_timestamp(value: object) -> int:
     return us
 
 
+def format_us_exact(us: int) -> str:
+    """ISO-8601 UTC with microseconds and Z: 2026-11-01T10:30:00.123456Z (profile times)."""
+    dt = _EPOCH + timedelta(microseconds=us)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond:06d}Z"
+
+
 def format_us(us: int) -> str:
     """ISO-8601 UTC with milliseconds and Z: 2026-11-01T10:30:00.123Z."""
     dt = _EPOCH + timedelta(microseconds=us - us % 1000)

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from .contract import ProfileArgs
-from .eventtime import format_us
+from .eventtime import format_us, format_us_exact
 from .keys import ALERTS, LATE, MINUTES, PROFILE, SESSIONS, USER, Keys, glob_escape
 from .partitioning import partition_of
 from .scripts import Scripts
@@ -58,7 +58,7 @@ def alert_record(f: dict[bytes, bytes]) -> dict:
     return {"rule": _s(f[b"rule"]), "severity": _s(f[b"severity"]), "subject_kind": _s(f[b"subject_kind"]),
             "subject": _s(f[b"subject"]), "user_id": _s(f[b"user_id"]),
             "window_start": format_us(int(f[b"window_start"])), "count": int(f[b"count"]),
-            "threshold": int(f[b"threshold"]), "evidence": decode_evidence(f[b"evidence"]),
+            "threshold": int(f[b"threshold"]), "evidence": evidence_record(f[b"evidence"]),
             "detected_at": format_us(int(f[b"detected_at"]))}
 
 
@@ -68,7 +68,26 @@ _evidence = msgspec.json.Decoder(dict | list)
 def decode_evidence(raw: bytes) -> dict | list:
     """An alert's evidence field (JSON written by lua/includes/rules.lua)."""
     return _evidence.decode(raw)
-NUMERIC = {"events", "sessions", "orders", "spend_minor", "failed_payments", "tickets", "open_tickets"}
+
+
+def evidence_record(raw: bytes) -> dict | list:
+    """The evidence as exported: a time the script wrote as ``<name>_ms`` becomes ``<name>``, ISO-8601."""
+    evidence = decode_evidence(raw)
+    if not isinstance(evidence, dict):
+        return evidence
+    out = {}
+    for name, value in evidence.items():
+        if name.endswith("_ms") and isinstance(value, int):
+            name, value = name[:-3], format_us(value * 1000)
+        out[name] = value
+    return out
+NUMERIC = {"events", "sessions", "orders", "spend_minor", "failed_payments", "tickets", "open_tickets", "capped"}
+TIMES = {"first_seen", "last_seen", "risk_at"}      # µs in the hash (lua/includes/profile.lua), ISO here
+
+
+def _time_text(value: str) -> str:
+    """A profile time as ISO-8601 with µs (earlier versions stored that text already)."""
+    return format_us_exact(int(value)) if value.lstrip("-").isdigit() else value
 
 
 def profile_record(user_id: str, fields: dict[bytes, bytes]) -> dict:
@@ -77,7 +96,12 @@ def profile_record(user_id: str, fields: dict[bytes, bytes]) -> dict:
     for name, value in sorted((_s(k), _s(v)) for k, v in fields.items()):
         if name == "recent_tx":
             continue
-        if name in NUMERIC or name.startswith("category:"):
+        if name in TIMES or name.startswith(("device:", "country:")):
+            out[name] = _time_text(value)
+        elif name == "last_alert":
+            rule, _, at = value.partition(" ")
+            out[name] = f"{rule} {_time_text(at)}"
+        elif name in NUMERIC or name.startswith("category:"):
             out[name] = int(value)
         elif name == "risk_score":
             out[name] = float(value)

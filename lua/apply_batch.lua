@@ -220,7 +220,8 @@ local function apply_ticket(ev, pr)
   local was_open, prev_ts = false, nil
   if prev then
     was_open = prev:sub(1, 5) == 'open '
-    prev_ts = parse_iso(prev:sub(was_open and 6 or 8))
+    local at = prev:sub(was_open and 6 or 8)
+    prev_ts = tonumber(at) or legacy_time(at)
   else
     pincr(pr, 'tickets', 1)
     if rcall('HLEN', key) >= MAX_TICKETS then      -- counted, but its status is not followed
@@ -229,7 +230,7 @@ local function apply_ticket(ev, pr)
     end
   end
   if prev_ts and ts < prev_ts then return end
-  rcall('HSET', key, ticket, (open and 'open ' or 'closed ') .. iso(ts))
+  rcall('HSET', key, ticket, (open and 'open ' or 'closed ') .. fmt(ts))
   rcall('PEXPIRE', key, profile_ttl)
   if open ~= was_open then pincr(pr, 'open_tickets', open and 1 or -1) end
 end

@@ -49,6 +49,12 @@ local function fmt(x)
   return string.format('%.0f', x)
 end
 
+-- µs -> ms since the epoch, for JSON (cjson keeps 14 digits of a number: exact for ms, not µs).
+-- Times are never formatted as dates here: Python does it (engine/export.py).
+local function ms(us)
+  return math.floor(us / 1000)
+end
+
 -- keys: the script's KEYS by name (K, engine/contract.py)
 local function new_ctx(keys, gap, ttl, maxlen)
   return {

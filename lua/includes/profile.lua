@@ -1,7 +1,8 @@
 --[[ profile: the unified customer profile, HASH <prefix>profile:<user_id>, readable with HGETALL.
   Included after partition_state by the scripts that change a partition's state, and by read_profile.lua.  A profile is
   loaded once per script call (HGETALL), changed in memory, and written back once (HSET of the
-  changed fields, PEXPIRE profile_ttl).  Fields (times are ISO-8601 UTC with microseconds):
+  changed fields, PEXPIRE profile_ttl).  Fields (times are µs since the epoch: dates are formatted
+  in one language, Python, when a profile is read: engine/export.py profile_record):
     first_seen, last_seen       earliest / latest event time of any source
     events                      click events of the closed sessions
     sessions                    sessions closed
@@ -13,7 +14,7 @@
     orders, spend_minor, currency   completed transactions and their sum (minor units)
     failed_payments             failed transactions
     tickets, open_tickets       support tickets seen / open now (from <prefix>tickets:<user_id>)
-    last_alert                  "<rule> <detected event time>"
+    last_alert                  "<rule> <event time of the alert>"
     risk_score, risk_at         decayed sum of alert weights as of risk_at (see rules.lua)
     recent_tx                   fingerprints of the last RECENT_IDS transaction ids (producer retries)
   What clicks teach the profile travels with the open session (partition_state.lua) and is folded
@@ -22,31 +23,9 @@
   lua/read_profile.lua shows a profile with its open sessions folded in.
 ]]
 
--- Howard Hinnant's civil-from-days / days-from-civil: µs <-> 'YYYY-MM-DDTHH:MM:SS.ffffffZ'.  The
--- format has a fixed width, so these strings sort like the times they stand for.
-local day_text = {}        -- days since the epoch -> 'YYYY-MM-DDT' (a call touches few days)
-local function iso(us)
-  local secs = math.floor(us / 1000000)
-  local days = math.floor(secs / 86400)
-  local date = day_text[days]
-  if not date then
-    local z = days + 719468
-    local era = math.floor(z / 146097)
-    local doe = z - era * 146097
-    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-    local mp = math.floor((5 * doy + 2) / 153)
-    local d = doy - math.floor((153 * mp + 2) / 5) + 1
-    local m = mp < 10 and mp + 3 or mp - 9
-    date = string.format('%04d-%02d-%02dT', yoe + era * 400 + (m <= 2 and 1 or 0), m, d)
-    day_text[days] = date
-  end
-  local sod = secs - days * 86400
-  return date .. string.format('%02d:%02d:%02d.%06dZ', math.floor(sod / 3600), math.floor(sod / 60) % 60, sod % 60,
-    us - secs * 1000000)
-end
-
-local function parse_iso(text)
+-- Times written by earlier versions were ISO-8601 text ('YYYY-MM-DDTHH:MM:SS.ffffffZ'): still read
+-- (days-from-civil, Howard Hinnant's algorithm); every time written now is µs since the epoch.
+local function legacy_time(text)
   if type(text) ~= 'string' then return nil end
   local y, mo, d, h, mi, s, f = text:match('^(%d%d%d%d)-(%d%d)-(%d%d)T(%d%d):(%d%d):(%d%d)%.(%d%d%d%d%d%d)Z$')
   if not y then return nil end
@@ -109,11 +88,12 @@ local function pincr(pr, field, by)
   pset(pr, field, fmt((tonumber(pr.f[field]) or 0) + by))
 end
 
--- A stored time field in µs (nil when absent or unreadable); parsed once per call.
+-- A stored time field in µs (nil when absent or unreadable); read once per call.
 local function ptime(pr, field)
   local t = pr.tm[field]
   if t == nil then
-    t = parse_iso(pr.f[field]) or false
+    local text = pr.f[field]
+    t = tonumber(text) or legacy_time(text) or false
     pr.tm[field] = t
   end
   return t or nil
@@ -121,11 +101,11 @@ end
 
 local function set_ptime(pr, field, us)
   pr.tm[field] = us
-  pset(pr, field, iso(us))
+  pset(pr, field, fmt(us))
 end
 
 -- first_seen, device:<d>, country:<c>: the earliest time.  Kept as a number during the call and
--- compared with the stored text only when the profile is saved (no parsing on the hot path).
+-- compared with the stored time when the profile is saved.
 local function first_time(pr, field, ts)
   local t = pr.first[field]
   if not t or ts < t then pr.first[field] = ts end
@@ -146,12 +126,12 @@ end
 -- The first/last times of this call into the profile's fields (the earliest / latest wins).
 local function settle(pr)
   for field, t in pairs(pr.first) do
-    local text = iso(t)
-    if not pr.f[field] or text < pr.f[field] then pset(pr, field, text) end
+    local stored = ptime(pr, field)
+    if not stored or t < stored then set_ptime(pr, field, t) end
   end
   if pr.last then
-    local text = iso(pr.last)
-    if not pr.f.last_seen or text > pr.f.last_seen then pset(pr, 'last_seen', text) end
+    local stored = ptime(pr, 'last_seen')
+    if not stored or pr.last > stored then set_ptime(pr, 'last_seen', pr.last) end
   end
 end
 

@@ -118,7 +118,7 @@ local function add_risk(ctx, pr, severity, ts, rule)
   end
   pset(pr, 'risk_score', string.format('%.2f', score))
   set_ptime(pr, 'risk_at', at)
-  pset(pr, 'last_alert', rule .. ' ' .. iso(ts))
+  pset(pr, 'last_alert', rule .. ' ' .. fmt(ts))
 end
 
 -- Emit alert a = {rule, sev, kind, subject, uid, window, count, threshold, entry, evidence}.
@@ -167,7 +167,7 @@ local function click_rules(ctx, uid, st, m, c, ts, entry)
     if est > R.burst then
       user_alert(ctx, nil, {rule = 'burst', sev = R.burst_sev, uid = uid, window = m * US_PER_MIN,
         count = math.floor(est), threshold = R.burst, entry = entry,
-        evidence = {window_end = iso(ts), this_minute = c, previous_minute = prev}}, ts)
+        evidence = {window_end_ms = ms(ts), this_minute = c, previous_minute = prev}}, ts)
     end
   end
 end
@@ -205,12 +205,12 @@ local function session_rules(ctx, uid, se)
   if R.speed_us and se.p and se.p - se.s < R.speed_us then
     user_alert(ctx, pr, {rule = 'inhuman_speed', sev = R.speed_sev, uid = uid, window = se.s,
       count = math.floor((se.p - se.s) / 1000), threshold = math.floor(R.speed_us / 1000), entry = '',
-      evidence = {reason = 'purchase_after_ms', session_start = iso(se.s), events = se.n,
+      evidence = {reason = 'purchase_after_ms', session_start_ms = ms(se.s), events = se.n,
                   product_views = views}}, se.l)
   elseif R.speed_noview and (se.t.checkout or 0) > 0 and views + carts == 0 then
     user_alert(ctx, pr, {rule = 'inhuman_speed', sev = R.speed_sev, uid = uid, window = se.s,
       count = 0, threshold = 1, entry = '',
-      evidence = {reason = 'checkout_without_product', session_start = iso(se.s), events = se.n,
+      evidence = {reason = 'checkout_without_product', session_start_ms = ms(se.s), events = se.n,
                   checkouts = se.t.checkout}}, se.l)
   end
 end
@@ -225,7 +225,7 @@ local function tx_rules(ctx, pr, uid, ts, tx, entry)
       user_alert(ctx, pr, {rule = 'new_country_purchase', sev = R.ncp_sev, uid = uid, window = since or ts,
         count = tx.amount, threshold = R.ncp_min, entry = entry,
         evidence = {country = tx.country, amount_minor = tx.amount, currency = tx.currency,
-                    country_first_seen = iso(since or ts), customer_since = iso(first)}}, ts)
+                    country_first_seen_ms = ms(since or ts), customer_since_ms = ms(first)}}, ts)
     end
   end
   if not tx.completed and R.fail_n then
@@ -247,7 +247,7 @@ local function tx_rules(ctx, pr, uid, ts, tx, entry)
     if best >= R.fail_n then
       user_alert(ctx, pr, {rule = 'failed_payments', sev = R.fail_sev, uid = uid,
         window = math.floor(ts / w) * w, count = best, threshold = R.fail_n, entry = entry,
-        evidence = {first_failure = iso(best_start), window_minutes = w / US_PER_MIN}}, ts)
+        evidence = {first_failure_ms = ms(best_start), window_minutes = w / US_PER_MIN}}, ts)
     end
   end
   if tx.card ~= '' and (R.cards_n or R.cardu_n) then
