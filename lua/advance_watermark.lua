@@ -21,7 +21,9 @@
   Idempotent: yes - the watermark never goes back; a second call finds nothing due.
 ]]
 --@include partition_state
+--@include user_state
 --@include profile
+--@include alerts
 --@include rules
 
 if A.consumer ~= '' and rcall('GET', K.lease) ~= A.consumer then

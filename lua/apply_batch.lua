@@ -44,6 +44,7 @@
   entries are acknowledged, deleted from their input stream and counted as erased, nothing else.
   Errors  SS_NOT_OWNER when KEYS[10] does not hold ARGV[1]; nothing is changed.
   Idempotent: yes - an entry is applied only if its XACK returned 1.
+  (Over 300 lines with this header: the one atomic call per batch; its helpers live in includes/.)
   Semantics (DESIGN §3): the partition's clock is the quorum-th latest of its users' latest click
   times (one user's clock, however wrong, cannot move it: a click far ahead is applied to its
   user but moves nothing else; counted as `ahead`); watermark W = clock - ooo, never decreasing;
@@ -55,7 +56,9 @@
   Bounded: at most `limit` users and minutes are closed per call (more = 1 says there are more).
 ]]
 --@include partition_state
+--@include user_state
 --@include profile
+--@include alerts
 --@include rules
 
 local consumer, group = A.consumer, A.group

@@ -9,6 +9,7 @@
            the apply dead-letters that user's events, and a reader still gets what can be read.
 ]]
 --@include partition_state
+--@include user_state
 --@include profile
 
 local uid = A.user_id

@@ -5,6 +5,8 @@ consumer *processes*; the transport stage's consumers only XREADGROUP + XACK, th
 stage's are ``shopstream consume``.  A subscriber process timestamps every alert it receives
 (detection latency = received - entry appended).  Redis CPU comes from INFO deltas, consumer
 CPU from /proc.  Ratios measured in the same run are what to compare on a noisy machine.
+
+(Over 300 lines: one benchmark, its stages and its report table belong together; a tool, not runtime.)
 """
 
 from __future__ import annotations

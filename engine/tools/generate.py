@@ -13,6 +13,8 @@ above are the click-burst pattern) and writes the ground truth, ``fraud_truth.js
 the data.  Planted records come from their own RNG and id sequence and are merged into the
 files without moving a base record: with ``fraud=False`` the four files are byte for byte
 what the generator wrote before planting existed.
+
+(Over 300 lines: one table of planted fraud patterns and the clean traffic they hide in; a tool, not runtime.)
 """
 
 from __future__ import annotations

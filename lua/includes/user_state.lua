@@ -1,0 +1,304 @@
+--[[ user_state: one user's state in a partition: load, settle at the watermark, save, sweep.
+  Included after partition_state (its constants, caps and ctx) by apply_batch.lua,
+  advance_watermark.lua and read_profile.lua.
+
+  Per-user state, STRING <prefix>user:<user_id>, MessagePack (Redis's built-in cmsgpack: integers
+  stay exact, and it costs about half of cjson to encode and decode; `shopstream sessions ID`
+  prints it; the JSON of earlier versions, which starts with '{', is still read):
+    {s = { {start us, last - start, events, {event_type = count}, first purchase - start (-1: none),
+            {category = product views}, {device = first - start}, {country = first - start}}, ... }
+                                 open sessions (at most MAX_SESSIONS); a session's click fields reach
+                                 the profile when it closes (profile.lua fold_session)
+     m = {minute, count, ...}    per-user click counts of the minutes a click that is not late can
+                                 still reach (rule 1, burst; at most MAX_MINUTES)
+     i = {minute, {fingerprint, ...}, ...}   event_id fingerprints of the user's clicks, by minute,
+                                 kept as long as the minute's counts (producer retries; at most MAX_IDS)
+     u = due                     the user's score in <prefix>open: a lower bound of the time the
+                                 watermark must pass before a session closes or a minute is dropped
+     w = {window, ip[, n]}}      the last (IP-rule window, IP) pair forwarded for the user, and how many
+                                 IPs were forwarded since that window when more than one (rules.lua)
+  (States written by earlier versions: d = due - start of the first session, i = {fingerprint, ...};
+  still read.)
+  Retention, a function of the watermark W only (so of event times, never of how work was batched):
+  a click is late when ts + gap < W; a session [start, last] is closed (emitted, deleted) once
+  W > last + gap; a minute m (its counts and fingerprints) is kept while a click that is not late
+  can still fall in it or in the next minute (the sliding burst rule reads the previous minute):
+  while (m + 2) minutes + gap > W.  The state is deleted when nothing is left.
+  Caps (hostile input: every per-user structure is bounded, no call can fail half-way):
+  MAX_SESSIONS open sessions (a click that would open one more goes to the late stream with the
+  reason), MAX_TYPES event types and MAX_VALUES categories per session (more count under OTHER),
+  MAX_VALUES devices and countries per session (more are not remembered), MAX_MINUTES minutes (the
+  oldest is dropped), MAX_IDS fingerprints (more are not remembered).  What a cap drops is counted
+  in ctx.capped (the partition's `capped` counter).
+]]
+-- The user's state, or nil and a reason when it cannot be read (a key of another type, or not
+-- the engine's encoding): such a user's events are returned as poison instead of being applied, so
+-- a bad key can never make the script fail half-way (Redis does not roll a script back).
+local function decode_state(raw)
+  if raw:byte(1) == 123 then return pcall(cjson.decode, raw) end   -- '{': the JSON of earlier versions
+  return pcall(cmsgpack.unpack, raw)
+end
+
+-- nil, or a table of numbers (counts, or offsets from the session start)
+local function is_counts(x)
+  if x == nil then return true end
+  if type(x) ~= 'table' then return false end
+  for _, v in pairs(x) do
+    if type(v) ~= 'number' then return false end
+  end
+  return true
+end
+
+local function first_times(start, offsets)
+  local out = {}
+  for k, off in pairs(offsets or {}) do out[k] = start + off end
+  return out
+end
+
+local function load_user(ctx, uid)
+  local st = ctx.users[uid]
+  if st then return st end
+  local raw = redis.pcall('GET', ctx.prefix .. KEY.user .. uid)
+  if type(raw) == 'table' then
+    return nil, 'state key of the user is unreadable: ' .. tostring(raw.err)
+  end
+  -- clean: nothing to write back unless changed; ids: minute -> {fingerprint, ...}, nids in all
+  st = {sessions = {}, minutes = {}, ids = {}, nids = 0, clean = true}
+  if raw then
+    local ok, doc = decode_state(raw)
+    if not ok or type(doc) ~= 'table' or type(doc.s) ~= 'table' or type(doc.m) ~= 'table'
+        or (type(doc.u) ~= 'number' and type(doc.d) ~= 'number') then
+      return nil, "state of the user is not in the engine's format"
+    end
+    for i, se in ipairs(doc.s) do
+      local start = type(se) == 'table' and tonumber(se[1])
+      if not start or type(se[2]) ~= 'number' or type(se[3]) ~= 'number' or type(se[4]) ~= 'table'
+          or not is_counts(se[4]) or (se[5] ~= nil and type(se[5]) ~= 'number') or not is_counts(se[6])
+          or not is_counts(se[7]) or not is_counts(se[8]) then
+        return nil, "state of the user is not in the engine's format (session " .. i .. ')'
+      end
+      local p = se[5]
+      st.sessions[i] = {s = start, l = start + se[2], n = se[3], t = se[4], p = p and p >= 0 and start + p or nil,
+                        c = se[6] or {}, dv = first_times(start, se[7]), co = first_times(start, se[8])}
+    end
+    local m = doc.m
+    for i = 1, #m, 2 do
+      if type(m[i]) ~= 'number' or type(m[i + 1]) ~= 'number' then
+        return nil, "state of the user is not in the engine's format (minutes)"
+      end
+      st.minutes[m[i]] = m[i + 1]
+    end
+    if doc.u then
+      st.due = doc.u
+    elseif #st.sessions > 0 then
+      st.due = st.sessions[1].s + doc.d
+    else
+      return nil, "state of the user is not in the engine's format (no session)"
+    end
+    local ids = doc.i
+    if type(ids) == 'table' and type(ids[2]) == 'table' then
+      for i = 1, #ids, 2 do
+        local fps = ids[i + 1]
+        if type(ids[i]) ~= 'number' or type(fps) ~= 'table' or not is_counts(fps) then
+          return nil, "state of the user is not in the engine's format (ids)"
+        end
+        st.ids[ids[i]] = fps
+        st.nids = st.nids + #fps
+      end
+    elseif type(ids) == 'table' and #ids > 0 and #st.sessions > 0 then
+      -- earlier versions: the last few fingerprints; kept with the minute of the latest session
+      if not is_counts(ids) then return nil, "state of the user is not in the engine's format (ids)" end
+      local last = st.sessions[#st.sessions].l
+      st.ids[math.floor(last / US_PER_MIN)] = ids
+      st.nids = #ids
+    end
+    if type(doc.w) == 'table' then st.fwd = doc.w end
+    st.stored = true
+    if raw:byte(1) == 123 then           -- JSON: written by a version that counted clicks into the profile
+      st.clean = false                   -- rewritten in the current format
+      if ctx.on_legacy then ctx.on_legacy(ctx, uid, st) end
+    end
+  end
+  ctx.users[uid] = st
+  return st
+end
+
+local function new_session(ts)
+  return {s = ts, l = ts, n = 0, t = {}, c = {}, dv = {}, co = {}}
+end
+
+-- Merge session se into session into (an event bridged the gap between them).
+local function merge_session(ctx, into, se)
+  if se.s < into.s then into.s = se.s end
+  if se.l > into.l then into.l = se.l end
+  if se.p and (not into.p or se.p < into.p) then into.p = se.p end
+  into.n = into.n + se.n
+  for k, c in pairs(se.t) do count_capped(ctx, into.t, k, c, MAX_TYPES) end
+  for k, c in pairs(se.c) do count_capped(ctx, into.c, k, c, MAX_VALUES) end
+  for k, t in pairs(se.dv) do first_capped(ctx, into.dv, k, t, MAX_VALUES) end
+  for k, t in pairs(se.co) do first_capped(ctx, into.co, k, t, MAX_VALUES) end
+end
+
+-- Was this event_id fingerprint seen among the user's clicks of the minutes still kept (every click
+-- that is not late)?  Remembers it (in the click's minute) if not, while fewer than MAX_IDS are kept.
+local function seen_before(ctx, st, fp, ts)
+  local set = st.idset
+  if not set then
+    set = {}
+    for _, fps in pairs(st.ids) do
+      for _, x in ipairs(fps) do set[x] = true end
+    end
+    st.idset = set
+  end
+  if set[fp] then return true end
+  if st.nids >= MAX_IDS then
+    ctx.capped = ctx.capped + 1
+    return false
+  end
+  set[fp] = true
+  st.clean = false
+  local m = math.floor(ts / US_PER_MIN)
+  local fps = st.ids[m]
+  if not fps then fps = {}; st.ids[m] = fps end
+  fps[#fps + 1] = fp
+  st.nids = st.nids + 1
+  return false
+end
+
+-- A click in minute m: the user's count of that minute, one more (at most MAX_MINUTES minutes are
+-- kept: a new one beyond them replaces the oldest).
+local function count_minute(ctx, st, m)
+  local c = st.minutes[m]
+  if c == nil then
+    local n, oldest = 0, nil
+    for k in pairs(st.minutes) do
+      n = n + 1
+      if not oldest or k < oldest then oldest = k end
+    end
+    if n >= MAX_MINUTES then
+      ctx.capped = ctx.capped + 1
+      st.minutes[oldest] = nil
+      if st.ids[oldest] then
+        st.nids = st.nids - #st.ids[oldest]
+        st.ids[oldest] = nil
+        st.idset = nil
+      end
+    end
+    c = 0
+  end
+  st.minutes[m] = c + 1
+  st.clean = false
+  return c + 1
+end
+
+-- Is minute m still needed at watermark wm (see the header)?
+local function minute_kept(ctx, m, wm)
+  return (m + 2) * US_PER_MIN + ctx.gap > wm
+end
+
+-- Bring a user's state to watermark wm: emit and forget every session with last + gap < wm, drop
+-- the minutes (counts, fingerprints) no click that is not late can reach.  Done before a click
+-- touches the user and before the state is saved, so what a click sees depends on wm only.
+local function settle_user(ctx, uid, st, wm)
+  if st.settled == wm then return end
+  st.settled = wm
+  local keep, gap = nil, ctx.gap
+  for _, se in ipairs(st.sessions) do
+    if se.l + gap < wm then
+      keep = keep or {}
+      rcall('XADD', ctx.sessions, 'MAXLEN', '~', ctx.maxlen, '*',
+        'user_id', uid, 'session_id', string.format('%x', se.s), 'start', fmt(se.s), 'end', fmt(se.l),
+        'event_count', se.n, 'types', cjson.encode(se.t), 'categories', cjson.encode(se.c))
+      ctx.closed = ctx.closed + 1
+      if ctx.on_close then ctx.on_close(ctx, uid, se) end
+    end
+  end
+  if keep then
+    for _, se in ipairs(st.sessions) do
+      if se.l + gap >= wm then keep[#keep + 1] = se end
+    end
+    st.sessions = keep
+    st.clean = false
+  end
+  for m in pairs(st.minutes) do
+    if not minute_kept(ctx, m, wm) then
+      st.minutes[m] = nil
+      st.clean = false
+    end
+  end
+  for m, fps in pairs(st.ids) do
+    if not minute_kept(ctx, m, wm) then
+      st.ids[m] = nil
+      st.nids = st.nids - #fps
+      st.idset = nil
+      st.clean = false
+    end
+  end
+end
+
+-- The earliest watermark that changes the user's state (a session closes, a minute is dropped).
+local function due_of(ctx, st)
+  local due
+  for _, se in ipairs(st.sessions) do
+    local d = se.l + ctx.gap
+    if not due or d < due then due = d end
+  end
+  for m in pairs(st.minutes) do
+    local d = (m + 2) * US_PER_MIN + ctx.gap - 1
+    if not due or d < due then due = d end
+  end
+  for m in pairs(st.ids) do
+    local d = (m + 2) * US_PER_MIN + ctx.gap - 1
+    if not due or d < due then due = d end
+  end
+  return due
+end
+
+-- Settle every user loaded in this call at the final watermark, then write back those whose state
+-- changed (or delete a state with nothing left).
+local function save_users(ctx, wm)
+  for uid, st in pairs(ctx.users) do
+    local key = ctx.prefix .. KEY.user .. uid
+    settle_user(ctx, uid, st, wm)
+    local due = due_of(ctx, st)
+    if not due then
+      if st.stored or st.swept then        -- (a transaction's user without state has nothing to delete)
+        rcall('DEL', key)
+        rcall('ZREM', ctx.open, uid)
+      end
+    else
+      if st.due == nil or due < st.due or st.due < wm then
+        rcall('ZADD', ctx.open, fmt(due), uid)
+        st.due = due
+        st.clean = false                   -- the state keeps due
+      end
+      if not st.clean then
+        local ms, ids = {}, {}
+        for m, c in pairs(st.minutes) do ms[#ms + 1] = m; ms[#ms + 1] = c end
+        for m, fps in pairs(st.ids) do ids[#ids + 1] = m; ids[#ids + 1] = fps end
+        local doc = {s = {}, m = ms, u = st.due}
+        if #ids > 0 then doc.i = ids end
+        if st.fwd then doc.w = st.fwd end
+        for i, se in ipairs(st.sessions) do
+          local dv, co = {}, {}
+          for k, t in pairs(se.dv) do dv[k] = t - se.s end
+          for k, t in pairs(se.co) do co[k] = t - se.s end
+          doc.s[i] = {se.s, se.l - se.s, se.n, se.t, se.p and se.p - se.s or -1, se.c, dv, co}
+        end
+        rcall('SET', key, cmsgpack.pack(doc), 'PX', ctx.ttl)
+      end
+    end
+  end
+end
+
+-- Load the users whose due time is behind the watermark (at most limit users).
+-- Returns true when more users may be due.
+local function sweep(ctx, wm, limit)
+  local due = rcall('ZRANGEBYSCORE', ctx.open, '-inf', '(' .. fmt(wm), 'LIMIT', 0, limit)
+  for _, uid in ipairs(due) do   -- save_users closes and writes them
+    local st = load_user(ctx, uid)
+    if st then st.swept = true else rcall('ZREM', ctx.open, uid) end   -- unreadable: left for inspection
+  end
+  return #due == limit
+end
+
