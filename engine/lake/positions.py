@@ -13,18 +13,18 @@ signed 64-bit integer until the year 2248, for up to 1,048,576 entries in one mi
 
 from __future__ import annotations
 
+from ..retention import parse_id
+
 SEQ_BITS = 20
 SEQ_LIMIT = 1 << SEQ_BITS
+
+
+__all__ = ["parse_id", "app_id", "to_version", "from_version"]
 
 
 def app_id(group: str, stream: str) -> str:
     return f"shopstream:{group}:{stream}"
 
-
-def parse_id(entry_id: str | bytes) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def to_version(entry_id: str | bytes) -> int:
