@@ -2,54 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from shopstream.engine.tools.generate import GeneratorConfig, write_all
-from shopstream.engine.schema import BadRecord, parse_click
 
 from . import reference as ref
 from .helpers import by_rule
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def shopstream(*args: str, env: dict | None = None, timeout: float = 300) -> str:
-    proc = subprocess.run([sys.executable, "-m", "shopstream.engine.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
+from .support import REPO, read_jsonl, reference_inputs, shopstream, wait_until
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
     write_all(out, GeneratorConfig(seed=99, users=150, hours=2.0))
     return out / "clickstream_events.json"
-
-
-def reference_inputs(path: Path, late_records: set[str]):
-    now = time.time_ns() // 1000
-    events = []
-    for line in path.read_bytes().splitlines():
-        if line.decode("utf-8", "replace") in late_records:
-            continue
-        try:
-            c = parse_click(line, now, 86_400_000_000, 256)
-        except BadRecord:
-            continue
-        events.append((c.user_id, c.ts_us, c.event_type))
-    return events
 
 
 @pytest.mark.parametrize("consumers", [1, 4])

@@ -18,7 +18,7 @@ pytest.importorskip("deltalake")
 
 from shopstream.engine.keys import Keys  # noqa: E402
 from shopstream.engine.producer import publish  # noqa: E402
-from tests.test_lake_archive import lake_entries, stream_entries  # noqa: E402
+from tests.lakedata import lake_entries, stream_entries  # noqa: E402
 from shopstream.engine.lake.store import Lake  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from .test_cli import REPO
+from .support import REPO
 
 PROM = REPO / "ops" / "prometheus"
 

@@ -16,7 +16,7 @@ from shopstream.engine.producer import BackPressure, publish
 from shopstream.engine.retention import floors, trim_inputs
 
 from .helpers import consume_all, event
-from .test_acl import acl_server  # noqa: F401  (fixture: a real server with ops/redis/users.acl)
+from .support import acl_server  # noqa: F401  (fixture: a real server with ops/redis/users.acl)
 
 T0 = 1_793_520_000_000_000
 FAR_FUTURE_MS = 10**13          # "now" for trims that ignore the retention horizon
