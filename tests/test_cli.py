@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -107,16 +106,13 @@ def test_the_documented_redis_cli_commands_show_something(real_redis_url, tmp_pa
     consumer = subprocess.Popen([sys.executable, "-m", "shopstream.engine.cli", "--log-level", "warning", "consume"],
                                 cwd=REPO, env={**os.environ, **env})             # running, as in the README
     try:
-        deadline = time.monotonic() + 60
         def drained():
             try:
                 groups = [client.xinfo_groups(f"ss:{{{p}}}:{source}") for p in range(16) for source in INPUTS]
             except redis.ResponseError:           # the consumer has not created the groups yet
                 return False
             return all(len(g) == 1 and g[0]["pending"] == 0 and g[0]["lag"] == 0 for g in groups)
-        while not drained():
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(drained, timeout=60, what="the consumer to read and apply every input entry", poll=0.1)
         commands = [c for doc in ("README.md", "docs/data-model.md")
                     for c in re.findall(r"\| `redis-cli ([^`]+)` \|", (REPO / doc).read_text())]
         assert len(commands) >= 17
@@ -170,15 +166,16 @@ def test_three_consumers_side_by_side_with_default_settings(real_redis_url, tmp_
     client = redis.Redis.from_url(real_redis_url)
     try:
         ports: dict[int, int] = {}
-        deadline = time.monotonic() + 60
-        while len(ports) < 3 or client.zcard("side:consumers") < 3:
+
+        def all_serving() -> bool:
             for i, log in enumerate(logs):
                 assert procs[i].poll() is None, log.read_text()[-2000:]
                 found = re.search(r"serving /metrics on port (\d+)", log.read_text())
                 if found:
                     ports[i] = int(found.group(1))
-            assert time.monotonic() < deadline, {str(log): log.read_text()[-500:] for log in logs}
-            time.sleep(0.05)
+            return len(ports) == 3 and client.zcard("side:consumers") == 3
+        wait_until(all_serving, timeout=60, poll=0.05,
+                   what=lambda: f"three consumers serving /metrics: {({str(log): log.read_text()[-500:] for log in logs})}")
         assert len(set(ports.values())) == 3, ports
         for port in ports.values():
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:

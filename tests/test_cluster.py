@@ -403,7 +403,7 @@ def test_failover_of_a_master_mid_run(redis_cluster, wait_replicas, record_prope
                 acked.update(f"ev{j}" for j in range(i, min(i + 100, len(rows))))
             except (*UNAVAILABLE, NotReplicated):
                 failed += 1
-                time.sleep(0.05)
+                time.sleep(0.05)        # the scenario: the producer's own pause before it retries
             if killed_at and not promoted_after and _node_client(heir).info("replication")["role"] == "master":
                 promoted_after = time.monotonic() - killed_at
                 redis_cluster.replace(victim)                     # a new replica for the heir

@@ -57,7 +57,7 @@ def test_sigkill_of_a_consumer_holding_pending_entries(real_redis_url, dataset, 
             if any(c["pending"] > 0 for c in mine):
                 return True
             victim.send_signal(signal.SIGCONT)
-            time.sleep(0.003)
+            time.sleep(0.003)               # the scenario: let it run a little before freezing it again
             return False
         wait_until(victim_frozen_with_pending, what="the victim to hold pending entries")
         victim.send_signal(signal.SIGKILL)
@@ -96,7 +96,7 @@ def test_redis_killed_and_restarted_mid_run(dataset, tmp_path, fsync):
         wait_until(lambda: applied(client, "rk") > 1000, what="progress before the crash")
         server.send_signal(signal.SIGKILL)
         server.wait()
-        time.sleep(0.5)                                           # the consumer sees Redis gone
+        time.sleep(0.5)                 # the scenario: Redis stays down half a second; the consumer sees it gone
         server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         wait_for_redis(url, server, timeout=30)
         wait_until(lambda: all(read_to_the_end(client, f"rk:{{{p}}}:clicks") for p in range(16)),
