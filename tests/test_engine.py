@@ -130,11 +130,18 @@ async def test_every_state_key_has_a_ttl(backend, settings):
 
 
 async def test_flush_removes_all_per_user_state(backend, settings):
-    await run_events(backend, settings, [event(f"u{i}", T0 + i * 1000) for i in range(30)])
-    keys = [k async for k in backend.aio.scan_iter(count=1000)]
-    assert not [k for k in keys if b":user:" in k or b":count:" in k or b":hll:" in k]
-    for part in Keys(settings.namespace, settings.partitions).all_partitions():
-        assert await backend.aio.zcard(part.key("open")) == 0
+    async def state() -> tuple[list[bytes], int]:
+        keys = [k async for k in backend.aio.scan_iter(count=1000)]
+        per_user = [k for k in keys if b":user:" in k or b":count:" in k or b":hll:" in k]
+        parts = Keys(settings.namespace, settings.partitions).all_partitions()
+        return per_user, sum([await backend.aio.zcard(part.key("open")) for part in parts])
+
+    await run_events(backend, settings, [event(f"u{i}", T0 + i * 1000) for i in range(30)], flush=False)
+    per_user, open_sessions = await state()
+    assert {b":user:", b":count:", b":hll:"} <= {kind for kind in (b":user:", b":count:", b":hll:")
+                                                 if any(kind in k for k in per_user)} and open_sessions == 30
+    await control.flush(backend.aio, settings)
+    assert await state() == ([], 0)
 
 
 async def test_every_entry_delivered_twice_gives_the_reference_result(real, settings):
