@@ -9,7 +9,12 @@ import io
 import pytest
 import redis
 
-from shopstream.engine.connection import BACKOFF_CAP_S, backoff_retry, retry_until_available
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
+
+from shopstream.engine.connection import BACKOFF_CAP_S, UNAVAILABLE, backoff_retry, retry_until_available
+
+QUICK = Retry(EqualJitterBackoff(cap=0.01, base=0.001), -1, supported_errors=UNAVAILABLE)   # the default's shape, faster
 
 
 class Flaky:
@@ -37,7 +42,7 @@ def test_the_backoff_doubles_with_jitter_up_to_the_cap():
 
 async def test_a_call_is_repeated_until_redis_answers(caplog):
     call = Flaky(3, redis.ConnectionError("Connection refused"))
-    assert await retry_until_available(call, "joining", retry=backoff_retry()) is True
+    assert await retry_until_available(call, "joining", retry=QUICK) is True
     assert call.calls == 4
     assert caplog.text.count("redis unavailable (Connection refused); joining again") == 3
 
@@ -53,7 +58,7 @@ async def test_stop_ends_the_wait_at_the_next_failure():
 async def test_only_unavailable_errors_are_retried():
     call = Flaky(1, redis.ResponseError("NOSCRIPT"))
     with pytest.raises(redis.ResponseError):
-        await retry_until_available(call, "joining")
+        await retry_until_available(call, "joining", retry=QUICK)
     assert call.calls == 1
 
 
