@@ -90,7 +90,7 @@ def cmd_replay(args, settings):
         return replay_from_lake(args, settings, client)
     if not args.file:
         sys.exit("error: give a FILE or folder to replay, or --from-lake --date D")
-    for kind, sent in replay(client, args.file, settings, rate=args.rate).items():
+    for kind, sent in replay(client, args.file, settings, rate=args.rate, progress=True).items():
         if kind == "catalog":
             print(f"loaded {sent:,} products into {settings.namespace}:product:<id> and the {settings.namespace}:catalog"
                   " changelog")

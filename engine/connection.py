@@ -3,14 +3,16 @@ server).  The embedded redis-server and local cluster are tools: engine/tools/se
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.exceptions import ClusterError, NoPermissionError, RedisClusterException, TryAgainError
 
 # Errors that mean "Redis, or the shard of a Redis Cluster, is not answering right now" (a restart,
@@ -19,6 +21,12 @@ UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, TryAgain
 
 
 _OPTIONS = {"socket_keepalive": True, "health_check_interval": 30}
+
+log = logging.getLogger(__name__)
+
+# Waiting for Redis to come back: 0.1-0.2 s after the first failure, doubling, at most 1-2 s
+# (equal jitter: half the delay is random, so consumers restarted together do not retry in step).
+BACKOFF_BASE_S, BACKOFF_CAP_S = 0.1, 2.0
 
 
 class RedisServerMissing(RuntimeError):
@@ -60,6 +68,32 @@ def async_client(url: str, retry: bool = True) -> aioredis.Redis | aioredis.Redi
     if is_cluster(url):
         return aioredis.RedisCluster.from_url(url, **options)
     return aioredis.Redis.from_url(url, **options)
+
+
+def backoff_retry(retries: int = -1) -> Retry:
+    """redis-py's Retry on UNAVAILABLE errors with exponential backoff; ``retries=-1``: for ever."""
+    return Retry(EqualJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), retries, supported_errors=UNAVAILABLE)
+
+
+class _Stopped(Exception):
+    pass
+
+
+async def retry_until_available(do: Callable[[], Awaitable[Any]], what: str, stopping: asyncio.Event | None = None,
+                                retry: Retry | None = None) -> bool:
+    """Call ``do()`` until Redis answers it: after an UNAVAILABLE error, log and call it again
+    after a backoff (``backoff_retry``).  A plain retry: ``do`` must be safe to repeat as a whole.
+    True once it succeeded; False when ``stopping`` was set (checked after each failure)."""
+    async def failed(exc: Exception) -> None:
+        if stopping is not None and stopping.is_set():
+            raise _Stopped from exc
+        log.warning("redis unavailable (%s); %s again", exc, what)
+
+    try:
+        await (retry or backoff_retry()).call_with_retry(do, failed)
+    except _Stopped:
+        return False
+    return True
 
 
 def consumer_name() -> str:

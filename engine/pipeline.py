@@ -76,7 +76,7 @@ async def run_file(path: str | Path, out_dir: str | Path, settings: Settings, co
         await control.ensure_groups(aclient, settings)
         client = sync_client(settings.redis_url)
         started = time.monotonic()
-        published = producer.replay(client, path, settings, rate=rate)
+        published = producer.replay(client, path, settings, rate=rate, progress=True)
         client.close()
         replayed = time.monotonic()
         procs = start_consumers(settings.replace(idle_timeout_ms=0), consumers)  # replay: no wall clock

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import msgspec
 from redis.exceptions import MovedError
@@ -279,37 +278,14 @@ def sources_of(path: str | Path) -> list[tuple[str, Path]]:
     return found
 
 
-class Progress:
-    """A one-line progress bar on stderr (only when it is a terminal)."""
-
-    def __init__(self, total: int | None, label: str, stream=sys.stderr):
-        self.total, self.label, self.stream = total, label, stream
-        self.enabled = stream.isatty()
-        self.start = self.last = time.monotonic()
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self.last < 0.2:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        if self.total:
-            frac = min(done / self.total, 1.0)
-            bar = "#" * int(frac * 30)
-            self.stream.write(f"\r{self.label} [{bar:<30}] {done:,}/{self.total:,} {rate:,.0f}/s ")
-        else:
-            self.stream.write(f"\r{self.label} {done:,} {rate:,.0f}/s ")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def replay(client: Any, path: str | Path, settings: Settings, rate: float | None = None) -> dict[str, int]:
-    """Publish a file's (or a folder's) records, optionally at ``rate`` events/s, with a progress
-    bar. Returns records published per kind (the catalog: products loaded)."""
+def replay(client: Any, path: str | Path, settings: Settings, rate: float | None = None,
+           progress: bool | Callable[[int | None, str], Any] = False) -> dict[str, int]:
+    """Publish a file's (or a folder's) records, optionally at ``rate`` events/s.  Returns records
+    published per kind (the catalog: products loaded).  ``progress``: a factory (total, label) of an
+    object with update(done) and close(), told how far each file is; True: the command line's bar
+    on stderr (engine/progress.py)."""
+    if progress is True:
+        from .progress import Progress as progress
     done: dict[str, int] = {}
     for kind, file in sources_of(path):
         events = list(read_events(file))
@@ -318,7 +294,7 @@ def replay(client: Any, path: str | Path, settings: Settings, rate: float | None
             loaded, _dead = catalog.load(client, events, settings)
             done[kind] = done.get(kind, 0) + loaded
             continue
-        progress = Progress(len(events), f"replay {kind}")
+        bar = progress(len(events), f"replay {kind}") if progress else None
         start = time.monotonic()
         chunk = PIPELINE_SIZE if not rate else max(1, min(PIPELINE_SIZE, int(rate / 50)))
         sent = 0
@@ -328,7 +304,9 @@ def replay(client: Any, path: str | Path, settings: Settings, rate: float | None
                 ahead = sent / rate - (time.monotonic() - start)
                 if ahead > 0:
                     time.sleep(ahead)
-            progress.update(sent)
-        progress.close()
+            if bar:
+                bar.update(sent)
+        if bar:
+            bar.close()
         done[kind] = done.get(kind, 0) + sent
     return done

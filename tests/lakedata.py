@@ -8,13 +8,24 @@ Day 2026-11-02 (UTC).  Users and what they do:
   bot web, US:     a view at 10:20, then 130 page views in one minute at 11:00 (two sessions; the
                    events_per_minute alert); one payment of 5.00
 plus a catalog of two products and one record that is not JSON (a dead letter).
+
+Also the lake tests' shared readers and driver: ``run_engine`` (publish this input, consume it),
+``stream_entries`` / ``lake_entries`` (what the streams / the lake hold), ``traces`` (where a value
+occurs in a lake folder).  Import after ``pytest.importorskip("deltalake")``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+
+from shopstream.engine import control
+from shopstream.engine.keys import Keys
 from shopstream.engine import catalog
 from shopstream.engine.keys import SUPPORT, TX
 from shopstream.engine.producer import publish
+
+from .helpers import consume_all
 
 DAY = "2026-11-02"
 FUNNEL = ("page_view", "product_view", "add_to_cart", "checkout", "purchase")
@@ -67,3 +78,56 @@ def publish_all(client, settings) -> None:
     publish(client, clicks() + [b"not json at all"], settings)
     publish(client, transactions(), settings, TX)
     publish(client, tickets(), settings, SUPPORT)
+
+
+# -- the lake tests' readers ---------------------------------------------------------------------
+
+def stream_entries(client, settings) -> Counter:
+    """(stream, entry id) of every entry retained in the archived streams."""
+    from shopstream.engine.lake import tables
+    out = Counter()
+    for source in tables.sources(Keys(settings.namespace, settings.partitions)):
+        for entry_id, _ in client.xrange(source.stream):
+            out[(source.stream, entry_id.decode())] += 1
+    return out
+
+
+def lake_entries(lake) -> Counter:
+    """(stream, entry id) of every row of every lake table."""
+    from shopstream.engine.lake import tables
+    out = Counter()
+    for table in tables.TABLES:
+        data = lake.read(table)
+        out.update(zip(data.column("stream").to_pylist(), data.column("entry_id").to_pylist()))
+    return out
+
+
+async def run_engine(backend, settings) -> None:
+    """Publish this input (all four streams and the catalog), consume it, flush."""
+    await control.ensure_groups(backend.aio, settings)
+    publish_all(backend.sync, settings)
+    await consume_all(backend, settings)
+    await control.flush(backend.aio, settings)
+
+
+def traces(folder: Path, needle: str) -> list[str]:
+    """Where ``needle`` occurs: every value of every Parquet file (decoded), every Delta log line."""
+    import pyarrow.parquet as pq
+    found = []
+
+    def walk(value, where):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(k, where)
+                walk(v, where)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, where)
+        elif isinstance(value, (str, bytes)) and needle in (value if isinstance(value, str) else value.decode("latin-1")):
+            found.append(where)
+    for path in sorted(folder.rglob("*.parquet")):
+        walk(pq.read_table(path).to_pylist(), str(path))
+    for path in sorted(folder.rglob("_delta_log/*.json")):
+        if needle in path.read_text():
+            found.append(str(path))
+    return found

@@ -12,26 +12,9 @@ import redis
 
 from shopstream.engine.tools.servers import free_port, redis_server_binary, wait_for_redis
 
-from .test_cli import REPO
+from .support import REPO, acl_server  # noqa: F401  (acl_server: a fixture)
 
-ACL = REPO / "ops" / "redis" / "users.acl"
 EVENT = b'{"user_id": "u1", "event_type": "page_view", "timestamp": "2026-11-02T10:00:00Z"}'
-
-
-@pytest.fixture
-def acl_server(tmp_path):
-    port = free_port()
-    acl = tmp_path / "users.acl"
-    acl.write_text(ACL.read_text())
-    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--dir", str(tmp_path), "--aclfile", str(acl)], stdout=subprocess.DEVNULL)
-    url = lambda user, pw: f"redis://{user}:{pw}@127.0.0.1:{port}/0"  # noqa: E731
-    try:
-        wait_for_redis(url("shopstream-operator", "change-me-operator"), proc)
-        yield url
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import json
 from shopstream.engine.tools.benchdata import generate
 from shopstream.engine.schema import parse_click
 
-from .test_cli import shopstream
+from .support import shopstream
 
 
 def test_bench_data_is_valid_and_has_bots_and_disorder():

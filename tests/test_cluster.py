@@ -42,9 +42,7 @@ from shopstream.engine.settings import Settings
 from . import reference as ref
 from .conftest import Backend
 from .helpers import B, event, generated_events, run_events, shuffle_within
-from .test_cli import REPO, read_jsonl, shopstream
-from .test_crash import FAST, check_export, consumer, until
-from .test_semantics import check_against_reference, strip
+from .support import FAST, REPO, check_against_reference, check_export, consumer, read_jsonl, shopstream, strip, wait_until
 
 T0 = 1_793_520_000_000_000
 SETTINGS = Settings(partitions=16, heartbeat_ms=50, lease_ttl_ms=600, block_ms=20, idle_timeout_ms=0,
@@ -306,10 +304,10 @@ def test_consumers_scale_1_to_4_to_2_during_a_run(redis_cluster, dataset, tmp_pa
                               cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
     procs = [first, replay]
     try:
-        until(lambda: applied() > total * 0.1, what="progress with one consumer")
+        wait_until(lambda: applied() > total * 0.1, what="progress with one consumer")
         at_one = applied()
         procs += [consumer(env) for _ in range(3)]
-        until(lambda: len(_owners(client, keys)) == 4, what="four consumers sharing the partitions")
+        wait_until(lambda: len(_owners(client, keys)) == 4, what="four consumers sharing the partitions")
         at_four = applied()
         # two leave: one crashes (SIGKILL while it holds delivered, unapplied entries), one stops (SIGTERM)
         crasher, leaver = procs[2], procs[3]
@@ -323,14 +321,14 @@ def test_consumers_scale_1_to_4_to_2_during_a_run(redis_cluster, dataset, tmp_pa
             crasher.send_signal(signal.SIGCONT)
             time.sleep(phase.uniform(0.002, 0.03))      # stop it at another point of its read/apply cycle
             return False
-        until(frozen_with_pending, timeout=120, what="the crasher to hold pending entries")
+        wait_until(frozen_with_pending, timeout=120, what="the crasher to hold pending entries")
         orphaned, at_leave = _pending_of(client, keys, crasher.pid), applied()
         crasher.kill()
         leaver.send_signal(signal.SIGTERM)
         assert leaver.wait(timeout=30) == 0
-        until(lambda: len(_owners(client, keys)) == 2, what="two consumers left")
+        wait_until(lambda: len(_owners(client, keys)) == 2, what="two consumers left")
         assert replay.wait(timeout=120) == 0
-        until(lambda: _drained(redis_cluster.url, Settings(namespace=ns)), timeout=120, what="drain")
+        wait_until(lambda: _drained(redis_cluster.url, Settings(namespace=ns)), timeout=120, what="drain")
         assert _pending_of(client, keys, crasher.pid) == 0          # its entries were claimed and applied
         for worker in (first, procs[4]):
             worker.send_signal(signal.SIGTERM)
@@ -389,7 +387,7 @@ def test_failover_of_a_master_mid_run(redis_cluster, wait_replicas, record_prope
     # leases outlive the failover (~2 node timeouts): ownership stays put while the shard is away
     env = {**FAST, "REDIS_URL": redis_cluster.url, "SHOPSTREAM_NAMESPACE": ns, "SHOPSTREAM_LEASE_TTL_MS": "10000"}
     workers = [consumer({**env, "SHOPSTREAM_METRICS_PORT": str(port)}) for port in ports]
-    until(lambda: len(_owners(client, keys)) == 2, what="both consumers at work")
+    wait_until(lambda: len(_owners(client, keys)) == 2, what="both consumers at work")
     acked: set[str] = set()
     failed = 0
     blip = killed_at = promoted_after = None
@@ -405,15 +403,15 @@ def test_failover_of_a_master_mid_run(redis_cluster, wait_replicas, record_prope
                 acked.update(f"ev{j}" for j in range(i, min(i + 100, len(rows))))
             except (*UNAVAILABLE, NotReplicated):
                 failed += 1
-                time.sleep(0.05)
+                time.sleep(0.05)        # the scenario: the producer's own pause before it retries
             if killed_at and not promoted_after and _node_client(heir).info("replication")["role"] == "master":
                 promoted_after = time.monotonic() - killed_at
                 redis_cluster.replace(victim)                     # a new replica for the heir
-        until(lambda: _node_client(heir).info("replication")["role"] == "master", what="promotion")
+        wait_until(lambda: _node_client(heir).info("replication")["role"] == "master", what="promotion")
         if not promoted_after:
             promoted_after = time.monotonic() - killed_at
             redis_cluster.replace(victim)
-        until(lambda: _drained(redis_cluster.url, settings), timeout=120, what="drain after the failover")
+        wait_until(lambda: _drained(redis_cluster.url, settings), timeout=120, what="drain after the failover")
         by_consumers = sum(_scrape_applied(port) for port in ports)
         for w in workers:
             w.send_signal(signal.SIGTERM)

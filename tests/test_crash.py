@@ -6,10 +6,8 @@ Each test compares the final export with the batch reference (tests/reference.py
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,31 +18,13 @@ from shopstream.engine.tools.servers import free_port, redis_server_binary, wait
 from shopstream.engine.tools.generate import GeneratorConfig, write_all
 from shopstream.engine.producer import read_events
 
-from .test_cli import REPO, reference_inputs, shopstream
-from . import reference as ref
-from .helpers import by_rule
-
-FAST = {"SHOPSTREAM_LEASE_TTL_MS": "1000", "SHOPSTREAM_HEARTBEAT_MS": "200", "SHOPSTREAM_BATCH_SIZE": "40",
-        "SHOPSTREAM_LINGER_MS": "0", "SHOPSTREAM_IDLE_TIMEOUT_MS": "0", "SHOPSTREAM_METRICS_PORT": "0"}
-
-
-def until(cond, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
+from .support import check_export, consumer, shopstream, wait_until
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("crashdata")
     write_all(out, GeneratorConfig(seed=5, users=3000, hours=2.0))
     return out / "clickstream_events.json"
-
-
-def consumer(env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "shopstream.engine.cli", "--log-level", "warning", "consume", *extra],
-                            cwd=REPO, env={**os.environ, **FAST, **env})
 
 
 def applied(client: redis.Redis, ns: str) -> int:
@@ -57,18 +37,6 @@ def read_to_the_end(client: redis.Redis, stream: str) -> bool:
     group = client.xinfo_groups(stream)[0]
     last = client.xrevrange(stream, count=1)
     return group["pending"] == 0 and (not last or group["last-delivered-id"] == last[0][0])
-
-
-def check_export(out: Path, dataset: Path) -> None:
-    late = [json.loads(line) for line in (out / "late.jsonl").read_text().splitlines()]
-    dlq = (out / "dlq.jsonl").read_text().splitlines()
-    events = reference_inputs(dataset, {x["record"] for x in late})
-    sessions = [{k: s[k] for k in ("user_id", "start", "end", "event_count", "counts")}
-                for s in map(json.loads, (out / "sessions.jsonl").read_text().splitlines())]
-    assert sessions == ref.sessions(events)                       # nothing lost, nothing twice
-    alerts = [json.loads(a) for a in (out / "alerts.jsonl").read_text().splitlines()]
-    assert by_rule(alerts) == ref.alerts(events)
-    assert len(events) + len(late) + len(dlq) == len(list(read_events(dataset)))
 
 
 def test_sigkill_of_a_consumer_holding_pending_entries(real_redis_url, dataset, tmp_path):
@@ -89,9 +57,9 @@ def test_sigkill_of_a_consumer_holding_pending_entries(real_redis_url, dataset, 
             if any(c["pending"] > 0 for c in mine):
                 return True
             victim.send_signal(signal.SIGCONT)
-            time.sleep(0.003)
+            time.sleep(0.003)               # the scenario: let it run a little before freezing it again
             return False
-        until(victim_frozen_with_pending, what="the victim to hold pending entries")
+        wait_until(victim_frozen_with_pending, what="the victim to hold pending entries")
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         finisher = consumer(env, "--until-idle")
@@ -125,13 +93,13 @@ def test_redis_killed_and_restarted_mid_run(dataset, tmp_path, fsync):
         shopstream("replay", str(dataset), env=env)
         worker = consumer(env)
         procs.append(worker)
-        until(lambda: applied(client, "rk") > 1000, what="progress before the crash")
+        wait_until(lambda: applied(client, "rk") > 1000, what="progress before the crash")
         server.send_signal(signal.SIGKILL)
         server.wait()
-        time.sleep(0.5)                                           # the consumer sees Redis gone
+        time.sleep(0.5)                 # the scenario: Redis stays down half a second; the consumer sees it gone
         server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         wait_for_redis(url, server, timeout=30)
-        until(lambda: all(read_to_the_end(client, f"rk:{{{p}}}:clicks") for p in range(16)),
+        wait_until(lambda: all(read_to_the_end(client, f"rk:{{{p}}}:clicks") for p in range(16)),
               timeout=120, what="drain after restart")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
@@ -227,7 +195,7 @@ class _AofRedis:
 
     def rewrite_aof(self, client: redis.Redis) -> None:
         client.bgrewriteaof()
-        until(lambda: not (info := client.info("persistence"))["aof_rewrite_in_progress"]
+        wait_until(lambda: not (info := client.info("persistence"))["aof_rewrite_in_progress"]
               and not info["aof_rewrite_scheduled"], what="the AOF rewrite")
 
     def stop(self) -> None:

@@ -21,6 +21,7 @@ from shopstream.engine.scripts import NotOwner, Scripts, translate
 from redis.exceptions import ResponseError
 
 from .helpers import by_rule, consume_all, event, run_events
+from .support import wait_until_async
 
 T0 = 1_793_520_000_000_000
 
@@ -129,11 +130,18 @@ async def test_every_state_key_has_a_ttl(backend, settings):
 
 
 async def test_flush_removes_all_per_user_state(backend, settings):
-    await run_events(backend, settings, [event(f"u{i}", T0 + i * 1000) for i in range(30)])
-    keys = [k async for k in backend.aio.scan_iter(count=1000)]
-    assert not [k for k in keys if b":user:" in k or b":count:" in k or b":hll:" in k]
-    for part in Keys(settings.namespace, settings.partitions).all_partitions():
-        assert await backend.aio.zcard(part.key("open")) == 0
+    async def state() -> tuple[list[bytes], int]:
+        keys = [k async for k in backend.aio.scan_iter(count=1000)]
+        per_user = [k for k in keys if b":user:" in k or b":count:" in k or b":hll:" in k]
+        parts = Keys(settings.namespace, settings.partitions).all_partitions()
+        return per_user, sum([await backend.aio.zcard(part.key("open")) for part in parts])
+
+    await run_events(backend, settings, [event(f"u{i}", T0 + i * 1000) for i in range(30)], flush=False)
+    per_user, open_sessions = await state()
+    assert {b":user:", b":count:", b":hll:"} <= {kind for kind in (b":user:", b":count:", b":hll:")
+                                                 if any(kind in k for k in per_user)} and open_sessions == 30
+    await control.flush(backend.aio, settings)
+    assert await state() == ([], 0)
 
 
 async def test_every_entry_delivered_twice_gives_the_reference_result(real, settings):
@@ -167,20 +175,13 @@ async def test_consumers_split_the_partitions_and_hand_them_over(real, settings)
     a = Consumer(real.aio, settings, "a", idle_advance=False)
     b = Consumer(real.aio, settings, "b", idle_advance=False)
     ta, tb = asyncio.create_task(a.run()), asyncio.create_task(b.run())
-
-    async def until(cond, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while not cond():
-            assert time.monotonic() < deadline, "condition not met in time"
-            await asyncio.sleep(0.02)
-
-    await until(lambda: len(a.leases.owned) == 4 and len(b.leases.owned) == 4)
+    await wait_until_async(lambda: len(a.leases.owned) == 4 and len(b.leases.owned) == 4, 10, "a and b to own 4 each")
     assert a.leases.owned.isdisjoint(b.leases.owned)
     b.stop()
     await tb
-    await until(lambda: len(a.leases.owned) == 8)
+    await wait_until_async(lambda: len(a.leases.owned) == 8, 10, "a to own all 8")
     publish(real.sync, [event(f"u{i}", T0 + i) for i in range(20)], settings)
-    await until(lambda: a.metrics.events.labels("applied")._value.get() == 20)
+    await wait_until_async(lambda: a.metrics.events.labels("applied")._value.get() == 20, 10, "a to apply 20 events")
     a.stop()
     await ta
 
@@ -357,7 +358,7 @@ async def test_a_consumer_that_stalled_past_its_lease_reads_nothing(real, settin
     a = Consumer(real.aio, settings.replace(batch_size=50), "a", until_idle=True, idle_advance=False)
     await a.leases.heartbeat()
     assert a.leases.owned == set(range(settings.partitions))
-    await asyncio.sleep(settings.lease_ttl_ms / 1000 + 0.1)            # a stalls: its leases expire
+    await asyncio.sleep(settings.lease_ttl_ms / 1000 + 0.1)     # the scenario: a stalls until its leases expire
     b = Consumer(real.aio, settings, "b", until_idle=True, idle_advance=False)
     await b.leases.heartbeat()
     assert b.leases.owned == set(range(settings.partitions))

@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 
 pytest.importorskip("deltalake")
 
-from shopstream.engine import control  # noqa: E402
 from shopstream.engine.keys import Keys  # noqa: E402
 from shopstream.engine.lake import tables  # noqa: E402
 from shopstream.engine.lake.archiver import Archiver  # noqa: E402
 from shopstream.engine.lake.store import Lake  # noqa: E402
 from tests import lakedata  # noqa: E402
-from tests.helpers import consume_all  # noqa: E402
-
-
-def stream_entries(client, settings) -> Counter:
-    """(stream, entry id) of every entry retained in the archived streams."""
-    out = Counter()
-    for source in tables.sources(Keys(settings.namespace, settings.partitions)):
-        for entry_id, _ in client.xrange(source.stream):
-            out[(source.stream, entry_id.decode())] += 1
-    return out
-
-
-def lake_entries(lake: Lake) -> Counter:
-    out = Counter()
-    for table in tables.TABLES:
-        data = lake.read(table)
-        out.update(zip(data.column("stream").to_pylist(), data.column("entry_id").to_pylist()))
-    return out
-
-
-async def run_engine(backend, settings) -> None:
-    await control.ensure_groups(backend.aio, settings)
-    lakedata.publish_all(backend.sync, settings)
-    await consume_all(backend, settings)
-    await control.flush(backend.aio, settings)
+from tests.lakedata import lake_entries, run_engine, stream_entries  # noqa: E402
 
 
 async def test_every_stream_archived_once_with_its_parsed_columns(backend, settings, tmp_path):

@@ -15,7 +15,7 @@ from shopstream.engine.lake.compaction import compact  # noqa: E402
 from shopstream.engine.lake.store import Lake, day_of  # noqa: E402
 from shopstream.engine.producer import publish  # noqa: E402
 from tests import lakedata  # noqa: E402
-from tests.test_lake_archive import lake_entries, run_engine, stream_entries  # noqa: E402
+from tests.lakedata import lake_entries, run_engine, stream_entries  # noqa: E402
 
 
 async def test_compaction_of_a_day(backend, settings, tmp_path):

@@ -8,7 +8,7 @@ pytest.importorskip("deltalake")
 
 from shopstream.engine.lake.demo import archive_and_report, describe  # noqa: E402
 from tests import lakedata  # noqa: E402
-from tests.test_lake_archive import run_engine  # noqa: E402
+from tests.lakedata import run_engine  # noqa: E402
 
 
 async def test_archive_and_report_after_a_run(backend, settings, tmp_path):

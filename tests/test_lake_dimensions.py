@@ -22,7 +22,7 @@ from shopstream.engine.lake.sql import connect  # noqa: E402
 from shopstream.engine.lake.store import Lake  # noqa: E402
 from shopstream.engine.partitioning import partition_of  # noqa: E402
 from shopstream.engine.producer import publish  # noqa: E402
-from tests.test_lake_erasure import traces  # noqa: E402
+from tests.lakedata import traces  # noqa: E402
 
 DAY = "2026-11-02"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "data-model.md"

@@ -27,7 +27,7 @@ from shopstream.engine.lake.store import Lake  # noqa: E402
 from shopstream.engine.producer import publish  # noqa: E402
 from tests import lakedata  # noqa: E402
 from tests.helpers import consume_all  # noqa: E402
-from tests.test_lake_archive import run_engine  # noqa: E402
+from tests.lakedata import run_engine, traces  # noqa: E402
 
 VICTIM = "victim-9q7"
 
@@ -48,28 +48,6 @@ def victim_input(client, settings) -> None:
                                      "subject": "10.9.9.9", "user_id": VICTIM, "window_start": 1793620800000000,
                                      "count": 2, "threshold": 1, "detected_at": 1793620800000000, "entry_id": "",
                                      "evidence": json.dumps({"users": ["a1", VICTIM, f"3:{VICTIM}"]})})
-
-
-def traces(folder: Path, needle: str) -> list[str]:
-    """Where ``needle`` occurs: every value of every Parquet file (decoded), every Delta log line."""
-    found = []
-
-    def walk(value, where):
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(k, where)
-                walk(v, where)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                walk(v, where)
-        elif isinstance(value, (str, bytes)) and needle in (value if isinstance(value, str) else value.decode("latin-1")):
-            found.append(where)
-    for path in sorted(folder.rglob("*.parquet")):
-        walk(pq.read_table(path).to_pylist(), str(path))
-    for path in sorted(folder.rglob("_delta_log/*.json")):
-        if needle in path.read_text():
-            found.append(str(path))
-    return found
 
 
 async def test_erasure_leaves_no_trace_of_the_user_in_any_file(backend, settings, tmp_path):

@@ -18,7 +18,8 @@ pytest.importorskip("deltalake")
 
 from shopstream.engine.keys import Keys  # noqa: E402
 from shopstream.engine.producer import publish  # noqa: E402
-from tests.test_lake_archive import lake_entries, stream_entries  # noqa: E402
+from tests.lakedata import lake_entries, stream_entries  # noqa: E402
+from tests.support import wait_until  # noqa: E402
 from shopstream.engine.lake.store import Lake  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,12 +65,6 @@ def pending(client, settings) -> int:
                if client.exists(p.clicks))
 
 
-def wait_until(condition, proc, deadline_s: float = 10.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-
-
 def test_kill_9_in_a_loop_loses_nothing_and_writes_nothing_twice(real, settings, tmp_path):
     settings = settings.replace(partitions=4)
     lake_dir = tmp_path / "lake"
@@ -82,12 +77,14 @@ def test_kill_9_in_a_loop_loses_nothing_and_writes_nothing_twice(real, settings,
         proc = start_archiver(real.url, str(lake_dir))
         mode = rng.choice(list(kills)) if n < ROUNDS - 1 else "read, not committed"   # the restart has work
         if mode == "read, not committed":
-            wait_until(lambda: pending(real.sync, settings) > 0, proc)
+            wait_until(lambda: pending(real.sync, settings) > 0 or proc.poll() is not None, timeout=60,
+                       what="the archiver to read entries", poll=0.002)
         elif mode == "just after a commit":
-            before = log_versions(lake_dir)
-            wait_until(lambda: log_versions(lake_dir) > before + rng.randrange(1, 6), proc)
+            target = log_versions(lake_dir) + rng.randrange(1, 6)
+            wait_until(lambda: log_versions(lake_dir) >= target or proc.poll() is not None, timeout=60,
+                       what=f"the lake to reach Delta version {target}", poll=0.002)
         else:
-            time.sleep(rng.uniform(0.3, 1.2))     # a random point, whatever the archiver is doing
+            time.sleep(rng.uniform(0.3, 1.2))     # the scenario: a random point, whatever the archiver is doing
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait()

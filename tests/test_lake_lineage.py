@@ -16,7 +16,7 @@ from shopstream.engine.cli import main  # noqa: E402
 from shopstream.engine.lake.lineage import lineage, redis_namespace  # noqa: E402
 from shopstream.engine.lake.store import Lake  # noqa: E402
 from tests import lakedata  # noqa: E402
-from tests.test_lake_archive import run_engine, stream_entries  # noqa: E402
+from tests.lakedata import run_engine, stream_entries  # noqa: E402
 
 
 def events(lake_dir: Path) -> list[dict]:

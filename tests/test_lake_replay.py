@@ -16,7 +16,7 @@ from shopstream.engine.lake.replay import replay_day  # noqa: E402
 from shopstream.engine.lake.store import Lake  # noqa: E402
 from tests import lakedata  # noqa: E402
 from tests.helpers import consume_all  # noqa: E402
-from tests.test_lake_archive import run_engine  # noqa: E402
+from tests.lakedata import run_engine  # noqa: E402
 
 
 async def recompute(backend, settings) -> export.Outputs:

@@ -13,7 +13,7 @@ from shopstream.engine.lake.archiver import Archiver  # noqa: E402
 from shopstream.engine.lake.store import Lake  # noqa: E402
 from shopstream.engine.producer import publish  # noqa: E402
 from shopstream.engine.retention import floors, partition_streams, trim_all  # noqa: E402
-from tests.test_lake_archive import lake_entries, run_engine  # noqa: E402
+from tests.lakedata import lake_entries, run_engine  # noqa: E402
 
 FAR_FUTURE_MS = 2**50           # every entry is older than input_retention_ms then
 

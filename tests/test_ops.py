@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from .test_cli import REPO
+from .support import REPO, wait_until
 
 PROM = REPO / "ops" / "prometheus"
 
@@ -48,7 +48,6 @@ def test_a_real_prometheus_scrapes_a_running_consumer_and_evaluates_the_rules(re
     """Start a consumer with /metrics, and a Prometheus scraping it with ops/prometheus/alerts.yml."""
     import json
     import sys
-    import time
     import urllib.request
 
     from shopstream.engine.tools.servers import free_port
@@ -80,17 +79,17 @@ def test_a_real_prometheus_scrapes_a_running_consumer_and_evaluates_the_rules(re
             return None
 
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            targets = api("targets")
-            rules = api("rules")
+        seen = {}
+
+        def scraped_and_evaluated() -> bool:
+            seen.update(targets=api("targets"), rules=api("rules"))
+            targets, rules = seen["targets"], seen["rules"]
             up = bool(targets) and any(t["health"] == "up" for t in targets["activeTargets"])
             evaluated = bool(rules) and all(r["health"] == "ok" and r.get("lastEvaluation", "").startswith("20")
                                             for g in rules["groups"] for r in g["rules"])
-            if up and evaluated and rules["groups"]:
-                break
-            assert time.monotonic() < deadline, f"targets={targets} rules={rules}"
-            time.sleep(0.2)
+            return up and evaluated and bool(rules["groups"])
+        wait_until(scraped_and_evaluated, timeout=60, poll=0.2,
+                   what=lambda: f"Prometheus to scrape and evaluate: {seen}")
         series = api("query?query=shopstream_owned_partitions")
         assert series and float(series["result"][0]["value"][1]) >= 0
     finally:

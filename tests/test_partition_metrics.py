@@ -5,7 +5,6 @@ series go, so sums over consumers count each partition once."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 from shopstream.consumers.consumer import Consumer
 from shopstream.engine import control
@@ -13,6 +12,7 @@ from shopstream.engine.keys import LEASE, Keys
 from shopstream.engine.producer import publish
 
 from .helpers import event
+from .support import wait_until_async
 
 T0 = 1_793_520_000_000_000
 SERIES = ("shopstream_pending_entries", "shopstream_consumer_lag_entries", "shopstream_watermark_seconds")
@@ -28,13 +28,6 @@ def exported(consumer: Consumer) -> dict[str, set[int]]:
     return found
 
 
-async def until(cond, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_series_of_a_partition_leave_with_it(backend, settings):
     await control.ensure_groups(backend.aio, settings)
     publish(backend.sync, [event(f"user-{i}", T0 + i * 1_000_000) for i in range(200)], settings)
@@ -43,14 +36,14 @@ async def test_series_of_a_partition_leave_with_it(backend, settings):
     second = Consumer(backend.aio, settings, "c1", idle_advance=False)
     tasks = [asyncio.create_task(first.run())]
     try:
-        await until(lambda: all(v == everything for v in exported(first).values()), "c0 to export every partition")
+        await wait_until_async(lambda: all(v == everything for v in exported(first).values()), what="c0 to export every partition")
 
         tasks.append(asyncio.create_task(second.run()))                 # a rebalance: c0 releases some
-        await until(lambda: first.leases.owned and second.leases.owned
+        await wait_until_async(lambda: first.leases.owned and second.leases.owned
                     and first.leases.owned | second.leases.owned == everything
                     and exported(first)["shopstream_consumer_lag_entries"] == first.leases.owned
                     and exported(second)["shopstream_consumer_lag_entries"] == second.leases.owned,
-                    "the partitions and their series to split")
+                    what="the partitions and their series to split")
         for name, partitions in exported(first).items():
             assert partitions <= first.leases.owned, name
 
@@ -59,9 +52,9 @@ async def test_series_of_a_partition_leave_with_it(backend, settings):
         second.stop()
         await asyncio.wait_for(tasks.pop(), 30)
         assert all(not partitions for partitions in exported(second).values())   # left: nothing exported
-        await until(lambda: p in first.leases.owned, "c0 to take the partition back")
+        await wait_until_async(lambda: p in first.leases.owned, what="c0 to take the partition back")
         backend.sync.set(keys.partition(p).key(LEASE), "someone-else", px=60_000)
-        await until(lambda: p not in first.leases.owned, "c0 to notice the lost lease")
+        await wait_until_async(lambda: p not in first.leases.owned, what="c0 to notice the lost lease")
         for name, partitions in exported(first).items():
             assert p not in partitions, name
     finally:

@@ -16,7 +16,8 @@ from shopstream.engine.producer import BackPressure, publish
 from shopstream.engine.retention import floors, trim_inputs
 
 from .helpers import consume_all, event
-from .test_acl import acl_server  # noqa: F401  (fixture: a real server with ops/redis/users.acl)
+from .support import wait_until_async
+from .support import acl_server  # noqa: F401  (fixture: a real server with ops/redis/users.acl)
 
 T0 = 1_793_520_000_000_000
 FAR_FUTURE_MS = 10**13          # "now" for trims that ignore the retention horizon
@@ -88,12 +89,11 @@ async def test_the_consumer_heartbeat_trims_its_partitions(backend, settings):
     consumer = Consumer(backend.aio, s, "c0", idle_advance=False)
     task = asyncio.create_task(consumer.run())
     try:
-        deadline = time.monotonic() + 30
-        # (the counter moves just after the streams shrink: wait for both)
-        while (sum(backend.sync.xlen(p.clicks) for p in keys.all_partitions()) > s.partitions
-               or consumer.metrics.trimmed._value.get() < 400 - s.partitions):
-            assert time.monotonic() < deadline and not task.done(), "the heartbeat did not trim"
-            await asyncio.sleep(0.02)
+        def trimmed() -> bool:         # (the counter moves just after the streams shrink: wait for both)
+            assert not task.done(), "the consumer stopped"
+            return (sum(backend.sync.xlen(p.clicks) for p in keys.all_partitions()) <= s.partitions
+                    and consumer.metrics.trimmed._value.get() >= 400 - s.partitions)
+        await wait_until_async(trimmed, 30, "the heartbeat to trim the acknowledged input")
     finally:
         consumer.stop()
         await asyncio.wait_for(task, 30)

@@ -9,7 +9,7 @@ from shopstream.engine.keys import TX, Keys
 from shopstream.engine.producer import publish
 
 from .helpers import consume_all, event
-from .test_rules import MIN, S, T_HOUR, tx
+from .support import MIN, S, T_HOUR, tx
 
 EXACT = 64          # lua/includes/rules.lua: members kept exactly per set; the rest in a HyperLogLog / dropped
 

@@ -4,7 +4,6 @@ edges, on fakeredis and a real Redis; then the planted patterns of generated dat
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -16,16 +15,7 @@ from shopstream.engine.partitioning import partition_of
 from shopstream.engine.producer import publish
 
 from .helpers import consume_all, event, format_us_us
-
-T0 = 1_793_520_000_000_000          # 2026-11-01T06:40:00Z, a minute boundary
-S, MIN = 1_000_000, 60_000_000
-
-
-def tx(user: str, ts: int, status: str = "failed", amount: str = "9.99", card: str = "fp_1", ip: str = "10.0.0.1",
-       country: str = "US", tid: str | None = None) -> dict:
-    return {"transaction_id": tid or f"t-{user}-{ts}-{card}", "user_id": user, "amount": amount, "currency": "USD",
-            "status": status, "card_fingerprint": card, "ip": ip, "country": country, "timestamp": format_us_us(ts)}
-
+from .support import HOUR, MIN, REPO, S, T0, T_HOUR, read_jsonl, shopstream, tx
 
 async def run(backend, settings, clicks=(), txs=(), tickets=(), flush=True):
     await control.ensure_groups(backend.aio, settings)
@@ -86,8 +76,6 @@ async def test_failed_payments(backend, settings, offsets_min, statuses, fires):
 
 
 # -- card testing: >= 3 cards per user, or >= 3 users per card, in one clock hour -------------------
-HOUR = 60 * MIN
-T_HOUR = (T0 // HOUR + 1) * HOUR
 
 
 @pytest.mark.parametrize("cards, offsets_min, fires", [
@@ -243,7 +231,6 @@ async def test_a_bad_rules_file_keeps_the_last_good_rules(backend, settings, tmp
 
 
 # -- the planted patterns, end to end ---------------------------------------------------------------
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("folder", ["committed", "seed-99"])
@@ -251,7 +238,6 @@ def test_every_planted_fraudster_is_caught_and_no_clean_customer_flagged(folder,
     from shopstream.engine.tools.generate import GeneratorConfig, write_all
     from shopstream.engine.report import truth_check
 
-    from .test_cli import read_jsonl, shopstream
     data = REPO / "data"
     if folder == "seed-99":
         data = tmp_path / "data"

@@ -6,29 +6,10 @@ import pytest
 
 from shopstream.engine.eventtime import format_us
 
-from . import reference as ref
-from .helpers import B, GAP, by_rule, event, generated_events, run_events, shuffle_within
+from .helpers import B, GAP, event, generated_events, run_events, shuffle_within
+from .support import check_against_reference, strip
 
 T0 = 1_793_520_000_000_000  # 2026-11-01T06:40:00Z
-
-
-def strip(sessions):
-    return [{k: s[k] for k in ("user_id", "start", "end", "event_count", "counts")} for s in sessions]
-
-
-def check_against_reference(out, events, arrival=None):
-    """arrival: the order events were applied in, when it is event-time order (the burst estimate
-    depends on what arrived before; the other results do not)."""
-    assert strip(out.sessions) == ref.sessions(events)
-    assert by_rule(out.alerts, "events_per_minute") == ref.alerts(events)
-    assert by_rule(out.alerts, "inhuman_speed") == ref.inhuman_speed(events)
-    if arrival is not None:
-        assert by_rule(out.alerts, "burst") == ref.bursts(arrival)
-    expected = ref.minutes(events)
-    assert [(m["minute"], m["events"]) for m in out.minutes] == [(m["minute"], m["events"]) for m in expected]
-    for got, want in zip(out.minutes, expected):
-        assert abs(got["unique_users"] - want["unique_users"]) <= max(1, 0.02 * want["unique_users"])
-    assert out.late == [] and out.dlq == []
 
 
 @pytest.mark.parametrize("consumers", [1, 4])

@@ -81,7 +81,7 @@ def test_shopstream_run_survives_a_deep_record(real_redis_url, tmp_path):
     """The reported crash: `shopstream run` on a file holding one such record."""
     import json
 
-    from .test_cli import shopstream
+    from .support import shopstream
     path = tmp_path / "clicks.json"
     path.write_bytes(b"\n".join([*GOOD[:20], DEEP_CLICK, *GOOD[20:]]))
     shopstream("run", str(path), "--out", str(tmp_path / "out"), "--namespace", "deep", "--consumers", "1",
