@@ -19,7 +19,7 @@ class _Positional(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
 
 # -- apply_batch ---------------------------------------------------------------------------------
 APPLY_KEYS = ("prefix", "clicks", "state", "open", "mopen", "sessions", "alerts", "late", "minutes", "lease",
-              "tx", "support", "rekey", "outbox")
+              "tx", "support", "rekey", "outbox", "profiles")
 
 
 class ApplyArgs(_Positional):
@@ -73,7 +73,8 @@ class ApplyReply(_Positional):
 
 
 # -- advance_watermark ---------------------------------------------------------------------------
-ADVANCE_KEYS = ("prefix", "state", "open", "mopen", "sessions", "alerts", "minutes", "lease", "outbox")
+ADVANCE_KEYS = ("prefix", "state", "open", "mopen", "sessions", "alerts", "minutes", "lease", "outbox",
+                "profiles")
 
 
 class AdvanceArgs(_Positional):

@@ -31,8 +31,8 @@ from typing import Any, AsyncIterator
 
 import msgspec
 
-from .keys import (ALERTS, CLICKS, FAILS, FIRED, LATE, OPEN, RISK, SESSIONS, STATE, SUPPORT, TICKETS, TOMB, TX,
-                   USER_KEYS, USER_SETS, Keys, Partition)
+from .keys import (ALERTS, CLICKS, FAILS, FIRED, LATE, OPEN, PROFILES, RISK, SESSIONS, STATE, SUPPORT, TICKETS, TOMB,
+                   TX, USER_KEYS, USER_SETS, Keys, Partition)
 from .partitioning import partition_of
 from .export import decode_evidence
 from .settings import Settings
@@ -172,7 +172,8 @@ async def erase(client: Any, settings: Settings, user_id: str, request_id: str =
     await _extend_tombstone_horizon(client, part, until_us)
 
     report = {"state_keys": 0, "alert_markers": 0, "input_entries": 0, "sessions": 0, "alerts": 0,
-              "alerts_redacted": 0, "subject_sets": 0, "late_entries": 0, "dead_letters": 0}
+              "alerts_redacted": 0, "subject_sets": 0, "late_entries": 0, "dead_letters": 0,
+              "profile_changes": 0}
     report["state_keys"] = await client.delete(part.user(user_id), part.profile(user_id),
                                                part.key(TICKETS) + user_id, part.key(FAILS) + user_id)
     await client.zrem(part.key(OPEN), user_id)
@@ -189,6 +190,7 @@ async def erase(client: Any, settings: Settings, user_id: str, request_id: str =
         report["alerts"] += deleted
         report["alerts_redacted"] += redacted
     report["late_entries"] = await _delete_entries(client, part.key(LATE), by_field)
+    report["profile_changes"] = await _delete_entries(client, part.key(PROFILES), by_field)   # the changelog
     quoted = msgspec.json.encode(user_id)
 
     def dead_letter_of_user(fields) -> bool:

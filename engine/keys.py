@@ -27,6 +27,7 @@ SESSIONS = "sessions"    # STREAM  closed sessions
 ALERTS = "alerts"        # STREAM  anomaly alerts (also PUBLISHed)
 LATE = "late"            # STREAM  events behind the watermark
 MINUTES = "minutes"      # STREAM  finalized per-minute metrics
+PROFILES = "profiles"    # STREAM  profile changelog: one record per changed profile per script call
 LEASE = "lease"          # STRING  owning consumer's name, PX lease_ttl
 USER = "user:"           # STRING  user:<user_id> open sessions + per-minute counts (MessagePack)
 COUNT = "count:"         # STRING  count:<minute> events in that minute
@@ -59,7 +60,7 @@ DERIVED = {"user": USER, "count": COUNT, "hll": HLL, "fired": FIRED, "risk": RIS
            "ip_more": IP_MORE, "user_keys": USER_KEYS, "user_sets": USER_SETS}
 # The partition's own keys a script may be given by name (engine/contract.py): name -> suffix.
 _NAMED = {"prefix": "", **{s: s for s in (CLICKS, TX, SUPPORT, REKEY, OUTBOX, STATE, OPEN, OPEN_MINUTES, SESSIONS,
-                                          ALERTS, LATE, MINUTES, LEASE)}}
+                                          ALERTS, LATE, MINUTES, LEASE, PROFILES)}}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """Retention: a stream loses only entries that every consumer group on it has acknowledged, and
 only once they are older than ``input_retention_ms`` (asyncio client).  Input streams (clicks, tx,
 support, rekey) and, once a group reads them (the archiver's, engine/lake), the output streams
-(sessions, alerts, minutes, late) and the dead-letter stream; an output stream no group reads
+(sessions, alerts, minutes, late, profiles) and the dead-letter stream; an output stream no group reads
 is bounded by ``MAXLEN ~ output_maxlen`` only (a backstop well above any archiver lag).  With the
 archiver deployed, ``archive_required`` keeps every stream whole until the archiver's group reads it.
 
@@ -24,9 +24,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .keys import ALERTS, INPUTS, LATE, MINUTES, SESSIONS, Keys
+from .keys import ALERTS, INPUTS, LATE, MINUTES, PROFILES, SESSIONS, Keys
 
-OUTPUTS = (SESSIONS, ALERTS, MINUTES, LATE)
+OUTPUTS = (SESSIONS, ALERTS, MINUTES, LATE, PROFILES)
 from .settings import Settings
 
 

@@ -12,6 +12,7 @@
   KEYS[7] ss:{p}:minutes   STREAM  finalized minutes (out)
   KEYS[8] ss:{p}:lease     STRING  owner (checked when ARGV consumer is given)
   KEYS[9] ss:{p}:outbox    STREAM  risk records for other partitions (out)
+  KEYS[10] ss:{p}:profiles STREAM  profile changelog (out; lua/includes/profile.lua save_profiles)
   ARGV     consumer ('' = no ownership check), target_us, gap_us, ttl_ms, maxlen, limit, now_us,
            channel, profile_ttl_ms, rules (JSON)   (names: engine/contract.py AdvanceArgs)
   Returns  AdvanceReply {sessions_closed, minutes_finalized, more (1 = call again), watermark_us,

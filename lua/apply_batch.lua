@@ -21,6 +21,7 @@
   KEYS[12] ss:{p}:support    STREAM  input: support tickets (XACK target)
   KEYS[13] ss:{p}:rekey      STREAM  input: records forwarded from other partitions (XACK, then XDEL)
   KEYS[14] ss:{p}:outbox     STREAM  records for other partitions (out; the consumer forwards them)
+  KEYS[15] ss:{p}:profiles   STREAM  profile changelog (out): user_id, changes (JSON), ts (profile.lua)
   ARGV  consumer, group, now_us, gap_us, ooo_us, ttl_ms, maxlen, channel, profile_ttl_ms,
         rules (JSON, engine/rules.py), events (JSON array in stream-id order, engine/batch.py),
         quorum (users whose click times move the watermark), limit (users / minutes closed per call):

@@ -24,11 +24,14 @@ def test_bench_runs_and_reports(tmp_path):
     stdout = shopstream("bench", "--events", "20000", "--users", "2000", "--runs", "1", "--consumers", "1",
                         "--scale-partitions", "4", "--rate", "2000", "--json", str(out), timeout=600)
     assert "transport ceiling" in stdout and "engine end to end" in stdout
+    # the archive's throughput over the same run's streams (the lake extra is installed for the tests)
+    assert "archive rows/s vs engine events/s" in stdout
     report = json.loads(out.read_text())
     summary = report["summary"]
     assert summary["transport_events_per_s"] > 0 and summary["engine_events_per_s"] > 0
     assert summary["fixed_rate_latency_ms"]["n"] > 0            # alerts were detected and timed
     assert summary["memory"]["open_sessions"] > 0
+    assert report["archive"]["rows"] > 20000 and report["archive"]["engine_events_per_s"] > 0
     assert {s["name"] for s in report["stages"]} >= {"transport", "engine", "engine@rate", "engine@capacity"}
 
 

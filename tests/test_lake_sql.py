@@ -66,7 +66,7 @@ def at(hhmmss: str) -> datetime:
 
 def test_the_doc_has_the_queries_this_file_checks():
     assert set(doc_queries()) == {"funnel", "history", "fraud_rate", "cohort_retention", "payments", "conversion",
-                                  "as_of"}
+                                  "as_of", "profile_as_of"}
 
 
 def test_funnel_by_device(lake):
@@ -124,3 +124,15 @@ def test_sql_command_reports_a_bad_query_in_one_line(lake):
 def test_sql_command_without_a_lake(tmp_path):
     with pytest.raises(SystemExit, match="error: no lake at"):
         main(["sql", "SELECT 1", "--lake", str(tmp_path / "nowhere")])
+
+
+def test_a_profile_as_of_a_time_from_the_changelog(lake):
+    """a1: five clicks from 10:00 (ios, FR, one product view of a "home" product), one session, a
+    completed payment of 30.00 USD at 10:04:30; the day after (a1 comes back) is not "as of" the day."""
+    profile = dict(run(lake, "profile_as_of"))
+    day = lakedata.DAY
+    assert {k: profile.get(k) for k in ("events", "sessions", "orders", "spend_minor", "currency", "category:home",
+                                        "device:ios", "country:FR", "first_seen", "last_seen")} == {
+        "events": "5", "sessions": "1", "orders": "1", "spend_minor": "3000", "currency": "USD", "category:home": "1",
+        "device:ios": f"{day}T10:00:00.000000Z", "country:FR": f"{day}T10:00:00.000000Z",
+        "first_seen": f"{day}T10:00:00.000000Z", "last_seen": f"{day}T10:04:30.000000Z"}

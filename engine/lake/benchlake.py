@@ -75,7 +75,9 @@ def archive_throughput(client: Any, settings: Settings, lake_dir: str | Path) ->
     seconds = time.monotonic() - started
     clicks = done.by_table.get("bronze_clicks", 0)
     size = sum(f.stat().st_size for f in Path(lake_dir, "bronze_clicks").rglob("*.parquet"))
-    return {"rows": done.rows, "seconds": round(seconds, 3), "rows_per_s": round(done.rows / seconds) if seconds else 0,
+    return {"rows": done.rows, "input_rows": sum(done.by_table.get(t, 0) for t in ("bronze_clicks", "bronze_tx",
+                                                                                  "bronze_support")),
+            "seconds": round(seconds, 3), "rows_per_s": round(done.rows / seconds) if seconds else 0,
             "commit_share": round(done.commit_seconds / seconds, 3) if seconds else 0,
             "bytes_per_click_event": round(size / clicks, 1) if clicks else None}
 

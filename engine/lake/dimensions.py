@@ -5,9 +5,15 @@ the same dimension (idempotent, and late data lands in the right version); an er
 from bronze, is gone from the rebuilt dimension too.
 
 dim_customer: one row per change of the attributes that matter — country (the latest seen on a
-click or payment), devices (every device seen so far), lifetime orders (completed payments),
-spend band (lifetime spend of completed payments), risk band (the highest severity of an alert
-about the user so far).  dim_product: one row per change of name, category or price in the
+click or payment), devices (every device seen so far), lifetime orders (completed payments, a
+retried transaction id once, as the engine counts them), spend band (lifetime spend of completed
+payments), risk band (the highest severity of an alert about the user so far).  These come from
+bronze, not from the profile changelog (``profile_changes``): a changelog record is the profile
+after a whole apply call, stamped with the latest event time of that call, so a batch of a user's
+events collapses into one version, while bronze dates every change by its own event; and the
+profile keeps only the first time of each country, not the latest.  The changelog is the history
+of what only the engine computes (closed sessions, category counts, open tickets, the decayed risk
+score): see docs/data-model.md.  dim_product: one row per change of name, category or price in the
 catalog changelog.  Both: ``valid_from`` (inclusive), ``valid_to`` (exclusive; null while
 current), ``is_current``; "as of T" is ``valid_from <= T AND (T < valid_to OR valid_to IS NULL)``.
 """
@@ -32,6 +38,8 @@ WITH changes AS (
            CASE WHEN status = 'completed' THEN 1 ELSE 0 END,
            CASE WHEN status = 'completed' THEN COALESCE(TRY_CAST(amount AS DECIMAL(18, 2)), 0) ELSE 0 END, 0
     FROM bronze_tx WHERE user_id IS NOT NULL AND event_ts IS NOT NULL
+    QUALIFY transaction_id IS NULL        -- a producer's retry (same transaction id) counts once, as in the engine
+         OR row_number() OVER (PARTITION BY user_id, transaction_id ORDER BY entry_time, entry_id) = 1
     UNION ALL
     SELECT user_id, detected_at, entry_id, NULL, NULL, 0, 0,
            CASE severity WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END

@@ -157,4 +157,12 @@ def dead_letter(stream: str, partition: int | None, entry_id: str, f: dict[bytes
             "source_entry_id": _s(f.get(b"entry_id")), "at": None if at_ms is None else at_ms * 1000}
 
 
+def profile_change(stream: str, partition: int | None, entry_id: str, f: dict[bytes, bytes]) -> Row:
+    """One record of the profile changelog (lua/includes/profile.lua save_profiles): the changed
+    fields and their new values as a JSON object; ``ts`` the latest event time behind the change."""
+    ts = _int(f.get(b"ts"))
+    return {**_base(stream, partition, entry_id, ts), "user_id": _s(f.get(b"user_id")), "event_ts": ts,
+            "changes": _s(f.get(b"changes"))}
+
+
 RowFn = Callable[[str, "int | None", str, dict], Row]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from ..keys import ALERTS, CLICKS, LATE, MINUTES, SESSIONS, SUPPORT, TX, Keys
+from ..keys import ALERTS, CLICKS, LATE, MINUTES, PROFILES, SESSIONS, SUPPORT, TX, Keys
 from . import rows
 
 TS = pa.timestamp("us", tz="UTC")
@@ -71,6 +71,8 @@ TABLES: tuple[Table, ...] = (
     Table("dead_letters", "silver", "dlq", rows.dead_letter,
           (("user_id", S), ("reason", S), ("payload", S), ("source_stream", S), ("source_entry_id", S),
            ("at", TS)), ("at",)),
+    Table("profile_changes", "silver", PROFILES, rows.profile_change,
+          (("user_id", S), ("event_ts", TS), ("changes", S)), ("user_id", "event_ts", "entry_time")),
 )
 BY_NAME = {t.name: t for t in TABLES}
 

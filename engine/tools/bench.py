@@ -12,8 +12,10 @@ CPU from /proc.  Ratios measured in the same run are what to compare on a noisy 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -22,6 +24,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import redis
 
@@ -108,7 +111,10 @@ RULE_NAMES = [name for name in Rules.__struct_fields__ if name != "risk"]
 
 
 def run_stage(url: str, base: Settings, payloads: list[bytes], name: str, consumers: int, partitions: int,
-              rate: float | None = None, profile: str | None = None, rules_file: str | None = None) -> Stage:
+              rate: float | None = None, profile: str | None = None, rules_file: str | None = None,
+              after: "Callable[[redis.Redis, Settings], None] | None" = None) -> Stage:
+    """One stage on a fresh namespace; ``after(client, settings)`` runs once the stage's input is
+    drained and its processes stopped, before the next stage flushes Redis (the archive measurement)."""
     settings = base.replace(redis_url=url, partitions=partitions, namespace=f"b{int(time.time() * 1000) % 10**8}",
                             rules_file=rules_file)
     keys = Keys(settings.namespace, partitions)
@@ -157,6 +163,8 @@ def run_stage(url: str, base: Settings, payloads: list[bytes], name: str, consum
         w.wait(timeout=30)
     latencies = [float(x) for x in Path(lat_file).read_text().split()]
     os.unlink(lat_file)
+    if after:
+        after(client, settings)
     n = len(payloads)
     return Stage(name, consumers, partitions, n, seconds, n / seconds, redis_cpu / n * 1e6, consumer_cpu / n * 1e6,
                  producer_cpu / n * 1e6, calls, usec / max(calls, 1), usec / n, len(latencies),
@@ -242,6 +250,22 @@ def _subscriber(url: str, channel: str, out: str) -> None:
     Path(out).write_text("\n".join(f"{x:.3f}" for x in latencies))
 
 
+def _archive_measure(report: dict) -> "Callable[[redis.Redis, Settings], None] | None":
+    """The archive throughput (engine/lake/benchlake.py) over what the engine stage left in Redis
+    (input and every output stream), into a scratch lake; None when the lake extra is not installed."""
+    if importlib.util.find_spec("deltalake") is None:
+        return None
+
+    def measure(client: redis.Redis, settings: Settings) -> None:
+        from ..lake.benchlake import archive_throughput
+        folder = tempfile.mkdtemp(prefix="shopstream-bench-lake-")
+        try:
+            report["archive"] = archive_throughput(client, settings, folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return measure
+
+
 def run(events: int, users: int, runs: int, consumers: list[int], partitions: list[int], rate: float,
         json_out: str | None, profile: str | None, growth: bool, appendfsync: str = "everysec") -> dict:
     print(f"generating {events:,} events ({users:,} users, bots, 2 % out of order)...", flush=True)
@@ -258,7 +282,11 @@ def run(events: int, users: int, runs: int, consumers: list[int], partitions: li
         no_rules.write_text("".join(f"[{name}]\nenabled = false\n" for name in RULE_NAMES))
         for r in range(runs):
             t = run_stage(url, base, payloads, "transport", default_c, default_p)
-            e = run_stage(url, base, payloads, "engine", default_c, default_p, profile=profile if r == 0 else None)
+            archive_after = _archive_measure(report) if r == 0 else None
+            e = run_stage(url, base, payloads, "engine", default_c, default_p, profile=profile if r == 0 else None,
+                          after=archive_after)
+            if archive_after and "archive" in report:
+                report["archive"]["engine_events_per_s"] = e.events_per_s
             b = run_stage(url, base, payloads, "engine-no-rules", default_c, default_p, rules_file=str(no_rules))
             pairs.append((t, e))
             bare.append(b)
@@ -350,6 +378,14 @@ def print_table(report: dict) -> None:
         ("retained input entry", f"{s['memory']['bytes_per_input_entry']:.0f} bytes "
          f"(for a {s['memory']['input_payload_bytes']:.0f}-byte event)", ""),
     ]
+    if "archive" in report:              # the lake extra installed: the archiver over the first run's streams
+        a = report["archive"]
+        ratio = a["rows_per_s"] / a["engine_events_per_s"] if a.get("engine_events_per_s") else 0
+        rows.append(("archive rows/s vs engine events/s (same run)",
+                     f"{a['rows_per_s']:,.0f} rows/s vs {a['engine_events_per_s']:,.0f} events/s ({ratio:.2f}x)",
+                     ">= 1x"))
+        rows.append(("lake bytes per click event (bronze_clicks, Parquet)", f"{a['bytes_per_click_event']} bytes "
+                     f"({a['rows']:,} rows, commits {a['commit_share']:.0%} of the time)", ""))
     if "growth_5x_events_per_s" in s:
         rows.append(("engine, 5x the input", f"{s['growth_5x_events_per_s']:,.0f} events/s", "within 10 %"))
     print(f"\nShopStream bench - {report['events']:,} events, {m['cpus']} CPUs, redis {m['redis']} "

@@ -135,19 +135,31 @@ local function settle(pr)
   end
 end
 
+-- Write the changed profiles back; each changed profile also gets one record in the profile
+-- changelog (K.profiles, <prefix>profiles: user_id, changes = JSON object of the changed fields and
+-- their new values, ts = latest event time of this call that touched the profile, when there is one),
+-- which the archiver turns into the lake's profile_changes (engine/lake) so profiles can be historized.
+-- recent_tx (the retry memory, not an attribute of the customer) is written but not logged.
 local function save_profiles(ctx, profile_ttl)
   for uid, pr in pairs(ctx.profiles) do
     settle(pr)
-    local args, n = {}, 0
+    local args, n, changes = {}, 0, {}
     for field in pairs(pr.dirty) do
       args[n + 1] = field
       args[n + 2] = pr.f[field]
+      if field ~= 'recent_tx' then changes[field] = pr.f[field] end
       n = n + 2
     end
     if n > 0 then
       local key = ctx.prefix .. KEY.profile .. uid
       hset_all(key, args)
       rcall('PEXPIRE', key, profile_ttl)
+      if pr.last then
+        rcall('XADD', K.profiles, 'MAXLEN', '~', ctx.maxlen, '*', 'user_id', uid, 'changes', cjson.encode(changes),
+          'ts', fmt(pr.last))
+      else
+        rcall('XADD', K.profiles, 'MAXLEN', '~', ctx.maxlen, '*', 'user_id', uid, 'changes', cjson.encode(changes))
+      end
     end
   end
 end
