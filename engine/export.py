@@ -90,18 +90,27 @@ def _time_text(value: str) -> str:
     return format_us_exact(int(value)) if value.lstrip("-").isdigit() else value
 
 
-def profile_record(user_id: str, fields: dict[bytes, bytes]) -> dict:
-    """A profile hash as a JSON object: counters and the risk score as numbers, fingerprints dropped."""
-    out: dict[str, Any] = {"user_id": user_id}
-    for name, value in sorted((_s(k), _s(v)) for k, v in fields.items()):
-        if name == "recent_tx":
-            continue
+def profile_fields(fields: dict[str, str]) -> dict[str, str]:
+    """Profile fields with their times as ISO-8601 (the script keeps µs), everything else as stored."""
+    out = {}
+    for name, value in fields.items():
         if name in TIMES or name.startswith(("device:", "country:")):
-            out[name] = _time_text(value)
+            value = _time_text(value)
         elif name == "last_alert":
             rule, _, at = value.partition(" ")
-            out[name] = f"{rule} {_time_text(at)}"
-        elif name in NUMERIC or name.startswith("category:"):
+            value = f"{rule} {_time_text(at)}"
+        out[name] = value
+    return out
+
+
+def profile_record(user_id: str, fields: dict[bytes, bytes]) -> dict:
+    """A profile hash as a JSON object: times as ISO-8601, counters and the risk score as numbers,
+    fingerprints dropped."""
+    out: dict[str, Any] = {"user_id": user_id}
+    for name, value in sorted(profile_fields({_s(k): _s(v) for k, v in fields.items()}).items()):
+        if name == "recent_tx":
+            continue
+        if name in NUMERIC or name.startswith("category:"):
             out[name] = int(value)
         elif name == "risk_score":
             out[name] = float(value)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import msgspec
 
 from ..eventtime import parse_timestamp
+from ..export import profile_fields
 from ..schema import BadRecord, minor_units
 from .positions import parse_id
 
@@ -159,10 +160,14 @@ def dead_letter(stream: str, partition: int | None, entry_id: str, f: dict[bytes
 
 def profile_change(stream: str, partition: int | None, entry_id: str, f: dict[bytes, bytes]) -> Row:
     """One record of the profile changelog (lua/includes/profile.lua save_profiles): the changed
-    fields and their new values as a JSON object; ``ts`` the latest event time behind the change."""
+    fields and their new values as a JSON object, times as ISO-8601 like the exported profiles
+    (engine/export.py profile_fields: the script keeps µs); ``ts`` the latest event time behind it."""
     ts = _int(f.get(b"ts"))
+    changes = _doc(f.get(b"changes"))
+    text = (msgspec.json.encode(profile_fields(changes)).decode() if isinstance(changes, dict)
+            else _s(f.get(b"changes")))
     return {**_base(stream, partition, entry_id, ts), "user_id": _s(f.get(b"user_id")), "event_ts": ts,
-            "changes": _s(f.get(b"changes"))}
+            "changes": text}
 
 
 RowFn = Callable[[str, "int | None", str, dict], Row]
