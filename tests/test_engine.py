@@ -362,7 +362,8 @@ async def test_a_consumer_that_stalled_past_its_lease_reads_nothing(real, settin
     await b.leases.heartbeat()
     assert b.leases.owned == set(range(settings.partitions))
     publish(real.sync, [event(*e) for e in events], settings)
-    a.leases.recovering.clear()                 # a had nothing pending: its next read is of new entries
+    for p in a.leases.recovering:               # a had nothing pending: its next read is of new entries
+        a.leases.recovered(p)
     assert await a.step() is False              # a wakes up: reads nothing (else the first 50 of each
     #                                             partition would be applied after the rest)
     await asyncio.wait_for(b.run(), 60)
@@ -378,19 +379,19 @@ def test_a_lease_shorter_than_a_renewal_and_a_read_is_refused(settings):
         Consumer(None, settings.replace(lease_ttl_ms=60, heartbeat_ms=50, block_ms=20), "x")
 
 
-def test_the_linger_decision_uses_the_input_rate_over_half_a_second_windows(backend, settings, monkeypatch):
+def test_the_linger_decision_uses_the_input_rate_over_half_a_second_windows(settings):
     """Consumers linger only when their partitions take in more than linger_above_rate events/s
     each.  The rate is counted over windows of RATE_WINDOW_S: a burst read right after the previous
     read must not look like a high rate (it did when each read was divided by its own interval)."""
-    from shopstream.consumers import consumer as module
-    clock = [1000.0]
-    monkeypatch.setattr(module.time, "perf_counter", lambda: clock[0])
-    c = Consumer(backend.aio, settings, "c")
+    from shopstream.consumers.applier import InputRate
+    from shopstream.consumers.clock import ManualClock
+    clock = ManualClock()
+    rate = InputRate(clock)
     for dt, read in [(0.1, 100), (0.002, 170), (0.4, 30)]:      # 300 events in 0.502 s over 2 partitions
-        clock[0] += dt
-        c._observe_rate(read, 2)
-    assert c.rate_per_partition == pytest.approx(300 / 0.502 / 2)
-    clock[0] += 0.1
-    c._observe_rate(10_000, 2)                                   # inside the next window: not yet counted
-    assert c.rate_per_partition == pytest.approx(300 / 0.502 / 2)
-    assert c.rate_per_partition < settings.linger_above_rate
+        clock.advance(dt)
+        rate.observe(read, 2)
+    assert rate.per_partition == pytest.approx(300 / 0.502 / 2)
+    clock.advance(0.1)
+    rate.observe(10_000, 2)                                      # inside the next window: not yet counted
+    assert rate.per_partition == pytest.approx(300 / 0.502 / 2)
+    assert rate.per_partition < settings.linger_above_rate
