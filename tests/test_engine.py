@@ -395,3 +395,58 @@ def test_the_linger_decision_uses_the_input_rate_over_half_a_second_windows(sett
     rate.observe(10_000, 2)                                      # inside the next window: not yet counted
     assert rate.per_partition == pytest.approx(300 / 0.502 / 2)
     assert rate.per_partition < settings.linger_above_rate
+
+
+async def test_every_dead_letter_path_writes_one_record_shape_stamped_by_the_injected_clock(backend, settings):
+    """Decode failures (a trimmed entry included), poison returned by the script and entries that keep
+    failing go through one DeadLetterWriter: the same fields, acknowledged, at_ms from the clock."""
+    from shopstream.consumers import deadletters
+    from shopstream.consumers.clock import ManualClock
+    from shopstream.engine.contract import Poison
+    settings = settings.replace(partitions=1)
+    await control.ensure_groups(backend.aio, settings)
+    publish(backend.sync, [b"junk", event("u1", T0), event("u2", T0)], settings)
+    keys = Keys(settings.namespace, 1)
+    reply = await backend.aio.xreadgroup(settings.group, "c", {keys.partition(0).clicks: ">"})
+    entries = [(CLICKS, (entry_id, fields)) for entry_id, fields in reply[0][1]]
+    clock = ManualClock(wall_us=T0)
+    writer = deadletters.DeadLetterWriter(backend.aio, settings, keys, ConsumerMetrics(CollectorRegistry()), clock,
+                                          cluster=False)
+    decoded = decode_entries(entries[:1] + [(CLICKS, (b"0-1", None))], 0, T0, settings)
+    (_, (poison_id, _)), (_, (failed_id, failed_fields)) = entries[1], entries[2]
+    await writer.write(0, decoded.dead
+                       + deadletters.from_poison(entries, [Poison(entry_id=poison_id, source=b"c", reason=b"why")])
+                       + [deadletters.failed_apply(CLICKS, failed_id, failed_fields, 3, 3, RuntimeError("boom"))])
+    written = [fields for _, fields in await backend.aio.xrange(keys.dlq)]
+    assert len(written) == 4
+    assert {frozenset(f) for f in written} == {frozenset([b"payload", b"reason", b"stream", b"entry_id",
+                                                          b"partition", b"at_ms"])}
+    assert {f[b"at_ms"] for f in written} == {str(T0 // 1000).encode()}
+    assert [f[b"reason"] for f in written][2:] == [b"why", b"apply failed 3 times (delivered 3 times): boom"]
+    assert (await backend.aio.xpending(keys.partition(0).clicks, settings.group))["pending"] == 0
+
+
+async def test_leases_change_their_state_only_through_their_methods(backend, settings):
+    from shopstream.consumers.clock import ManualClock
+    from shopstream.consumers.leases import Leases
+    clock = ManualClock()
+    settings = settings.replace(partitions=2)
+    await control.ensure_groups(backend.aio, settings)
+    leases = Leases(backend.aio, Scripts(backend.aio), settings, "c", clock=clock)
+    await leases.heartbeat()
+    assert leases.owned == {0, 1} and leases.recovering == {0, 1}       # a new owner reads its pending first
+    with pytest.raises(AttributeError):
+        leases.owned.add(5)                                             # read-only views
+    leases.recovered(0)
+    assert leases.recovering == {1}
+    leases.mark_owned_recovering()
+    assert leases.recovering == {0, 1}
+    assert leases.readable(margin_s=0.1) == [0, 1]
+    clock.advance(settings.lease_ttl_ms / 1000)                         # our view of the lease expires
+    assert leases.readable(margin_s=0.1) == []
+    leases.lose(1)
+    assert leases.owned == {0} and leases.recovering == {0}
+    leases.mark_recovering(1)                                           # not ours: nothing to recover
+    assert leases.recovering == {0}
+    await leases.leave()
+    assert leases.owned == set()
