@@ -1,42 +1,35 @@
-"""The ``shopstream`` command line."""
+"""The ``shopstream`` command line.
+
+Argument parsing and one function per command; no event loop, server or pub/sub loop here: a
+command calls the module that does the work (engine/aio.py runs coroutines, consumers/runner.py
+the consumer process, engine/tail.py the alerts subscription, engine/tools/local.py local servers).
+Over 300 lines for one reason: ``build_parser`` is the table of every sub-command and its options
+(about 100 lines), kept beside the short functions they call.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import importlib.util
 from importlib import resources
-import logging
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from . import control, export, logs
-from .connection import RedisServerMissing, async_client, consumer_name, sync_client
+from . import aio, control, export, logs
+from .connection import RedisServerMissing, sync_client
 from .pipeline import NamespaceInUse
 from .producer import BackPressure
 from .settings import Settings, load_settings
 
-log = logging.getLogger("shopstream")
 SAMPLE = Path(str(resources.files("shopstream.data")))     # data/ in the source tree, a package resource installed
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     return load_settings({"redis_url": args.redis_url, "namespace": args.namespace,
                           "partitions": args.partitions, **extra}, config_file=args.config)
-
-
-def _run(coro):
-    try:
-        import uvloop
-        return uvloop.run(coro)
-    except ImportError:  # pragma: no cover - uvloop is not on Windows
-        return asyncio.run(coro)
 
 
 def _need_url(settings: Settings) -> str:
@@ -47,25 +40,7 @@ def _need_url(settings: Settings) -> str:
 
 def _call(settings: Settings, fn, *args):
     """Run ``await fn(client, settings, *args)`` with an asyncio client of REDIS_URL."""
-    async def main():
-        client = async_client(_need_url(settings))
-        try:
-            return await fn(client, settings, *args)
-        finally:
-            await client.aclose()
-    return _run(main())
-
-
-@contextlib.contextmanager
-def _redis_for_run(settings: Settings):
-    """REDIS_URL when given; otherwise a private redis-server for the run (the embedded default)."""
-    if settings.redis_url:
-        yield settings
-        return
-    from .tools.servers import embedded_redis
-    with embedded_redis() as url:
-        print(f"started a private redis-server for this run at {url} (set REDIS_URL to use your own)")
-        yield settings.replace(redis_url=url)
+    return aio.call(_need_url(settings), settings, fn, *args)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -99,30 +74,8 @@ def cmd_replay(args, settings):
 
 
 def cmd_consume(args, settings):
-    from shopstream.consumers.consumer import Consumer
-    url = _need_url(settings)
-
-    async def main():
-        client = async_client(url, retry=False)          # the consumer recovers on its own
-        consumer = Consumer(client, settings, consumer_name(), until_idle=args.until_idle)
-        if settings.metrics_port is not None:
-            port = consumer.metrics.serve(settings.metrics_port)
-            log.info("serving /metrics on port %d", port)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, consumer.stop)
-        log.info("consumer %s joining group %s", consumer.name, settings.group)
-        try:
-            await consumer.run()
-        finally:
-            await client.aclose()
-    if args.profile:
-        import cProfile
-        profiler = cProfile.Profile()
-        profiler.runcall(_run, main())
-        profiler.dump_stats(args.profile)
-    else:
-        _run(main())
+    from shopstream.consumers.runner import consume
+    consume(_need_url(settings), settings, until_idle=args.until_idle, profile=args.profile)
 
 
 def cmd_trim(args, settings):
@@ -177,21 +130,23 @@ def cmd_reset(args, settings):
 def cmd_run(args, settings):
     from .pipeline import run_file
     from .report import print_run
+    from .tools.local import redis_for_run
     if not Path(args.file).exists():
         sys.exit(f"error: no such file or folder: {args.file}")
-    with _redis_for_run(settings) as s:
-        result = _run(run_file(args.file, args.out, s, consumers=args.consumers, rate=args.rate, reset=args.reset))
+    with redis_for_run(settings) as s:
+        result = aio.run(run_file(args.file, args.out, s, consumers=args.consumers, rate=args.rate, reset=args.reset))
     print_run(result, args.out, detailed=False)
 
 
 def cmd_demo(args, settings):
     from .pipeline import run_file
     from .report import print_run
+    from .tools.local import redis_for_run
     path = Path(args.file) if args.file else SAMPLE
     print(f"ShopStream demo: {path.name}/ (clicks, transactions, support, catalog) -> Redis Streams -> "
           f"{args.consumers} consumers -> sessions, metrics, profiles, fraud alerts\n")
-    with _redis_for_run(settings) as s:
-        result = _run(run_file(path, args.out, s, consumers=args.consumers, reset=args.reset))
+    with redis_for_run(settings) as s:
+        result = aio.run(run_file(path, args.out, s, consumers=args.consumers, reset=args.reset))
         cold = None
         if importlib.util.find_spec("deltalake") is not None:      # the lake extra: archive, dimensions, report
             from .lake.demo import archive_and_report
@@ -226,24 +181,8 @@ def cmd_bench(args, settings):
 
 
 def cmd_cluster(args, settings):
-    from .tools.servers import embedded_cluster
-    from .keys import Keys
-    from .layout import describe, partitions_by_master
-    with embedded_cluster(args.masters, args.replicas, base_port=args.port or None) as cluster:
-        client = sync_client(cluster.url)
-        ports = ", ".join(str(n.port) for n in cluster.nodes)
-        print(f"Redis Cluster up: {args.masters} masters, {args.replicas} replica(s) each, on 127.0.0.1 ports "
-              f"{ports}\n\n  export REDIS_URL={cluster.url}\n\nany node's URL will do. {settings.partitions} "
-              f"partitions over the masters:")
-        print("\n".join(describe(partitions_by_master(client, Keys(settings.namespace, settings.partitions)))))
-        print("\nCtrl-C stops the cluster and deletes its data.", flush=True)
-        client.close()
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopping the cluster")
+    from .tools.local import hold_cluster
+    hold_cluster(args.masters, args.replicas, args.port, settings)
 
 
 def cmd_layout(args, settings):
@@ -255,18 +194,8 @@ def cmd_layout(args, settings):
 
 
 def cmd_tail(args, settings):
-    from .keys import Keys
-    client = sync_client(_need_url(settings))
-    channel = Keys(settings.namespace, settings.partitions).channel(settings.alerts_channel)
-    pubsub = client.pubsub()
-    pubsub.subscribe(channel)
-    print(f"listening on {channel} (Ctrl-C to stop)", file=sys.stderr)
-    try:
-        for message in pubsub.listen():
-            if message["type"] == "message":
-                print(message["data"].decode(), flush=True)
-    except KeyboardInterrupt:
-        pass
+    from .tail import tail
+    tail(sync_client(_need_url(settings)), settings)
 
 
 def cmd_metrics(args, settings):
@@ -297,7 +226,7 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shopstream", description=__doc__)
+    parser = argparse.ArgumentParser(prog="shopstream", description=__doc__.split("\n", 1)[0])
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -118,7 +118,7 @@ async def apply_every_batch_twice(backend, settings) -> None:
                     error = await worker.apply(p, entries)
                     assert error is None, f"apply failed: {error}"
                 if from_pending and not full:          # as Consumer.step: recovered
-                    worker.leases.recovering.discard(p)
+                    worker.leases.recovered(p)
             if not any(entries for _, entries, _, _ in batches) and await control.drained(backend.aio, settings):
                 return
         raise AssertionError("apply_every_batch_twice did not drain the input")

@@ -363,7 +363,8 @@ async def test_a_consumer_that_stalled_past_its_lease_reads_nothing(real, settin
     await b.leases.heartbeat()
     assert b.leases.owned == set(range(settings.partitions))
     publish(real.sync, [event(*e) for e in events], settings)
-    a.leases.recovering.clear()                 # a had nothing pending: its next read is of new entries
+    for p in a.leases.recovering:               # a had nothing pending: its next read is of new entries
+        a.leases.recovered(p)
     assert await a.step() is False              # a wakes up: reads nothing (else the first 50 of each
     #                                             partition would be applied after the rest)
     await asyncio.wait_for(b.run(), 60)
@@ -379,19 +380,74 @@ def test_a_lease_shorter_than_a_renewal_and_a_read_is_refused(settings):
         Consumer(None, settings.replace(lease_ttl_ms=60, heartbeat_ms=50, block_ms=20), "x")
 
 
-def test_the_linger_decision_uses_the_input_rate_over_half_a_second_windows(backend, settings, monkeypatch):
+def test_the_linger_decision_uses_the_input_rate_over_half_a_second_windows(settings):
     """Consumers linger only when their partitions take in more than linger_above_rate events/s
     each.  The rate is counted over windows of RATE_WINDOW_S: a burst read right after the previous
     read must not look like a high rate (it did when each read was divided by its own interval)."""
-    from shopstream.consumers import consumer as module
-    clock = [1000.0]
-    monkeypatch.setattr(module.time, "perf_counter", lambda: clock[0])
-    c = Consumer(backend.aio, settings, "c")
+    from shopstream.consumers.applier import InputRate
+    from shopstream.consumers.clock import ManualClock
+    clock = ManualClock()
+    rate = InputRate(clock)
     for dt, read in [(0.1, 100), (0.002, 170), (0.4, 30)]:      # 300 events in 0.502 s over 2 partitions
-        clock[0] += dt
-        c._observe_rate(read, 2)
-    assert c.rate_per_partition == pytest.approx(300 / 0.502 / 2)
-    clock[0] += 0.1
-    c._observe_rate(10_000, 2)                                   # inside the next window: not yet counted
-    assert c.rate_per_partition == pytest.approx(300 / 0.502 / 2)
-    assert c.rate_per_partition < settings.linger_above_rate
+        clock.advance(dt)
+        rate.observe(read, 2)
+    assert rate.per_partition == pytest.approx(300 / 0.502 / 2)
+    clock.advance(0.1)
+    rate.observe(10_000, 2)                                      # inside the next window: not yet counted
+    assert rate.per_partition == pytest.approx(300 / 0.502 / 2)
+    assert rate.per_partition < settings.linger_above_rate
+
+
+async def test_every_dead_letter_path_writes_one_record_shape_stamped_by_the_injected_clock(backend, settings):
+    """Decode failures (a trimmed entry included), poison returned by the script and entries that keep
+    failing go through one DeadLetterWriter: the same fields, acknowledged, at_ms from the clock."""
+    from shopstream.consumers import deadletters
+    from shopstream.consumers.clock import ManualClock
+    from shopstream.engine.contract import Poison
+    settings = settings.replace(partitions=1)
+    await control.ensure_groups(backend.aio, settings)
+    publish(backend.sync, [b"junk", event("u1", T0), event("u2", T0)], settings)
+    keys = Keys(settings.namespace, 1)
+    reply = await backend.aio.xreadgroup(settings.group, "c", {keys.partition(0).clicks: ">"})
+    entries = [(CLICKS, (entry_id, fields)) for entry_id, fields in reply[0][1]]
+    clock = ManualClock(wall_us=T0)
+    writer = deadletters.DeadLetterWriter(backend.aio, settings, keys, ConsumerMetrics(CollectorRegistry()), clock,
+                                          cluster=False)
+    decoded = decode_entries(entries[:1] + [(CLICKS, (b"0-1", None))], 0, T0, settings)
+    (_, (poison_id, _)), (_, (failed_id, failed_fields)) = entries[1], entries[2]
+    await writer.write(0, decoded.dead
+                       + deadletters.from_poison(entries, [Poison(entry_id=poison_id, source=b"c", reason=b"why")])
+                       + [deadletters.failed_apply(CLICKS, failed_id, failed_fields, 3, 3, RuntimeError("boom"))])
+    written = [fields for _, fields in await backend.aio.xrange(keys.dlq)]
+    assert len(written) == 4
+    assert {frozenset(f) for f in written} == {frozenset([b"payload", b"reason", b"stream", b"entry_id",
+                                                          b"partition", b"at_ms"])}
+    assert {f[b"at_ms"] for f in written} == {str(T0 // 1000).encode()}
+    assert [f[b"reason"] for f in written][2:] == [b"why", b"apply failed 3 times (delivered 3 times): boom"]
+    assert (await backend.aio.xpending(keys.partition(0).clicks, settings.group))["pending"] == 0
+
+
+async def test_leases_change_their_state_only_through_their_methods(backend, settings):
+    from shopstream.consumers.clock import ManualClock
+    from shopstream.consumers.leases import Leases
+    clock = ManualClock()
+    settings = settings.replace(partitions=2)
+    await control.ensure_groups(backend.aio, settings)
+    leases = Leases(backend.aio, Scripts(backend.aio), settings, "c", clock=clock)
+    await leases.heartbeat()
+    assert leases.owned == {0, 1} and leases.recovering == {0, 1}       # a new owner reads its pending first
+    with pytest.raises(AttributeError):
+        leases.owned.add(5)                                             # read-only views
+    leases.recovered(0)
+    assert leases.recovering == {1}
+    leases.mark_owned_recovering()
+    assert leases.recovering == {0, 1}
+    assert leases.readable(margin_s=0.1) == [0, 1]
+    clock.advance(settings.lease_ttl_ms / 1000)                         # our view of the lease expires
+    assert leases.readable(margin_s=0.1) == []
+    leases.lose(1)
+    assert leases.owned == {0} and leases.recovering == {0}
+    leases.mark_recovering(1)                                           # not ours: nothing to recover
+    assert leases.recovering == {0}
+    await leases.leave()
+    assert leases.owned == set()

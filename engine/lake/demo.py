@@ -1,8 +1,8 @@
 """The demo's cold path: after `shopstream demo` has run the sample through the engine, archive
 every stream into a fresh lake, rebuild the SCD2 dimensions and write the busiest day's report.
 
-    with _redis_for_run(settings) as s:                    # engine/cli.py cmd_demo
-        result = _run(run_file(...))
+    with redis_for_run(settings) as s:                     # engine/cli.py cmd_demo
+        result = aio.run(run_file(...))
         cold = archive_and_report(s, Path(args.out))      # while the run's Redis is still up
     print(describe(cold))
 """

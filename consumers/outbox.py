@@ -1,0 +1,50 @@
+"""The outbox forwarder: records the apply script left for other partitions (the IP and card
+rules key on something other than the user) go to those partitions' ``rekey`` streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from shopstream.engine.keys import OUTBOX, REKEY, Partition
+from shopstream.engine.partitioning import partition_of
+from shopstream.engine.settings import Settings
+
+_records = msgspec.json.Decoder(list[list])
+PAGE = 500
+
+
+class Forwarder:
+    def __init__(self, client: Any, settings: Settings, parts: list[Partition], cluster: bool):
+        self.client, self.settings, self.parts, self.cluster = client, settings, parts, cluster
+
+    async def forward(self, p: int, entries: list | None = None) -> int:
+        """Send the records of partition p's outbox entries to the rekey stream of the partition of
+        each record's key (its second field), then delete the entries: at-least-once, and what a
+        record changes is idempotent (lua/includes/rules.lua).  Without ``entries``: whatever a
+        previous owner left in the outbox."""
+        outbox, moved = self.parts[p].key(OUTBOX), 0
+        while True:
+            if entries is None:
+                page = await self.client.xrange(outbox, count=PAGE)
+                batch = [(entry_id, fields[b"e"]) for entry_id, fields in page]
+            else:
+                batch, page = entries, []
+            if not batch:
+                return moved
+            by_target: dict[int, list] = {}
+            for _, payload in batch:
+                for record in _records.decode(payload):
+                    by_target.setdefault(partition_of(str(record[1]), self.settings.partitions), []).append(record)
+            pipe = self.client.pipeline(transaction=False)
+            for q, records in sorted(by_target.items()):
+                pipe.xadd(self.parts[q].key(REKEY), {"e": msgspec.json.encode(records)})   # trimmed once read
+            if self.cluster:         # the targets live on other masters: delete only once they have it
+                await pipe.execute()
+                pipe = self.client.pipeline(transaction=False)
+            pipe.xdel(outbox, *[entry_id for entry_id, _ in batch])
+            await pipe.execute()
+            moved += len(batch)
+            if entries is not None or len(page) < PAGE:
+                return moved
