@@ -15,7 +15,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from shopstream.engine import aio
-from shopstream.engine.connection import UNAVAILABLE, async_client, consumer_name
+from shopstream.engine.connection import UNAVAILABLE, async_client, consumer_name, retry_until_available
 from shopstream.engine.control import drained, ensure_groups
 from shopstream.engine.retention import trim_inputs
 from shopstream.engine.settings import Settings
@@ -28,7 +28,7 @@ process_log = logging.getLogger("shopstream")       # the process's own lines, a
 
 STRAY_CLAIM_EVERY = 10      # heartbeats between sweeps for entries stuck in other consumers' lists
 TRIM_EVERY = 5              # heartbeats between trims of the owned partitions' acknowledged input
-REJOIN_PAUSE_S = 0.5
+RECOVER_PAUSE_S = 0.5          # after Redis went away mid-step: then our pending entries first (not a plain retry)
 
 
 class Runner:
@@ -38,17 +38,12 @@ class Runner:
 
     async def run(self) -> None:
         c = self.c
-        while True:                       # e.g. a cluster failing over as we start: join when it is back
-            try:
-                await ensure_groups(c.client, c.settings)
-                await c.catalog.refresh(c.client)
-                await c.leases.heartbeat()
-                break
-            except UNAVAILABLE as exc:
-                if c.stopping.is_set():
-                    return
-                log.warning("redis unavailable (%s); joining again", exc)
-                await c.clock.sleep(REJOIN_PAUSE_S)
+        async def join() -> None:         # e.g. a cluster failing over as we start: join when it is back
+            await ensure_groups(c.client, c.settings)
+            await c.catalog.refresh(c.client)
+            await c.leases.heartbeat()
+        if not await retry_until_available(join, "joining", c.stopping):    # redis-py Retry, backoff
+            return
         beat = asyncio.create_task(self.heartbeat_loop())
         try:
             while not c.stopping.is_set():
@@ -63,7 +58,7 @@ class Runner:
                     # applied on a master that died before replicating): our pending entries first
                     log.warning("redis unavailable (%s); retrying from our pending entries", exc)
                     c.leases.mark_owned_recovering()
-                    await c.clock.sleep(REJOIN_PAUSE_S)
+                    await c.clock.sleep(RECOVER_PAUSE_S)
         finally:
             self.closing = True          # the heartbeat loop also ends by itself at its next turn
             beat.cancel()
