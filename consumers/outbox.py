@@ -10,6 +10,7 @@ import msgspec
 from shopstream.engine.keys import OUTBOX, REKEY, Partition
 from shopstream.engine.partitioning import partition_of
 from shopstream.engine.settings import Settings
+from shopstream.engine.streams import pages
 
 _records = msgspec.json.Decoder(list[list])
 PAGE = 500
@@ -24,27 +25,26 @@ class Forwarder:
         each record's key (its second field), then delete the entries: at-least-once, and what a
         record changes is idempotent (lua/includes/rules.lua).  Without ``entries``: whatever a
         previous owner left in the outbox."""
-        outbox, moved = self.parts[p].key(OUTBOX), 0
-        while True:
-            if entries is None:
-                page = await self.client.xrange(outbox, count=PAGE)
-                batch = [(entry_id, fields[b"e"]) for entry_id, fields in page]
-            else:
-                batch, page = entries, []
-            if not batch:
-                return moved
-            by_target: dict[int, list] = {}
-            for _, payload in batch:
-                for record in _records.decode(payload):
-                    by_target.setdefault(partition_of(str(record[1]), self.settings.partitions), []).append(record)
-            pipe = self.client.pipeline(transaction=False)
-            for q, records in sorted(by_target.items()):
-                pipe.xadd(self.parts[q].key(REKEY), {"e": msgspec.json.encode(records)})   # trimmed once read
-            if self.cluster:         # the targets live on other masters: delete only once they have it
-                await pipe.execute()
-                pipe = self.client.pipeline(transaction=False)
-            pipe.xdel(outbox, *[entry_id for entry_id, _ in batch])
+        outbox = self.parts[p].key(OUTBOX)
+        if entries is not None:
+            return await self._send(p, outbox, entries)
+        moved = 0
+        async for page in pages(self.client, outbox, count=PAGE):
+            moved += await self._send(p, outbox, [(entry_id, fields[b"e"]) for entry_id, fields in page])
+        return moved
+
+    async def _send(self, p: int, outbox: str, batch: list) -> int:
+        """Forward one batch of outbox entries (entry_id, records JSON), then delete them."""
+        by_target: dict[int, list] = {}
+        for _, payload in batch:
+            for record in _records.decode(payload):
+                by_target.setdefault(partition_of(str(record[1]), self.settings.partitions), []).append(record)
+        pipe = self.client.pipeline(transaction=False)
+        for q, records in sorted(by_target.items()):
+            pipe.xadd(self.parts[q].key(REKEY), {"e": msgspec.json.encode(records)})   # trimmed once read
+        if self.cluster:         # the targets live on other masters: delete only once they have it
             await pipe.execute()
-            moved += len(batch)
-            if entries is not None or len(page) < PAGE:
-                return moved
+            pipe = self.client.pipeline(transaction=False)
+        pipe.xdel(outbox, *[entry_id for entry_id, _ in batch])
+        await pipe.execute()
+        return len(batch)
