@@ -15,7 +15,7 @@ test: $(VENV)/.installed redis-server
 
 # The edit loop (under 20 s): pure Python and the Lua scripts on fakeredis; `make test` runs everything.
 test-fast: $(VENV)/.installed
-	$(BIN)/pytest -m "not integration and not cluster and not slow"
+	$(BIN)/pytest -m "not integration and not cluster and not slow" --ignore-glob="tests/test_lake_*"
 
 bench: $(VENV)/.installed redis-server
 	$(BIN)/shopstream bench

@@ -371,6 +371,7 @@ def test_in_the_engines_view_late_events_set_aside(partitions):
     GeneratorConfig(seed=3, users=800, hours=6.0, start="2026-11-02T21:37:12Z"),  # unaligned, over midnight
     GeneratorConfig(seed=11, card_testers=3, card_sharers=3, takeovers=1, farm_users=11, speeders=1),
 ], ids=["cli", "crash", "unaligned", "thresholds"])
+@pytest.mark.slow
 def test_other_configurations_keep_the_patterns(cfg, tmp_path):
     write_all(tmp_path, cfg)
     truth = truth_of(tmp_path)
