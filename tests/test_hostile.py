@@ -18,7 +18,7 @@ from shopstream.engine.pipeline import partition_counters
 from shopstream.engine.producer import publish, replay
 
 from . import reference as ref
-from .helpers import B, GAP, by_rule, click, consume_all, run_events, shuffle_within
+from .helpers import B, by_rule, click, consume_all, run_events, shuffle_within
 
 T0 = 1_793_520_000_000_000            # 2026-11-01T08:00:00Z
 MIN = US_PER_MINUTE

@@ -9,7 +9,6 @@ import pytest
 
 pytest.importorskip("deltalake")
 
-from shopstream.engine.lake import tables  # noqa: E402
 from shopstream.engine.lake.archiver import Archiver  # noqa: E402
 from shopstream.engine.lake.compaction import compact  # noqa: E402
 from shopstream.engine.lake.store import Lake, day_of  # noqa: E402

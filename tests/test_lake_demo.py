@@ -11,9 +11,8 @@ from tests import lakedata  # noqa: E402
 from tests.lakedata import run_engine  # noqa: E402
 
 
-async def test_archive_and_report_after_a_run(backend, settings, tmp_path):
-    if backend.kind == "real":
-        pytest.skip("the wiring, once")
+async def test_archive_and_report_after_a_run(real, settings, tmp_path):
+    backend = real                          # one run: the wiring, not the backend, is under test
     await run_engine(backend, settings)
     (tmp_path / "lake").mkdir()
     (tmp_path / "lake" / "leftover").write_text("from an earlier demo")

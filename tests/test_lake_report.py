@@ -16,14 +16,12 @@ import pytest
 if not os.environ.get("CI"):          # in CI the lake extra is installed: a missing one fails the import below
     pytest.importorskip("deltalake")
 
-from shopstream.engine import control  # noqa: E402
 from shopstream.engine.cli import main  # noqa: E402
 from shopstream.engine.lake.archiver import Archiver  # noqa: E402
 from shopstream.engine.lake.report import write_report  # noqa: E402
 from shopstream.engine.lake.store import Lake  # noqa: E402
 from shopstream.engine.producer import publish  # noqa: E402
 from tests import lakedata  # noqa: E402
-from tests.helpers import consume_all  # noqa: E402
 from tests.lakedata import run_engine  # noqa: E402
 
 
@@ -145,9 +143,8 @@ async def test_report_renders_in_a_real_browser(real, settings, tmp_path):
     assert console == [], console
 
 
-async def test_report_command(backend, settings, tmp_path, capsys):
-    if backend.kind == "real":
-        pytest.skip("the command's wiring, once")
+async def test_report_command(real, settings, tmp_path, capsys):
+    backend = real                          # one run: the command's wiring is under test
     await run_engine(backend, settings)
     lake = Lake(str(tmp_path / "lake"))
     Archiver(backend.sync, settings, lake, until_idle=True).run()

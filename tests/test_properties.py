@@ -252,7 +252,7 @@ async def consume_live(backend: Backend, settings: Settings) -> None:
 
 
 async def run_live(target: Target, rules_file: str, sc: dict, cut: int) -> dict:
-    from shopstream.engine import control, export
+    from shopstream.engine import control
     from shopstream.engine.producer import publish
     settings = engine_settings(rules_file, sc["partitions"], sc["batch_size"], sc["quorum"])
     raws = [click(u, ts, t, event_id=eid) for u, ts, t, eid in sc["arrival"]]

@@ -20,8 +20,6 @@ current), ``is_current``; "as of T" is ``valid_from <= T AND (T < valid_to OR va
 
 from __future__ import annotations
 
-import duckdb
-import pyarrow as pa
 from deltalake import CommitProperties, write_deltalake
 
 from .sql import connect
