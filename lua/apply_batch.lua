@@ -170,6 +170,7 @@ local function apply_click(ev, st)
   if not seen[uid] then seen[uid] = true; local us = musers[m]; us[#us + 1] = uid end
 
   local c = count_minute(ctx, st, m)
+  lower_due(ctx, st, m, hit.l)
   click_rules(ctx, uid, st, m, c, ts, id)
   if ip ~= '' then click_ip(ctx, uid, st, ip, ts) end
   return nil

@@ -112,6 +112,7 @@ local function load_user(ctx, uid)
       st.ids[math.floor(last / US_PER_MIN)] = ids
       st.nids = #ids
     end
+    st.lb = st.due                      -- the stored due is the earliest, when it was saved
     if type(doc.w) == 'table' then st.fwd = doc.w end
     st.stored = true
     if raw:byte(1) == 123 then           -- JSON: written by a version that counted clicks into the profile
@@ -196,11 +197,31 @@ local function minute_kept(ctx, m, wm)
   return (m + 2) * US_PER_MIN + ctx.gap > wm
 end
 
+-- The earliest watermark that changes the user's state (a session closes, a minute is dropped).
+local function due_of(ctx, st)
+  local due
+  for _, se in ipairs(st.sessions) do
+    local d = se.l + ctx.gap
+    if not due or d < due then due = d end
+  end
+  for m in pairs(st.minutes) do
+    local d = (m + 2) * US_PER_MIN + ctx.gap - 1
+    if not due or d < due then due = d end
+  end
+  for m in pairs(st.ids) do
+    local d = (m + 2) * US_PER_MIN + ctx.gap - 1
+    if not due or d < due then due = d end
+  end
+  return due
+end
+
 -- Bring a user's state to watermark wm: emit and forget every session with last + gap < wm, drop
 -- the minutes (counts, fingerprints) no click that is not late can reach.  Done before a click
 -- touches the user and before the state is saved, so what a click sees depends on wm only.
+-- st.lb, a lower bound of due_of (nil: no session and no minute), lets a touch skip all of it
+-- while nothing can be due (most touches: the watermark moves a little per click).
 local function settle_user(ctx, uid, st, wm)
-  if st.settled == wm then return end
+  if st.settled == wm or (st.lb and wm <= st.lb) then return end
   st.settled = wm
   local keep, gap = nil, ctx.gap
   for _, se in ipairs(st.sessions) do
@@ -234,24 +255,14 @@ local function settle_user(ctx, uid, st, wm)
       st.clean = false
     end
   end
+  st.lb = due_of(ctx, st)
 end
 
--- The earliest watermark that changes the user's state (a session closes, a minute is dropped).
-local function due_of(ctx, st)
-  local due
-  for _, se in ipairs(st.sessions) do
-    local d = se.l + ctx.gap
-    if not due or d < due then due = d end
-  end
-  for m in pairs(st.minutes) do
-    local d = (m + 2) * US_PER_MIN + ctx.gap - 1
-    if not due or d < due then due = d end
-  end
-  for m in pairs(st.ids) do
-    local d = (m + 2) * US_PER_MIN + ctx.gap - 1
-    if not due or d < due then due = d end
-  end
-  return due
+-- A click added to minute m and to a session ending at last: both may be due before anything the
+-- state held (an out-of-order click), so the bound comes down if they are.
+local function lower_due(ctx, st, m, last)
+  local d = math.min((m + 2) * US_PER_MIN + ctx.gap - 1, last + ctx.gap)
+  if not st.lb or d < st.lb then st.lb = d end
 end
 
 -- Settle every user loaded in this call at the final watermark, then write back those whose state
