@@ -20,7 +20,7 @@ TX = "tx"                # STREAM  input: one field "e" = a transaction (JSON)
 SUPPORT = "support"      # STREAM  input: one field "e" = a support ticket snapshot (JSON)
 REKEY = "rekey"          # STREAM  input: records forwarded from other partitions (subject rules, risk)
 OUTBOX = "outbox"        # STREAM  records this partition's script wrote for other partitions
-STATE = "state"          # HASH    watermark wm, max event time, counters
+STATE = "state"          # HASH    watermark wm, the clock max and its quorum users top, counters
 OPEN = "open"            # ZSET    users with open sessions, score = earliest close time (µs)
 OPEN_MINUTES = "mopen"   # ZSET    minutes not yet finalized, score = minute number
 SESSIONS = "sessions"    # STREAM  closed sessions
