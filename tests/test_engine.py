@@ -347,6 +347,19 @@ async def test_a_watermark_jump_closes_sessions_in_bounded_calls_and_the_consume
     assert max(closed_per_call) <= 5 and sum(closed_per_call) == 40
 
 
+async def test_clicks_count_as_ahead_only_once_the_partition_has_a_clock(backend, settings):
+    """`ahead` counts clicks far ahead of the partition clock; while fewer than watermark_quorum users
+    have clicked there is no clock, so nothing is ahead (before: every such click counted)."""
+    settings = settings.replace(partitions=1)
+    out_state = Keys(settings.namespace, 1).partition(0).key(STATE)
+    await run_events(backend, settings, [event("a", T0 + i * 1000) for i in range(20)] + [event("b", T0)],
+                     flush=False)
+    assert await backend.aio.hget(out_state, "ahead") is None
+    publish(backend.sync, [event("c", T0), event("d", T0 + 3600 * 10**6)], settings)   # clock at T0; d an hour on
+    await consume_all(backend, settings)
+    assert await backend.aio.hget(out_state, "ahead") == b"1"
+
+
 async def test_a_consumer_that_stalled_past_its_lease_reads_nothing(real, settings):
     """Consumer a owns every partition, then stalls longer than its lease; b takes over; a wakes up
     and steps before its heartbeat noticed: it must not read (the entries would wait in its pending
