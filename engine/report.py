@@ -34,6 +34,20 @@ def print_minute_chart(minutes: list[dict], rows: int = 24) -> None:
         print(f"  {start:<16}  {events:>10,.0f}  {users:>13,}  {_bar(int(events), int(top))}")
 
 
+def print_alerts(records: list[dict]) -> None:
+    """Alerts per rule.  A subject alert (an IP, a card) is one record; each user it involves also
+    gets a member record (evidence {"role": "member"}): those are links, not alerts, and said apart."""
+    alerts = [a for a in records if a["evidence"] != {"role": "member"}]
+    members = Counter(a["rule"] for a in records if a["evidence"] == {"role": "member"})
+    print(f"\nAlerts: {len(alerts):,}" + (f" (and {sum(members.values()):,} member records linking users to"
+                                          " IP and card alerts)" if members else ""))
+    for rule, n in sorted(Counter(a["rule"] for a in alerts).items()):
+        subjects = Counter(kind for kind, _ in {(a["subject_kind"], a["subject"]) for a in alerts if a["rule"] == rule})
+        linked = f", {members[rule]} users linked" if members[rule] else ""
+        print(f"  {rule:<22} {n:>4}  on " + ", ".join(f"{k} {kind}{'s' if k > 1 else ''}" for kind, k in sorted(subjects.items()))
+              + linked)
+
+
 def print_run(result: Any, out_dir: str | Path, detailed: bool, truth: Path | None = None) -> None:
     o, st = result.outputs, result.state
     published = sum(n for kind, n in result.published.items() if kind != "catalog")
@@ -58,16 +72,7 @@ def print_run(result: Any, out_dir: str | Path, detailed: bool, truth: Path | No
     if detailed:
         print("\nEvents per minute (event time, UTC):")
         print_minute_chart(o.minutes)
-    # a subject alert (an IP, a card) is one record; each user it involves gets a member record too
-    alerts = [a for a in o.alerts if a["evidence"] != {"role": "member"}]
-    members = Counter(a["rule"] for a in o.alerts if a["evidence"] == {"role": "member"})
-    print(f"\nAlerts: {len(alerts):,}" + (f" (and {sum(members.values()):,} member records linking users to"
-                                          " IP and card alerts)" if members else ""))
-    for rule, n in sorted(Counter(a["rule"] for a in alerts).items()):
-        subjects = Counter(kind for kind, _ in {(a["subject_kind"], a["subject"]) for a in alerts if a["rule"] == rule})
-        linked = f", {members[rule]} users linked" if members[rule] else ""
-        print(f"  {rule:<22} {n:>4}  on " + ", ".join(f"{k} {kind}{'s' if k > 1 else ''}" for kind, k in sorted(subjects.items()))
-              + linked)
+    print_alerts(o.alerts)
     risky = sorted((p for p in o.profiles if p.get("risk_score", 0) > 0), key=lambda p: -p["risk_score"])
     print(f"Customers with a risk score: {len(risky):,}")
     for p in risky[:8 if detailed else 3]:

@@ -317,3 +317,15 @@ def test_a_setting_the_scripts_index_or_divide_by_must_be_positive(field):
     assert getattr(load_settings(env={f"SHOPSTREAM_{field.upper()}": "2"}), field) == 2
     with pytest.raises(msgspec.ValidationError, match=f"at `\\$.{field}`"):
         load_settings(env={f"SHOPSTREAM_{field.upper()}": "0"})
+
+
+def test_the_summary_counts_alerts_apart_from_the_member_records_that_link_users(capsys):
+    """An IP alert on 15 users is one alert and 15 links (the demo said 16 alerts before)."""
+    from shopstream.engine.report import print_alerts
+    ip = {"rule": "ip_users", "subject_kind": "ip", "subject": "10.0.0.1"}
+    print_alerts([{**ip, "user_id": "", "evidence": {"window_minutes": 10}}]
+                 + [{**ip, "user_id": f"u{i}", "evidence": {"role": "member"}} for i in range(15)]
+                 + [{"rule": "burst", "subject_kind": "user", "subject": "b", "evidence": {}}])
+    out = capsys.readouterr().out
+    assert "Alerts: 2 (and 15 member records" in out
+    assert "ip_users                  1  on 1 ip, 15 users linked" in out
