@@ -10,7 +10,8 @@ Which keys are the user's is read from indexes the apply script keeps (lua/inclu
 never from a SCAN of the keyspace, so erasing one user costs the same with 10 thousand keys or 10
 million, and touches exactly that user's keys whatever the ids contain (``b`` and ``a:b``):
 
-* keys named by the id alone (``user:``, ``profile:``, ``tickets:``, ``fails:``) are deleted by name;
+* keys named by the id alone (``user:``, ``profile:``, ``tickets:``, ``fails:``, ``ucz:``, ``spend:``) are
+  deleted by name;
 * ``ukeys:<id>`` (user's partition) lists the others (alert and risk markers, card windows): deleted;
 * ``usets:<id>`` in every partition lists the subjects' sets (users of a card, of an IP) the user
   joined there: the user is removed from them (16 paged SSCANs).
@@ -31,8 +32,8 @@ from typing import Any, AsyncIterator
 
 import msgspec
 
-from .keys import (ALERTS, CLICKS, FAILS, FIRED, LATE, OPEN, PROFILES, RISK, SESSIONS, STATE, SUPPORT, TICKETS, TOMB,
-                   TX, USER_KEYS, USER_SETS, Keys, Partition)
+from .keys import (ALERTS, CLICKS, FAILS, FIRED, LATE, OPEN, PROFILES, RISK, SESSIONS, SPEND, STATE, SUPPORT, TICKETS,
+                   TOMB, TX, UCARDS, USER_KEYS, USER_SETS, Keys, Partition)
 from .partitioning import partition_of
 from .export import decode_evidence
 from .settings import Settings
@@ -155,7 +156,7 @@ async def _erase_indexed(client: Any, keys: Keys, part: Partition, user_id: str,
         async for page in _members(client, index):
             async with client.pipeline(transaction=False) as pipe:
                 for key in page:
-                    pipe.srem(key, user_id)
+                    pipe.zrem(key, user_id)
                 report["subject_sets"] += sum(await pipe.execute())
         await client.delete(index)
 
@@ -175,7 +176,8 @@ async def erase(client: Any, settings: Settings, user_id: str, request_id: str =
               "alerts_redacted": 0, "subject_sets": 0, "late_entries": 0, "dead_letters": 0,
               "profile_changes": 0}
     report["state_keys"] = await client.delete(part.user(user_id), part.profile(user_id),
-                                               part.key(TICKETS) + user_id, part.key(FAILS) + user_id)
+                                               part.key(TICKETS) + user_id, part.key(FAILS) + user_id,
+                                               part.key(UCARDS) + user_id, part.key(SPEND) + user_id)
     await client.zrem(part.key(OPEN), user_id)
     await _forget_clock_user(client, part, user_id)
     await _erase_indexed(client, keys, part, user_id, report)

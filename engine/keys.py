@@ -39,25 +39,24 @@ TOMB = "tomb:"           # STRING  tomb:<user_id> the user was erased: drop thei
 PROFILE = "profile:"     # HASH    profile:<user_id> the unified customer profile (PX profile_ttl)
 TICKETS = "tickets:"     # HASH    tickets:<user_id> ticket_id -> last status
 FAILS = "fails:"         # ZSET    fails:<user_id> failed transactions in the velocity window
-UCARDS = "ucards:"       # SET     ucards:<window>:<user_id> the first 64 cards used by the user
-UCARDS_MORE = "ucardx:"  # HLL     ucardx:<window>:<user_id> the user's cards beyond those 64
+UCARDS = "ucz:"          # ZSET    ucz:<user_id> the user's cards -> latest time used (the latest 64)
+SPEND = "spend:"         # ZSET    spend:<user_id> "<fingerprint>:<amount>" -> time, completed payments of the
+                         #         account-takeover window (the latest 64)
 UIPS = "uips:"           # SET     uips:<window>:<user_id> the first 64 IPs of the user's payments (forwarded once)
 UIPS_MORE = "uipx:"      # HLL     uipx:<window>:<user_id> the IPs beyond those 64 (not forwarded)
-CARD_USERS = "cardu:"    # SET     cardu:<window>:<card> the first 64 users of a card (card's partition)
-CARD_MORE = "cardx:"     # HLL     cardx:<window>:<card> the users beyond those 64
-IP_USERS = "ipu:"        # SET     ipu:<window>:<ip> the first 64 users behind an IP (IP's partition)
-IP_MORE = "ipx:"         # HLL     ipx:<window>:<ip> the users beyond those 64
+CARD_USERS = "cuz:"      # ZSET    cuz:<card> users of a card -> latest time (the latest 64; card's partition)
+IP_USERS = "ipz:"        # ZSET    ipz:<ip> users behind an IP -> latest time (the latest 64; IP's partition)
 USER_KEYS = "ukeys:"     # SET     ukeys:<user_id> the user's keys not named by the id alone (fired, risk,
                          #         ucards): erase deletes them (user's partition; no SCAN)
-USER_SETS = "usets:"     # SET     usets:<user_id> the subject sets (cardu:, ipu:) holding the user, in
+USER_SETS = "usets:"     # SET     usets:<user_id> the subject ZSETs (cuz:, ipz:) holding the user, in
                          #         this (the subject's) partition: erase removes the user from them
 INPUTS = (CLICKS, TX, SUPPORT, REKEY)   # every input stream of a partition, read by its owner
 # The suffixes the Lua scripts derive per-user / per-window keys with (from the partition prefix):
 # generated into every script as KEY.<name> (engine/scripts.py), typed nowhere else.
 DERIVED = {"user": USER, "count": COUNT, "hll": HLL, "fired": FIRED, "risk": RISK, "tomb": TOMB, "profile": PROFILE,
-           "tickets": TICKETS, "fails": FAILS, "ucards": UCARDS, "ucards_more": UCARDS_MORE, "uips": UIPS,
-           "uips_more": UIPS_MORE, "card_users": CARD_USERS, "card_more": CARD_MORE, "ip_users": IP_USERS,
-           "ip_more": IP_MORE, "user_keys": USER_KEYS, "user_sets": USER_SETS}
+           "tickets": TICKETS, "fails": FAILS, "ucards": UCARDS, "spend": SPEND, "uips": UIPS,
+           "uips_more": UIPS_MORE, "card_users": CARD_USERS, "ip_users": IP_USERS,
+           "user_keys": USER_KEYS, "user_sets": USER_SETS}
 # The partition's own keys a script may be given by name (engine/contract.py): name -> suffix.
 _NAMED = {"prefix": "", **{s: s for s in (CLICKS, TX, SUPPORT, REKEY, OUTBOX, STATE, OPEN, OPEN_MINUTES, SESSIONS,
                                           ALERTS, LATE, MINUTES, LEASE, PROFILES)}}

@@ -12,6 +12,7 @@ see docs/rules.md for what each one means exactly and ops/rules.toml for the def
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import tomllib
@@ -29,92 +30,199 @@ class _Rule(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     enabled: bool = True
 
 
+Points = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class Horizon(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One sliding window of a velocity rule: `count` or more within the last `minutes` scores `points`."""
+    minutes: Minutes
+    count: Annotated[int, msgspec.Meta(ge=1)]
+    points: Points
+
+
 class EventsPerMinute(_Rule):
     threshold: int = 100            # fires when a user's clicks in one UTC minute exceed this (once per minute)
     severity: Severity = "medium"
+    points: Points = 80
 
 
 class Burst(_Rule):
-    threshold: int = 100            # fires when the sliding-60 s estimate exceeds this
+    threshold: int = 100            # fires when the user's clicks in the last 60 s (exact, per second) exceed this
     severity: Severity = "medium"
+    points: Points = 80
+
+
+class ScriptedClicks(_Rule):
+    min_gaps: int = 120             # a session's in-order gaps between clicks before the rule looks ...
+    max_cv: float = 0.2             # ... at their regularity: standard deviation / mean below this (people: ~1)
+    max_mean_s: float = 20.0        # ... and a mean gap under this many seconds
+    severity: Severity = "medium"
+    points: Points = 60
 
 
 class FailedPayments(_Rule):
-    count: int = 3                  # fires on the count-th failed transaction ...
-    window_minutes: Minutes = 10    # ... within any window of this length
+    horizons: tuple[Horizon, ...] = (Horizon(minutes=10, count=3, points=30), Horizon(minutes=60, count=5, points=60),
+                               Horizon(minutes=1440, count=8, points=60))
+    recover_below: int = 5         # a completed payment retracts the signals raised on fewer failures than this
     severity: Severity = "high"
 
 
 class CardTesting(_Rule):
-    cards_per_user: int = 3         # distinct cards of one user, or ...
-    users_per_card: int = 3         # ... distinct users of one card, within one tumbling window
-    window_minutes: Minutes = 60
+    cards_per_user: tuple[Horizon, ...] = (Horizon(minutes=60, count=3, points=60), Horizon(minutes=1440, count=4, points=60))
+    users_per_card: tuple[Horizon, ...] = (Horizon(minutes=1440, count=3, points=60),)
     severity: Severity = "high"
 
 
 class IpUsers(_Rule):
-    threshold: int = 10             # fires when more than this many distinct users use one IP ...
-    window_minutes: Minutes = 10    # ... within one tumbling window
+    horizons: tuple[Horizon, ...] = (Horizon(minutes=60, count=11, points=40), Horizon(minutes=1440, count=30, points=40))
     severity: Severity = "medium"
 
 
 class InhumanSpeed(_Rule):
-    purchase_within_s: int = 10     # a session with a purchase less than this after its first event
-    checkout_without_view: bool = True   # a session with a checkout and no product_view nor add_to_cart
+    purchase_within_s: int = 10     # a purchase less than this after the session's first event ...
+    points: Points = 40
+    checkout_without_view: bool = True   # a checkout before any product_view or add_to_cart of the session
+    no_product_points: Points = 40
     severity: Severity = "medium"
 
 
-class NewCountryPurchase(_Rule):
-    min_amount_minor: int = 50_000  # completed transaction of at least this (minor units: 500.00)
-    new_minutes: int = 30           # from a country first seen for the user less than this ago ...
-    history_minutes: int = 60       # ... while the user was first seen more than this before
+class AccountTakeover(_Rule):
+    """Scored on a completed payment of an account older than history_days: what changed in the
+    last recent_hours (device, country, account details by a support ticket) and the value."""
+    history_days: float = 7.0
+    recent_hours: float = 24.0
+    new_device_points: Points = 15
+    new_country_points: Points = 20
+    account_change_points: Points = 25
+    high_value_points: Points = 25
+    high_value_ratio: float = 3.0   # the last recent_hours' spend against the customer's average order ...
+    min_amount_minor: int = 20_000  # ... and at least this (minor units: 200.00)
+    account_change_categories: tuple[str, ...] = ("password_reset", "email_change", "address_change", "phone_change",
+                                            "account_access", "account_recovery", "login_issue", "2fa_reset",
+                                            "account")
     severity: Severity = "high"
 
 
-class Risk(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    half_life_minutes: Minutes = 60  # an alert's weight halves every half-life (event time)
-    low: float = 10.0
-    medium: float = 25.0
-    high: float = 50.0
+class ImpossibleTravel(_Rule):
+    max_kmh: float = 900.0          # faster than an airliner between two countries' centres ...
+    min_km: float = 1000.0          # ... that are at least this far apart (a centre is not a border)
+    points: Points = 40
+    severity: Severity = "medium"
+
+
+class RefundAbuse(_Rule):
+    count: int = 3                  # refund-type tickets of one customer (profile lifetime) ...
+    ratio: float = 0.5              # ... and at least this many per completed order
+    points: Points = 50
+    categories: tuple[str, ...] = ("refund", "return", "item_not_received", "not_received", "damaged_item",
+                             "chargeback", "wrong_item", "missing_item")
+    severity: Severity = "medium"
+
+
+class NewAccount(_Rule):
+    hours: float = 24.0             # an account first seen less than this ago ...
+    points: Points = 25             # ... adds this once a day when it raises any other signal
+    severity: Severity = "low"
+
+
+class Lists(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Context kept by people: IPv4 ranges (CIDR) known to be shared (carrier NAT, corporate egress:
+    the IP velocity rules ignore them) or blocked, and blocked cards."""
+    shared_ip_ranges: tuple[str, ...] = ()
+    block_ip_ranges: tuple[str, ...] = ()
+    block_cards: tuple[str, ...] = ()
+    block_points: Points = 100
+
+
+class Score(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    half_life_minutes: Minutes = 60  # a signal's points halve every half-life (event time)
+    step_up: float = 30.0            # actions by score: allow below step_up, then step_up, review, block
+    review: float = 50.0
+    block: float = 80.0
+
+
+def _ranges(cidrs: tuple[str, ...]) -> list[list[int]]:
+    """IPv4 CIDRs as [first, last] integer pairs (ValueError names a bad one)."""
+    out = []
+    for text in cidrs:
+        try:
+            net = ipaddress.IPv4Network(text, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"invalid rules: lists: {exc}") from None
+        out.append([int(net.network_address), int(net.broadcast_address)])
+    return out
+
+
+def _horizons(rule: _Rule, horizons: tuple[Horizon, ...]) -> list | bool:
+    min_us = 60_000_000
+    return rule.enabled and bool(horizons) and [[h.minutes * min_us, h.count, h.points] for h in horizons]
 
 
 class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     events_per_minute: EventsPerMinute = EventsPerMinute()
     burst: Burst = Burst()
+    scripted_clicks: ScriptedClicks = ScriptedClicks()
     failed_payments: FailedPayments = FailedPayments()
     card_testing: CardTesting = CardTesting()
     ip_users: IpUsers = IpUsers()
     inhuman_speed: InhumanSpeed = InhumanSpeed()
-    new_country_purchase: NewCountryPurchase = NewCountryPurchase()
-    risk: Risk = Risk()
+    account_takeover: AccountTakeover = AccountTakeover()
+    impossible_travel: ImpossibleTravel = ImpossibleTravel()
+    refund_abuse: RefundAbuse = RefundAbuse()
+    new_account: NewAccount = NewAccount()
+    lists: Lists = Lists()
+    score: Score = Score()
+
+    def __post_init__(self):
+        _ranges(self.lists.shared_ip_ranges + self.lists.block_ip_ranges)
+        if not self.score.step_up <= self.score.review <= self.score.block:
+            raise ValueError("invalid rules: score: step_up <= review <= block")
 
     def to_lua(self) -> bytes:
         """The apply script's rules argument: thresholds in the units the script uses (µs)."""
-        min_us = 60_000_000
+        min_us, hour_us = 60_000_000, 3_600_000_000
+        fp, ct, ip = self.failed_payments, self.card_testing, self.ip_users
+        sp, ato, tr = self.inhuman_speed, self.account_takeover, self.impossible_travel
+        ra, sc, na = self.refund_abuse, self.scripted_clicks, self.new_account
         return msgspec.json.encode({
             "epm": self.events_per_minute.enabled and self.events_per_minute.threshold,
             "epm_sev": self.events_per_minute.severity,
             "burst": self.burst.enabled and self.burst.threshold,
             "burst_sev": self.burst.severity,
-            "fail_n": self.failed_payments.enabled and self.failed_payments.count,
-            "fail_w": self.failed_payments.window_minutes * min_us,
-            "fail_sev": self.failed_payments.severity,
-            "cards_n": self.card_testing.enabled and self.card_testing.cards_per_user,
-            "cardu_n": self.card_testing.enabled and self.card_testing.users_per_card,
-            "card_w": self.card_testing.window_minutes * min_us,
-            "card_sev": self.card_testing.severity,
-            "ip_n": self.ip_users.enabled and self.ip_users.threshold,
-            "ip_w": self.ip_users.window_minutes * min_us,
-            "ip_sev": self.ip_users.severity,
-            "speed_us": self.inhuman_speed.enabled and self.inhuman_speed.purchase_within_s * 1_000_000,
-            "speed_noview": self.inhuman_speed.enabled and self.inhuman_speed.checkout_without_view,
-            "speed_sev": self.inhuman_speed.severity,
-            "ncp_min": self.new_country_purchase.enabled and self.new_country_purchase.min_amount_minor,
-            "ncp_new": self.new_country_purchase.new_minutes * min_us,
-            "ncp_hist": self.new_country_purchase.history_minutes * min_us,
-            "ncp_sev": self.new_country_purchase.severity,
-            "risk_hl": self.risk.half_life_minutes * min_us,
-            "risk_w": {"low": self.risk.low, "medium": self.risk.medium, "high": self.risk.high},
+            "script": sc.enabled and [sc.min_gaps, sc.max_cv, sc.max_mean_s * 1_000_000],
+            "script_sev": sc.severity,
+            "fail_h": _horizons(fp, fp.horizons),
+            "fail_recover": fp.recover_below,
+            "fail_sev": fp.severity,
+            "cards_h": _horizons(ct, ct.cards_per_user),
+            "cardu_h": _horizons(ct, ct.users_per_card),
+            "card_sev": ct.severity,
+            "ip_h": _horizons(ip, ip.horizons),
+            "ip_sev": ip.severity,
+            "speed_us": sp.enabled and sp.purchase_within_s * 1_000_000,
+            "speed_noview": sp.enabled and sp.checkout_without_view,
+            "speed_sev": sp.severity,
+            "ato": ato.enabled and {"hist": int(ato.history_days * 24 * hour_us), "recent": int(ato.recent_hours * hour_us),
+                                    "ratio": ato.high_value_ratio, "min": ato.min_amount_minor,
+                                    "changes": {c: True for c in ato.account_change_categories}},
+            "ato_sev": ato.severity,
+            "travel": tr.enabled and [tr.max_kmh, tr.min_km],
+            "travel_sev": tr.severity,
+            "refund": ra.enabled and [ra.count, ra.ratio],
+            "refund_cats": {c: True for c in ra.categories},
+            "refund_sev": ra.severity,
+            "new_acct": na.enabled and int(na.hours * hour_us),
+            "shared_ips": _ranges(self.lists.shared_ip_ranges),
+            "block_ips": _ranges(self.lists.block_ip_ranges),
+            "block_cards": {c: True for c in self.lists.block_cards},
+            "pts": {"events_per_minute": self.events_per_minute.points, "burst": self.burst.points,
+                    "scripted_clicks": sc.points, "inhuman_speed": sp.points, "no_product": sp.no_product_points,
+                    "new_device": ato.new_device_points, "new_country": ato.new_country_points,
+                    "account_change": ato.account_change_points, "high_value": ato.high_value_points,
+                    "impossible_travel": tr.points, "refund_abuse": ra.points, "new_account": na.points,
+                    "blocklist": self.lists.block_points},
+            "score_hl": self.score.half_life_minutes * min_us,
+            "act": [self.score.step_up, self.score.review, self.score.block],
         })
 
 
@@ -122,7 +230,9 @@ def parse_rules(text: str) -> Rules:
     """Rules from TOML text; raises ValueError with the offending field."""
     try:
         return msgspec.convert(tomllib.loads(text), Rules)
-    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError, ValueError) as exc:
+        if str(exc).startswith("invalid rules"):
+            raise ValueError(str(exc)) from None
         raise ValueError(f"invalid rules: {exc}") from None
 
 

@@ -8,6 +8,7 @@ ignored; unknown ``event_type`` values are processed; a breaking change gets a n
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from hashlib import blake2b
 from typing import Any, NamedTuple
 
 import msgspec
@@ -68,6 +69,38 @@ class Click(NamedTuple):
     device: str
     country: str
     ip: str
+    agent: str = ""           # the device's identity: a short hash of device + user_agent ("" without either)
+    intent: bool = False      # the visit came with purchase intent from elsewhere (context_of)
+
+
+# A click whose entry point says the customer arrived ready to buy: a push / e-mail / SMS deep link,
+# "buy again" from order history, a saved cart or wish list.  The inhuman-speed rule does not apply
+# to such visits (a 7 s Apple Pay checkout after a push is a feature of the app, not a bot).
+INTENT_ENTRIES = frozenset(("push", "email", "sms", "notification", "deeplink", "deep_link", "order_history",
+                            "reorder", "buy_again", "wishlist", "saved_cart", "cart_reminder"))
+INTENT_URL_PARTS = ("/orders", "reorder", "buy-again", "buy_again", "utm_source=push", "utm_medium=push",
+                    "utm_source=email", "utm_medium=email", "/wishlist", "/saved")
+INTENT_TYPES = frozenset(("reorder", "buy_again"))
+
+
+def context_of(event_type: str, page_url: str | None, properties: dict | None) -> bool:
+    """Whether a click says the customer arrived with purchase intent (INTENT_*)."""
+    if event_type in INTENT_TYPES:
+        return True
+    entry = (properties or {}).get("entry_point") or (properties or {}).get("referrer")
+    if isinstance(entry, str) and entry.lower() in INTENT_ENTRIES:
+        return True
+    if page_url:
+        url = page_url.lower()
+        return any(part in url for part in INTENT_URL_PARTS)
+    return False
+
+
+def agent_of(device: str, user_agent: str | None) -> str:
+    """A device's identity for the rules (new device): 8 hex digits of BLAKE2b of device and user agent."""
+    if not user_agent and not device:
+        return ""
+    return blake2b(f"{device}\x00{user_agent or ''}".encode(), digest_size=4).hexdigest()
 
 
 _version_decoder = msgspec.json.Decoder(_Version)
@@ -113,10 +146,13 @@ def parse_click(raw: bytes, now_us: int, max_future_us: int, max_id_bytes: int) 
             f"timestamp {ev.timestamp!r} is more than {max_future_us // 3_600_000_000} h ahead of the wall clock"
             " - at `$.timestamp`")
     event_id = ev.event_id
-    hint = (ev.properties or {}).get("category")
+    props = ev.properties
+    hint = props.get("category") if props else None
+    device = _text(ev.device, "device")
     return Click(user_id, ts_us, ev.event_type, event_id, _text(ev.product_id, "product_id"),
                  hint if isinstance(hint, str) and len(hint) <= MAX_FIELD_LEN else "",
-                 _text(ev.device, "device"), _text(ev.country, "country").upper(), _text(ev.ip, "ip"))
+                 device, _text(ev.country, "country").upper(), _text(ev.ip, "ip"),
+                 agent_of(device, ev.user_agent), context_of(ev.event_type, ev.page_url, props))
 
 
 class Routing(msgspec.Struct):
@@ -182,6 +218,7 @@ class Transaction(NamedTuple):
     card: str
     ip: str
     country: str
+    method: str = ""          # payment_method, lower case (card, apple_pay, paypal, ...)
 
 
 class Ticket(NamedTuple):
@@ -189,6 +226,7 @@ class Ticket(NamedTuple):
     ts_us: int
     ticket_id: str
     open: bool
+    category: str = ""        # lower case (password_reset, refund, ...): the rules read it
 
 
 def _text(value: str | int | None, field: str, required: bool = False) -> str:
@@ -261,14 +299,16 @@ def parse_transaction(raw: bytes, now_us: int, max_future_us: int, max_id_bytes:
     return Transaction(_user(tx.user_id, max_id_bytes), _time(tx.timestamp, "timestamp", now_us, max_future_us),
                        _text(tx.transaction_id, "transaction_id", required=True), status == "completed",
                        minor_units(tx.amount, currency), currency, _text(tx.card_fingerprint, "card_fingerprint"),
-                       _text(tx.ip, "ip"), _text(tx.country, "country").upper())
+                       _text(tx.ip, "ip"), _text(tx.country, "country").upper(),
+                       _text(tx.payment_method, "payment_method").lower())
 
 
 def parse_ticket(raw: bytes, now_us: int, max_future_us: int, max_id_bytes: int) -> Ticket:
     t = _decode_as(_ticket_decoder, raw, "support ticket")
     when, field = (t.updated_at, "updated_at") if t.updated_at is not None else (t.created_at, "created_at")
     return Ticket(_user(t.user_id, max_id_bytes), _time(when, field, now_us, max_future_us),
-                  _text(t.ticket_id, "ticket_id", required=True), t.status.lower() == "open")
+                  _text(t.ticket_id, "ticket_id", required=True), t.status.lower() == "open",
+                  _text(t.category, "category").lower())
 
 
 def parse_product(raw: bytes) -> ProductV1:

@@ -25,9 +25,9 @@
   ARGV  consumer, group, now_us, gap_us, ooo_us, ttl_ms, maxlen, channel, profile_ttl_ms,
         rules (JSON, engine/rules.py), events (JSON array in stream-id order, engine/batch.py),
         quorum (users whose click times move the watermark), limit (users / minutes closed per call):
-          [id, "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip]
-          [id, "t", user_id, ts_us, fingerprint, completed, amount_minor, currency, card, ip, country]
-          [id, "k", user_id, ts_us, ticket_id, open]
+          [id, "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip, agent, intent]
+          [id, "t", user_id, ts_us, fingerprint, completed, amount_minor, currency, card, ip, country, method]
+          [id, "k", user_id, ts_us, ticket_id, open, category]
           [id, "r", [record, ...] ]  (records: lua/includes/rules.lua)
         (fingerprint of the producer's event_id / transaction_id, 0 if none: a retried click is
         acknowledged and counted as a duplicate as long as it is not late, see partition_state.lua;
@@ -153,12 +153,21 @@ local function apply_click(ev, st)
     hit = merged
   end
   if ts < hit.s then hit.s = ts end
-  if ts > hit.l then hit.l = ts end
+  if ts > hit.l then
+    if hit.n > 0 then                     -- an in-order gap (ms), for the scripted-clicks rule
+      local gap_ms = (ts - hit.l) / 1000
+      local g = hit.g or {0, 0, 0}
+      hit.g = {g[1] + 1, g[2] + gap_ms, g[3] + gap_ms * gap_ms}
+    end
+    hit.l = ts
+  end
   hit.n = hit.n + 1
   count_capped(ctx, hit.t, etype, 1, MAX_TYPES)
   if etype == 'purchase' and (not hit.p or ts < hit.p) then hit.p = ts end
   -- what the profile learns from clicks travels with the session (folded in when it closes)
   if device ~= '' then first_capped(ctx, hit.dv, device, ts, MAX_VALUES) end
+  if ev[11] and ev[11] ~= '' then first_capped(ctx, hit.ag, ev[11], ts, MAX_VALUES) end
+  if ev[12] == 1 then hit.i = true end
   if country ~= '' then first_capped(ctx, hit.co, country, ts, MAX_VALUES) end
   if etype == 'product_view' and category ~= '' then count_capped(ctx, hit.c, category, 1, MAX_VALUES) end
 
@@ -171,7 +180,7 @@ local function apply_click(ev, st)
 
   local c = count_minute(ctx, st, m)
   lower_due(ctx, st, m, hit.l)
-  click_rules(ctx, uid, st, m, c, ts, id)
+  click_rules(ctx, uid, st, hit, m, c, ts, id, etype, country)
   if ip ~= '' then click_ip(ctx, uid, st, ip, ts) end
   return nil
 end
@@ -197,9 +206,9 @@ local function apply_tx(ev, st, pr)
   end
   applied = applied + 1
   local tx = {fp = ev[5], completed = ev[6] == 1, amount = ev[7], currency = ev[8], card = ev[9], ip = ev[10],
-              country = ev[11]}
+              country = ev[11], method = ev[12] or ''}
   note_open_sessions(pr, st)          -- first-seen times of the open sessions, for the rules
-  tx_rules(ctx, pr, uid, ts, tx, id)
+  tx_rules(ctx, pr, st, uid, ts, tx, id)
   touch(pr, ts)
   if tx.country ~= '' and admit(pr, 'country', 'country:' .. tx.country) then
     first_time(pr, 'country:' .. tx.country, ts)
@@ -217,11 +226,12 @@ end
 -- most MAX_TICKETS tickets per user are followed).
 local MAX_TICKETS = 256
 local function apply_ticket(ev, pr)
-  local uid, ts, ticket, open = ev[3], ev[4], ev[5], ev[6] == 1
+  local id, uid, ts, ticket, open = ev[1], ev[3], ev[4], ev[5], ev[6] == 1
   applied = applied + 1
   touch(pr, ts)
   local key = ctx.prefix .. KEY.tickets .. uid
   local prev = rcall('HGET', key, ticket)
+  ticket_rules(ctx, pr, uid, ts, ev[7] or '', not prev, id)
   local was_open, prev_ts = false, nil
   if prev then
     was_open = prev:sub(1, 5) == 'open '

@@ -73,17 +73,15 @@ def inhuman_speed(events, within_us: int = 10_000_000) -> list[tuple[str, str]]:
 
 
 def bursts(events_in_order, threshold: int = 100) -> list[tuple[str, str]]:
-    """(minute, user) where, applying events in the given order, some event's estimate
-    count(this minute so far) + count(previous minute so far) x (1 - elapsed part of this minute)
-    exceeds the threshold."""
-    count: Counter = Counter()
+    """(minute, user) where, applying events in the given (event-time) order, more than threshold
+    of the user's events fall in the 60 whole seconds up to the event's second."""
+    seconds: dict = defaultdict(Counter)
     fired = set()
     for user, ts, _ in events_in_order:
-        m = ts // US_PER_MINUTE
-        count[user, m] += 1
-        estimate = count[user, m] + count[user, m - 1] * (1 - (ts - m * US_PER_MINUTE) / US_PER_MINUTE)
-        if estimate > threshold:
-            fired.add((format_us(m * US_PER_MINUTE), user))
+        sec = ts // 1_000_000
+        seconds[user][sec] += 1
+        if sum(c for k, c in seconds[user].items() if sec - 60 < k <= sec) > threshold:
+            fired.add((format_us(ts // US_PER_MINUTE * US_PER_MINUTE), user))
     return sorted(fired)
 
 
@@ -93,6 +91,7 @@ def bursts(events_in_order, threshold: int = 100) -> list[tuple[str, str]]:
 # applied.  The functions below simulate that, one partition at a time, with plain Python.
 
 B_US = 5 * 60 * 1_000_000
+SECONDS_KEPT = B_US // 1_000_000 + 120   # lua/includes/user_state.lua count_second: B + 2 min
 NEG_INF = float("-inf")
 
 
@@ -182,27 +181,32 @@ def rule_alerts(applied_in_order, groups, epm: int = 100, burst: int | None = 10
     """Every click-rule alert as (rule, subject, window_start, count), sorted.
 
     events_per_minute: the (epm + 1)-th applied click of a user in a minute, count epm + 1.
-    burst: in publish order, the first click whose two-bucket estimate exceeds the threshold;
-    count = floor(estimate).  inhuman_speed: per session (groups as streamed_sessions returns
-    them), a purchase less than within_us after the start (count = ms after the start) or a
-    checkout without product_view / add_to_cart (count 0); window = the session start."""
-    import math
-
+    burst: in publish order, the first click of a minute with more than the threshold of the user's
+    clicks in its 60 whole seconds (seconds kept: the SECONDS_KEPT up to the user's latest); count =
+    that number.  inhuman_speed: per session (groups as streamed_sessions returns them), a purchase
+    less than within_us after the start (count = ms after the start) or a checkout without
+    product_view / add_to_cart (count 0); window = the session start.  (The engine decides it on the
+    event and retracts it at the close: compare with the users whose signal stands.)"""
     out = []
     per = Counter((e[0], e[1] // US_PER_MINUTE) for e in applied_in_order)
     out += [("events_per_minute", user, format_us(m * US_PER_MINUTE), epm + 1)
             for (user, m), n in per.items() if n > epm]
     if burst is not None:
-        count: Counter = Counter()
+        top: dict = {}
+        seconds: dict = defaultdict(Counter)
         fired = set()
         for e in applied_in_order:
             user, ts = e[0], e[1]
-            m = ts // US_PER_MINUTE
-            count[user, m] += 1
-            estimate = count[user, m] + count[user, m - 1] * (1 - (ts - m * US_PER_MINUTE) / US_PER_MINUTE)
-            if estimate > burst and (user, m) not in fired:
+            m, sec = ts // US_PER_MINUTE, ts // 1_000_000
+            if sec > top.get(user, sec - 1):
+                top[user] = sec
+                seconds[user] = Counter({k: c for k, c in seconds[user].items() if k > sec - SECONDS_KEPT})
+            if sec > top[user] - SECONDS_KEPT:
+                seconds[user][sec] += 1
+            n = sum(c for k, c in seconds[user].items() if sec - 60 < k <= sec)
+            if n > burst and (user, m) not in fired:
                 fired.add((user, m))
-                out.append(("burst", user, format_us(m * US_PER_MINUTE), math.floor(estimate)))
+                out.append(("burst", user, format_us(m * US_PER_MINUTE), n))
     for user, g in groups:
         types = Counter(t for _, t in g)
         purchases = [ts for ts, t in g if t == "purchase"]

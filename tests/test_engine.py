@@ -198,7 +198,8 @@ async def test_consumer_metrics_are_exported(backend, settings):
     assert 'shopstream_events_total{outcome="dead_letter"} 1.0' in text
     assert 'shopstream_alerts_total{rule="events_per_minute"} 1.0' in text
     assert 'shopstream_alerts_total{rule="burst"} 1.0' in text            # the same 101st event
-    assert "shopstream_detection_latency_seconds_count 2.0" in text
+    assert 'shopstream_alerts_total{rule="decision"} 1.0' in text         # block, on the same event
+    assert "shopstream_detection_latency_seconds_count 3.0" in text
     assert "shopstream_batch_duration_seconds_count" in text
 
 
@@ -254,7 +255,9 @@ async def test_user_state_is_messagepack_and_the_json_of_earlier_versions_is_sti
     assert (profiles["old"]["events"], profiles["old"]["category:shoes"]) == (4, 1)
     state = msgspec.msgpack.decode(await backend.aio.get(keys.partition(partition_of("new", settings.partitions))
                                                            .user("new")))
-    assert state["s"] == [[T0 + 1000, 1000, 2, {"page_view": 2}, -1, [], {"ios": 0}, {"FR": 0}]]
+    (session,) = state["s"]
+    assert session[:8] == [T0 + 1000, 1000, 2, {"page_view": 2}, -1, [], {"ios": 0}, {"FR": 0}]
+    assert session[8]["g"] == [1, 1, 1]               # one in-order gap of 1 ms (scripted-clicks rule)
     assert state["u"] == T0 + 2000 + settings.session_gap_ms * 1000 and state["w"] == [T0, "10.0.0.9"]
     assert state["m"] == [T0 // 60_000_000, 2]              # the user's clicks of the minute (rule 1)
     (session,) = msgspec.msgpack.decode(await backend.aio.get(old.user("old")))["s"]

@@ -240,13 +240,19 @@ def test_replay_reads_each_source_kind(tmp_path):
 def test_rules_defaults_and_validation():
     from shopstream.engine.rules import Rules, parse_rules
     assert parse_rules("") == Rules()
-    assert parse_rules("[ip_users]\nthreshold = 3\n").ip_users.threshold == 3
-    for bad in ("[ip_users]\nthreshold = 'x'\n", "[no_such_rule]\n", "[burst]\nseverity = 'extreme'\n", "= broken",
-                "[ip_users]\nwindow_minutes = 0\n", "[risk]\nhalf_life_minutes = 0\n"):   # time is divided by them
+    three = "[ip_users]\nhorizons = [{minutes = 30, count = 3, points = 10}]\n"
+    assert parse_rules(three).ip_users.horizons[0].count == 3
+    for bad in ("[ip_users]\nhorizons = [{minutes = 30, count = 'x', points = 1}]\n", "[no_such_rule]\n",
+                "[burst]\nseverity = 'extreme'\n", "= broken",
+                "[ip_users]\nhorizons = [{minutes = 0, count = 3, points = 1}]\n",    # time is divided by them
+                "[score]\nhalf_life_minutes = 0\n", "[score]\nreview = 20.0\n",       # review below step_up
+                "[lists]\nshared_ip_ranges = ['10.0.0.0/33']\n", "[burst]\npoints = -1\n"):
         with pytest.raises(ValueError, match="invalid rules"):
             parse_rules(bad)
-    lua = msgspec.json.decode(parse_rules("[burst]\nenabled = false\n").to_lua())
-    assert lua["burst"] is False and lua["epm"] == 100 and lua["fail_w"] == 600_000_000
+    lua = msgspec.json.decode(parse_rules("[burst]\nenabled = false\n[lists]\nshared_ip_ranges = ['10.1.0.0/16']\n")
+                              .to_lua())
+    assert lua["burst"] is False and lua["epm"] == 100 and lua["fail_h"][0] == [600_000_000, 3, 30]
+    assert lua["shared_ips"] == [[0x0A010000, 0x0A01FFFF]] and lua["act"] == [30.0, 50.0, 80.0]
 
 
 def test_the_shipped_rules_file_is_the_defaults():

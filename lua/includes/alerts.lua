@@ -43,7 +43,8 @@ local FAILS = 64
 local function extend_ctx(ctx, keys, now, channel, rules_json, ooo)
   ctx.now, ctx.channel, ctx.outbox = now, channel, keys.outbox
   ctx.rules = cjson.decode(rules_json)
-  ctx.ip_ttl = ctx.rules.ip_n and math.floor((ctx.rules.ip_w + ctx.gap + ooo) / 1000)   -- IP keys: past every non-late event
+  ctx.ooo = ooo
+  ctx.ip_ttl = math.floor((10 * US_PER_MIN + ctx.gap + ooo) / 1000)   -- a user's payment IPs of a period
   ctx.profiles, ctx.out, ctx.alerted, ctx.fired = {}, {}, {}, {}
   ctx.check_tombs = false
   ctx.on_close = nil
@@ -99,53 +100,32 @@ local function flush_outbox(ctx)
   return {pack_OutboxEntry({entry_id = rcall('XADD', ctx.outbox, '*', 'e', records), records = records})}
 end
 
--- Risk: sum of alert weights decayed by 2^(-age / half-life), in event time, kept as of risk_at
--- (the latest alert time): order-independent, one number per user.
-local function add_risk(ctx, pr, severity, ts, rule)
-  local R = ctx.rules
-  local w = R.risk_w[severity] or 0
-  local at = ptime(pr, 'risk_at')
-  local score = tonumber(pr.f.risk_score) or 0
-  if not at then
-    score, at = w, ts
-  elseif ts >= at then
-    score, at = score * 2 ^ (-(ts - at) / R.risk_hl) + w, ts
-  else
-    score = score + w * 2 ^ (-(at - ts) / R.risk_hl)
-  end
-  pset(pr, 'risk_score', string.format('%.2f', score))
-  set_ptime(pr, 'risk_at', at)
-  pset(pr, 'last_alert', rule .. ' ' .. fmt(ts))
+-- Write record a = {rule, sev, kind, subject, uid, window, count, threshold, entry} with evidence
+-- (a table) to the alerts stream and publish it.
+local function emit_record(ctx, a, evidence)
+  local text = cjson.encode(evidence)
+  rcall('XADD', ctx.alerts, 'MAXLEN', '~', ctx.maxlen, '*', 'rule', a.rule, 'severity', a.sev,
+    'subject_kind', a.kind, 'subject', a.subject, 'user_id', a.uid, 'window_start', fmt(a.window),
+    'count', a.count, 'threshold', a.threshold, 'detected_at', fmt(ctx.now), 'entry_id', a.entry,
+    'evidence', text)
+  rcall('PUBLISH', ctx.channel, cjson.encode({rule = a.rule, severity = a.sev, subject_kind = a.kind,
+    subject = a.subject, user_id = a.uid, window_start_ms = math.floor(a.window / 1000), count = a.count,
+    threshold = a.threshold, detected_at_ms = math.floor(ctx.now / 1000), entry_id = a.entry,
+    evidence = evidence}))
+  ctx.alerted[#ctx.alerted + 1] = pack_AlertRef({entry_id = a.entry, rule = a.rule, subject = a.subject,
+                                                 window_start_us = a.window})
 end
 
 -- Emit alert a = {rule, sev, kind, subject, uid, window, count, threshold, entry, evidence}.
 -- Returns false when this rule, window and subject has alerted already.
 local function emit(ctx, a)
-  local marker = ctx.prefix .. KEY.fired .. a.rule .. ':' .. fmt(a.window) .. ':' .. a.kind .. ':' .. a.subject
+  local marker = ctx.prefix .. KEY.fired .. a.rule .. (a.mark and '/' .. fmt(a.mark) or '') .. ':' .. fmt(a.window)
+    .. ':' .. a.kind .. ':' .. a.subject
   if ctx.fired[marker] ~= nil then return false end
   local fresh = rcall('SET', marker, 1, 'NX', 'PX', ctx.ttl) and true or false
   ctx.fired[marker] = false
   if not fresh then return false end
   if a.kind == 'user' then owns(ctx, a.subject, marker, tonumber(ctx.ttl)) end
-  local evidence = cjson.encode(a.evidence or {})
-  rcall('XADD', ctx.alerts, 'MAXLEN', '~', ctx.maxlen, '*', 'rule', a.rule, 'severity', a.sev,
-    'subject_kind', a.kind, 'subject', a.subject, 'user_id', a.uid, 'window_start', fmt(a.window),
-    'count', a.count, 'threshold', a.threshold, 'detected_at', fmt(ctx.now), 'entry_id', a.entry,
-    'evidence', evidence)
-  rcall('PUBLISH', ctx.channel, cjson.encode({rule = a.rule, severity = a.sev, subject_kind = a.kind,
-    subject = a.subject, user_id = a.uid, window_start_ms = math.floor(a.window / 1000), count = a.count,
-    threshold = a.threshold, detected_at_ms = math.floor(ctx.now / 1000), entry_id = a.entry,
-    evidence = cjson.decode(evidence)}))
-  ctx.alerted[#ctx.alerted + 1] = pack_AlertRef({entry_id = a.entry, rule = a.rule, subject = a.subject,
-                                                 window_start_us = a.window})
+  emit_record(ctx, a, a.evidence or {})
   return true
-end
-
--- An alert on the user a.uid; pr = the user's profile (nil: loaded here, for the risk score).
-local function user_alert(ctx, pr, a, ts)
-  a.kind, a.subject = 'user', a.uid
-  if emit(ctx, a) then
-    pr = pr or load_profile(ctx, a.uid)
-    if pr then add_risk(ctx, pr, a.sev, ts, a.rule) end
-  end
 end

@@ -7,6 +7,7 @@
     events                      click events of the closed sessions
     sessions                    sessions closed
     device:<name>               first time a device was seen (clicks; at most PROFILE_VALUES devices)
+    agent:<hash>                first time a device identity (device + user agent) was seen (same cap)
     country:<CC>                first time a country was seen (clicks, transactions; at most PROFILE_VALUES)
     category:<name>             product views per catalog category (closed sessions; at most
                                 PROFILE_VALUES categories, the others under category:(other))
@@ -14,8 +15,13 @@
     orders, spend_minor, currency   completed transactions and their sum (minor units)
     failed_payments             failed transactions
     tickets, open_tickets       support tickets seen / open now (from <prefix>tickets:<user_id>)
-    last_alert                  "<rule> <event time of the alert>"
-    risk_score, risk_at         decayed sum of alert weights as of risk_at (see rules.lua)
+    last_alert                  "<signal code> <event time of the signal>"
+    risk_score, risk_at         decayed sum of signal points as of risk_at (score.lua)
+    action, reasons             the latest decision's action; the latest signals "code=points@time,..."
+    changed_at                  latest account-change ticket (password reset, e-mail / address change)
+    refund_tickets              refund-type tickets seen
+    loc                         "<country> <time>" of the latest closed session or payment (travel)
+    ato                         "<day> <points>": the account-takeover points raised that day
     recent_tx                   fingerprints of the last RECENT_IDS transaction ids (producer retries)
   What clicks teach the profile travels with the open session (partition_state.lua) and is folded
   in once, when the session closes (fold_session): one profile write per session instead of one
@@ -44,7 +50,7 @@ local PROFILE_VALUES = 64     -- distinct devices, countries, categories kept pe
 -- A profile of stored fields f (field -> text), nothing changed yet; kinds: distinct values stored
 -- per kind of capped field (device, country, category).
 local function new_profile(f)
-  local kinds = {device = 0, country = 0, category = 0}
+  local kinds = {device = 0, country = 0, category = 0, agent = 0}
   for field in pairs(f) do
     local kind = field:match('^(%a+):')
     if kinds[kind] then kinds[kind] = kinds[kind] + 1 end
@@ -176,6 +182,10 @@ local function note_session_times(pr, se)
   for c, t in pairs(se.co) do
     local field = 'country:' .. c
     if admit(pr, 'country', field) then first_time(pr, field, t) end
+  end
+  for a, t in pairs(se.ag or {}) do
+    local field = 'agent:' .. a
+    if admit(pr, 'agent', field) then first_time(pr, field, t) end
   end
 end
 

@@ -1,38 +1,157 @@
 --[[ rules: the fraud rules, evaluated inside the apply script together with the state they read.
-  Included after partition_state, user_state, profile and alerts (emit, forward, the caps).
-  ctx.rules = the decoded rules argument (engine/rules.py Rules.to_lua; a threshold of false
-  disables its rule).  docs/rules.md says what
-  each rule means; the functions below are called by apply_batch.lua / advance_watermark.lua.
-  How alerts are emitted, rekeyed to a subject's partition, capped and indexed for erasure:
-  alerts.lua.
+  Included after partition_state, user_state, profile, alerts (emit, forward, the caps), score
+  (signals, decisions, retractions) and geo.  ctx.rules = the decoded rules argument
+  (engine/rules.py Rules.to_lua; false disables a rule).  docs/rules.md says what each rule
+  means and why; the functions below are called by apply_batch.lua / advance_watermark.lua.
+  Every rule decides on the event that triggers it; a rule that later data can refute (inhuman
+  speed, honest declines) retracts its signal when that data arrives (score.lua retract).
+  Velocity over several horizons: a ZSET member -> the latest time it was seen (the latest EXACT
+  members), counted with ZCOUNT over (t - horizon, +inf): exact sliding windows, bounded in memory.
 ]]
--- Clicks: events_per_minute (the brief's rule) and burst (sliding 60 s, two-bucket estimate:
--- this minute's count + the previous minute's count x the part of it still inside the window).
-local function click_rules(ctx, uid, st, m, c, ts, entry)
-  local R = ctx.rules
-  if R.epm and c > R.epm then          -- not == epm + 1: a threshold lowered mid-minute (emit dedups)
-    user_alert(ctx, nil, {rule = 'events_per_minute', sev = R.epm_sev, uid = uid, window = m * US_PER_MIN,
-      count = c, threshold = R.epm, entry = entry}, ts)
+--@include score
+--@include geo
+local HOUR_US = 3600000000
+local DAY_US = 24 * HOUR_US
+local FWD_US = 10 * US_PER_MIN        -- a user's IP / card is forwarded to its subject at most once per period
+local WALLETS = {apple_pay = true, google_pay = true, paypal = true, shop_pay = true, amazon_pay = true,
+                 samsung_pay = true, wallet = true}
+
+local function longest(horizons)
+  local h = 0
+  for _, x in ipairs(horizons) do if x[1] > h then h = x[1] end end
+  return h
+end
+
+-- member seen at ts in velocity ZSET key (kept: the latest EXACT members of the last `keep` µs).
+-- Returns the member's previous latest time (nil: new) and whether the key is at its cap (a new
+-- member pushed an older one out: more than EXACT distinct members lately).
+local function track(key, member, ts, keep, ttl_ms)
+  local prev = tonumber(rcall('ZSCORE', key, member))
+  if not prev or ts > prev then rcall('ZADD', key, ts, member) end
+  local capped = false
+  if not prev then
+    rcall('ZREMRANGEBYSCORE', key, '-inf', '(' .. fmt(ts - keep))
+    capped = rcall('ZREMRANGEBYRANK', key, 0, -(EXACT + 1)) > 0
   end
-  if R.burst then
-    local prev = st.minutes[m - 1] or 0
-    local est = c + prev * (1 - (ts - m * US_PER_MIN) / US_PER_MIN)
-    if est > R.burst then
-      user_alert(ctx, nil, {rule = 'burst', sev = R.burst_sev, uid = uid, window = m * US_PER_MIN,
-        count = math.floor(est), threshold = R.burst, entry = entry,
-        evidence = {window_end_ms = ms(ts), this_minute = c, previous_minute = prev}}, ts)
+  rcall('PEXPIRE', key, ttl_ms)
+  return prev, capped
+end
+
+-- IPv4 text -> number (nil: not IPv4), and whether it is in one of ranges {{first, last}, ...}.
+local function in_ranges(ip, ranges)
+  if #ranges == 0 then return false end
+  local a, b, c, d = ip:match('^(%d+)%.(%d+)%.(%d+)%.(%d+)$')
+  if not a then return false end
+  local n = ((tonumber(a) * 256 + tonumber(b)) * 256 + tonumber(c)) * 256 + tonumber(d)
+  for _, r in ipairs(ranges) do
+    if n >= r[1] and n <= r[2] then return true end
+  end
+  return false
+end
+
+-- Impossible travel: country at ts against the user's latest known place (st.loc, then the
+-- profile's loc).  Fires when the two centres are min_km or more apart and the speed needed is
+-- above max_kmh.
+local function travel(ctx, pr, st, uid, country, ts, entry)
+  local R = ctx.rules
+  if country == '' then return end
+  local last = st and st.loc
+  if not last and pr and pr.f.loc then
+    local c, t = pr.f.loc:match('^(%S+) (%d+)$')
+    if c then last = {c, tonumber(t)} end
+  end
+  if R.travel and last and last[1] ~= country then
+    local km = country_km(last[1], country)
+    if km and km >= R.travel[2] then
+      local hours = math.max(math.abs(ts - last[2]) / HOUR_US, 1 / 60)
+      if km / hours > R.travel[1] then
+        user_alert(ctx, pr, {rule = 'impossible_travel', sev = R.travel_sev, uid = uid,
+          window = math.floor(ts / HOUR_US) * HOUR_US, count = math.floor(km / hours), threshold = R.travel[1],
+          entry = entry, evidence = {from = last[1], to = country, km = math.floor(km),
+                                     minutes = math.floor(math.abs(ts - last[2]) / US_PER_MIN)}},
+          ts, R.pts.impossible_travel)
+      end
+    end
+  end
+  if st and (not st.loc or ts >= st.loc[2]) then st.loc = {country, ts} end
+  if pr and not st then pset(pr, 'loc', country .. ' ' .. fmt(ts)) end
+end
+
+-- Inhuman speed, on the purchase / checkout click that shows it: a purchase less than speed_us
+-- after the session's first event, a checkout before any product interaction; not for a visit that
+-- came with purchase intent (a deep link, buy again: schema.py context_of).  The session remembers
+-- the signal's time (se.fl) so that its close, or an express-wallet payment, can take it back.
+local function speed_points(R, se)
+  if se.i then return 0 end
+  local pts = 0
+  if R.speed_us and se.p and se.p - se.s < R.speed_us then pts = pts + R.pts.inhuman_speed end
+  if R.speed_noview and (se.t.checkout or 0) > 0 and (se.t.product_view or 0) + (se.t.add_to_cart or 0) == 0 then
+    pts = pts + R.pts.no_product
+  end
+  return pts
+end
+
+local function speed_rule(ctx, uid, se, ts, entry)
+  local R = ctx.rules
+  if se.fl or not (R.speed_us or R.speed_noview) then return end
+  local pts = speed_points(R, se)
+  if pts > 0 then
+    local fast = se.p and se.p - se.s or 0
+    if user_alert(ctx, nil, {rule = 'inhuman_speed', sev = R.speed_sev, uid = uid, window = se.s,
+        count = math.floor(fast / 1000), threshold = math.floor((R.speed_us or 0) / 1000), entry = entry,
+        evidence = {purchase_after_ms = se.p and math.floor(fast / 1000) or nil, session_start_ms = ms(se.s),
+                    product_views = se.t.product_view or 0, checkouts = se.t.checkout or 0}}, ts, pts) then
+      se.fl = ts
     end
   end
 end
 
--- The IP rule hears of a user once per (window, IP): on the user's first click of the window
--- from that IP (remembered in the user's state as st.fwd; the rule counts users, not clicks).
--- st.fwd = {latest window, its last IP[, IPs forwarded since that window began, when more than 1]}: a user hopping
--- over more than EXACT IPs (in that window or, out of order, older ones) is not forwarded further.
-local function click_ip(ctx, uid, st, ip, ts)
+-- Scripted clicks: a session whose gaps between clicks (in order) are machine-regular.
+local function scripted_rule(ctx, uid, se, ts, entry)
   local R = ctx.rules
-  if not R.ip_n then return end
-  local w = math.floor(ts / R.ip_w) * R.ip_w     -- the window's start (stays right if the window changes)
+  local g = se.g
+  if not R.script or se.z or not g or g[1] < R.script[1] then return end
+  local mean = g[2] / g[1]
+  if mean <= 0 or mean * 1000 > R.script[3] then return end
+  local cv = math.sqrt(math.max(0, g[3] / g[1] - mean * mean)) / mean
+  if cv < R.script[2] then
+    se.z = true
+    user_alert(ctx, nil, {rule = 'scripted_clicks', sev = R.script_sev, uid = uid, window = se.s,
+      count = g[1], threshold = R.script[1], entry = entry,
+      evidence = {mean_gap_ms = math.floor(mean), cv = math.floor(cv * 1000) / 1000, clicks = se.n}},
+      ts, R.pts.scripted_clicks)
+  end
+end
+
+-- The click rules, on every applied click (after it joined session se).  c = the user's clicks of
+-- minute m so far.
+local function click_rules(ctx, uid, st, se, m, c, ts, entry, etype, country)
+  local R = ctx.rules
+  if R.epm and c > R.epm then          -- not == epm + 1: a threshold lowered mid-minute (emit dedups)
+    user_alert(ctx, nil, {rule = 'events_per_minute', sev = R.epm_sev, uid = uid, window = m * US_PER_MIN,
+      count = c, threshold = R.epm, entry = entry}, ts, R.pts.events_per_minute)
+  end
+  -- the exact count only when the two minutes together could be over it
+  local n = count_second(ctx, st, ts, R.burst and c + (st.minutes[m - 1] or 0) > R.burst)
+  if n and n > R.burst then
+    user_alert(ctx, nil, {rule = 'burst', sev = R.burst_sev, uid = uid, window = m * US_PER_MIN,
+      count = n, threshold = R.burst, entry = entry,
+      evidence = {window_end_ms = ms(ts), clicks_last_60s = n}}, ts, R.pts.burst)
+  end
+  if etype == 'purchase' or etype == 'checkout' then speed_rule(ctx, uid, se, ts, entry) end
+  scripted_rule(ctx, uid, se, ts, entry)
+  if country ~= '' and (not st.loc or st.loc[1] ~= country or ts > st.loc[2]) then
+    travel(ctx, nil, st, uid, country, ts, entry)
+  end
+end
+
+-- The IP rule hears of a user once per (FWD_US period, IP): on the user's first click of the period
+-- from that IP (remembered in the user's state as st.fwd; the rule counts users, not clicks).
+-- st.fwd = {latest period, its last IP[, IPs forwarded since that period began, when more than 1]}: a
+-- user hopping over more than EXACT IPs (in that period or, out of order, older ones) is not forwarded further.
+local function click_ip(ctx, uid, st, ip, ts)
+  if not ctx.rules.ip_h then return end
+  local w = math.floor(ts / FWD_US) * FWD_US
   local last = st.fwd
   if last and last[1] == w and last[2] == ip then return end
   if last and w <= last[1] then
@@ -46,81 +165,170 @@ local function click_ip(ctx, uid, st, ip, ts)
 end
 
 -- A session closes (exact: every event of the session is in): its click fields go into the
--- profile (an unreadable profile key is left as it is), then the session rule inhuman_speed.
+-- profile (an unreadable profile key is left as it is); an inhuman-speed signal the whole session
+-- refutes (an earlier first click, a product view, an intent entry that arrived out of order) is
+-- retracted.
 local function session_rules(ctx, uid, se)
-  local R = ctx.rules
   local pr = load_profile(ctx, uid)
-  if pr then
-    pincr(pr, 'sessions', 1)
-    fold_session(pr, se)
+  if not pr then return end
+  pincr(pr, 'sessions', 1)
+  fold_session(pr, se)
+  local last, lt = nil, nil
+  for c, t in pairs(se.co) do if not lt or t > lt then last, lt = c, t end end
+  if last then
+    local stored = pr.f.loc and tonumber(pr.f.loc:match(' (%d+)$'))
+    if not stored or se.l >= stored then pset(pr, 'loc', last .. ' ' .. fmt(se.l)) end
   end
-  local views, carts = se.t.product_view or 0, se.t.add_to_cart or 0
-  if R.speed_us and se.p and se.p - se.s < R.speed_us then
-    user_alert(ctx, pr, {rule = 'inhuman_speed', sev = R.speed_sev, uid = uid, window = se.s,
-      count = math.floor((se.p - se.s) / 1000), threshold = math.floor(R.speed_us / 1000), entry = '',
-      evidence = {reason = 'purchase_after_ms', session_start_ms = ms(se.s), events = se.n,
-                  product_views = views}}, se.l)
-  elseif R.speed_noview and (se.t.checkout or 0) > 0 and views + carts == 0 then
-    user_alert(ctx, pr, {rule = 'inhuman_speed', sev = R.speed_sev, uid = uid, window = se.s,
-      count = 0, threshold = 1, entry = '',
-      evidence = {reason = 'checkout_without_product', session_start_ms = ms(se.s), events = se.n,
-                  checkouts = se.t.checkout}}, se.l)
+  if se.fl and speed_points(ctx.rules, se) == 0 then retract(ctx, pr, uid, 'inhuman_speed', se.s, se.l, se.l, '') end
+end
+
+-- The largest number of times (sorted) inside one window of length w that contains t.
+local function densest(times, t, w)
+  local best, j = 0, 1
+  for i = 1, #times do
+    if times[i] > t then break end
+    if t - times[i] <= w then
+      while j <= #times and times[j] - times[i] <= w do j = j + 1 end
+      if times[j - 1] >= t and j - i > best then best = j - i end
+    end
+  end
+  return best
+end
+
+-- Failed payments over several horizons: the largest group of the user's failures inside some
+-- window of the horizon's length that contains the new one (exact and order-independent: the
+-- failures in a ZSET, the latest FAILS kept).  Signals raised on fewer than fail_recover failures
+-- are 'declines' (a completed payment within the hour retracts them: honest declines); more are
+-- 'failed_payments'.
+local function declines(ctx, pr, uid, ts, tx, entry)
+  local R = ctx.rules
+  local key, keep = ctx.prefix .. KEY.fails .. uid, longest(R.fail_h)
+  rcall('ZADD', key, ts, tx.fp)
+  rcall('ZREMRANGEBYSCORE', key, '-inf', '(' .. fmt(ts - 2 * keep))
+  rcall('ZREMRANGEBYRANK', key, 0, -(FAILS + 1))   -- the latest failures only
+  rcall('PEXPIRE', key, math.floor(2 * keep / 1000) + 1)
+  local near = rcall('ZRANGEBYSCORE', key, fmt(ts - keep), fmt(ts + keep), 'WITHSCORES')
+  local times = {}
+  for i = 2, #near, 2 do times[#times + 1] = tonumber(near[i]) end
+  for _, h in ipairs(R.fail_h) do
+    local n = densest(times, ts, h[1])
+    if n >= h[2] then
+      user_alert(ctx, pr, {rule = 'failed_payments', sev = R.fail_sev, uid = uid,
+        window = math.floor(ts / h[1]) * h[1], mark = h[1], count = n, threshold = h[2], entry = entry,
+        evidence = {window_minutes = h[1] / US_PER_MIN}}, ts, h[3],
+        n < R.fail_recover and 'declines' or 'failed_payments')
+    end
   end
 end
 
--- Transactions of the user (before the transaction updates the profile).
-local function tx_rules(ctx, pr, uid, ts, tx, entry)
+-- Distinct cards of the user over several horizons; a card is forwarded to its partition (users
+-- per card) when new to the user or not forwarded for FWD_US.
+local function cards(ctx, pr, uid, ts, tx, entry)
   local R = ctx.rules
-  if tx.completed and R.ncp_min and tx.amount >= R.ncp_min and tx.country ~= '' then
-    local first = first_of(pr, 'first_seen')
-    local since = first_of(pr, 'country:' .. tx.country)
-    if first and ts - first > R.ncp_hist and (not since or ts - since < R.ncp_new) then
-      user_alert(ctx, pr, {rule = 'new_country_purchase', sev = R.ncp_sev, uid = uid, window = since or ts,
-        count = tx.amount, threshold = R.ncp_min, entry = entry,
-        evidence = {country = tx.country, amount_minor = tx.amount, currency = tx.currency,
-                    country_first_seen_ms = ms(since or ts), customer_since_ms = ms(first)}}, ts)
+  local key = ctx.prefix .. KEY.ucards .. uid
+  local keep = math.max(R.cards_h and longest(R.cards_h) or 0, DAY_US)
+  local prev, capped = track(key, tx.card, ts, keep, math.floor((keep + ctx.gap) / 1000))
+  for _, h in ipairs(R.cards_h or {}) do
+    local n = rcall('ZCOUNT', key, fmt(ts - h[1]), '+inf')
+    if n >= h[2] then
+      local seen = rcall('ZRANGEBYSCORE', key, fmt(ts - h[1]), '+inf')
+      table.sort(seen)
+      user_alert(ctx, pr, {rule = 'card_testing', sev = R.card_sev, uid = uid, window = math.floor(ts / h[1]) * h[1],
+        mark = h[1], count = n, threshold = h[2], entry = entry,
+        evidence = {cards = seen, window_minutes = h[1] / US_PER_MIN}}, ts, h[3])
     end
   end
-  if not tx.completed and R.fail_n then
-    local key, w = ctx.prefix .. KEY.fails .. uid, R.fail_w
-    rcall('ZADD', key, ts, tx.fp)
-    rcall('ZREMRANGEBYSCORE', key, '-inf', '(' .. fmt(ts - 2 * w))
-    rcall('ZREMRANGEBYRANK', key, 0, -(math.max(R.fail_n, FAILS) + 1))   -- the latest failures only
-    rcall('PEXPIRE', key, math.floor(2 * w / 1000) + 1)
-    -- the largest group of failures inside some window of length w that contains this one
-    local near = rcall('ZRANGEBYSCORE', key, fmt(ts - w), fmt(ts + w), 'WITHSCORES')
-    local times = {}
-    for i = 2, #near, 2 do times[#times + 1] = tonumber(near[i]) end
-    local best, best_start, j = 0, ts, 1
-    for i = 1, #times do
-      if times[i] > ts then break end
-      while j <= #times and times[j] - times[i] <= w do j = j + 1 end
-      if times[j - 1] >= ts and j - i > best then best, best_start = j - i, times[i] end
+  -- (beyond EXACT cards lately the user has alerted as a card tester: no more forwarding)
+  if R.cardu_h and not capped and (not prev or ts - prev >= FWD_US) then forward(ctx, {'card', tx.card, uid, fmt(ts)}) end
+end
+
+-- Account takeover, on a completed payment of an account with history: what changed lately (a new
+-- device, a new country, account details by a support ticket) and how much was spent lately
+-- against the customer's average order.  No change, no signal (a big order alone is a good
+-- customer); its points are the sum of what is there, raised at most once a day (a later order
+-- that adds to them raises the difference).
+local function takeover(ctx, pr, st, uid, ts, tx, entry)
+  local R = ctx.rules
+  local A = R.ato
+  local first = first_of(pr, 'first_seen')
+  if not first or ts - first < A.hist then return end
+  local since = ts - A.recent
+  local function fresh(kind)            -- a value of kind first seen lately, while an older one exists
+    local new, old = nil, false
+    local seen = {}
+    for field in pairs(pr.f) do seen[field] = true end
+    for field in pairs(pr.first) do seen[field] = true end
+    for field in pairs(seen) do
+      if field:sub(1, #kind + 1) == kind .. ':' then
+        local t = first_of(pr, field)
+        if t and t > since and t <= ts then new = field:sub(#kind + 2) elseif t and t <= since then old = true end
+      end
     end
-    if best >= R.fail_n then
-      user_alert(ctx, pr, {rule = 'failed_payments', sev = R.fail_sev, uid = uid,
-        window = math.floor(ts / w) * w, count = best, threshold = R.fail_n, entry = entry,
-        evidence = {first_failure_ms = ms(best_start), window_minutes = w / US_PER_MIN}}, ts)
-    end
+    return old and new or nil
   end
-  if tx.card ~= '' and (R.cards_n or R.cardu_n) then
-    -- the user's distinct cards of the window (both rules): a card is forwarded to its partition
-    -- once, and only the user's first EXACT cards (more: the user's own alert has fired)
-    local w = R.card_w
-    local wk = math.floor(ts / w) * w
-    local key, more = ctx.prefix .. KEY.ucards .. fmt(wk) .. ':' .. uid, ctx.prefix .. KEY.ucards_more .. fmt(wk) .. ':' .. uid
-    local ttl = math.floor((w + ctx.gap) / 1000)
-    local n, exact = count_distinct(key, more, tx.card, ttl)
-    if n and (n == 1 or not exact) then owns(ctx, uid, exact and key or more, ttl) end   -- created (SADD: idempotent)
-    if n and R.cards_n and n >= R.cards_n then
-      user_alert(ctx, pr, {rule = 'card_testing', sev = R.card_sev, uid = uid, window = wk, count = n,
-        threshold = R.cards_n, entry = entry, evidence = {cards = sorted_members(key)}}, ts)
-    end
-    if exact and R.cardu_n then forward(ctx, {'card', tx.card, uid, fmt(ts)}) end
+  local device, country = fresh('agent'), fresh('country')
+  local changed = ptime(pr, 'changed_at')
+  changed = changed and changed > since and changed <= ts
+  if not (device or country or changed) then return end
+  -- spend of the last `recent` (this payment included) against the average order before it
+  local key = ctx.prefix .. KEY.spend .. uid
+  rcall('ZADD', key, ts, fmt(tx.fp) .. ':' .. tx.amount)
+  rcall('ZREMRANGEBYSCORE', key, '-inf', '(' .. fmt(since))
+  rcall('ZREMRANGEBYRANK', key, 0, -(EXACT + 1))
+  rcall('PEXPIRE', key, math.floor(A.recent / 1000) + 1)
+  local spent = 0
+  for _, member in ipairs(rcall('ZRANGEBYSCORE', key, fmt(since), fmt(ts))) do
+    spent = spent + (tonumber(member:match(':(%d+)$')) or 0)
   end
-  if tx.ip ~= '' and R.ip_n then
-    -- the same for the user's IPs in payments: each forwarded once a window, the first EXACT only
-    local wk = fmt(math.floor(ts / R.ip_w) * R.ip_w)
+  local orders = tonumber(pr.f.orders) or 0
+  local average = orders > 0 and (tonumber(pr.f.spend_minor) or 0) / orders or A.min
+  local high = spent >= A.min and spent >= A.ratio * average
+  local P = R.pts
+  local pts = (device and P.new_device or 0) + (country and P.new_country or 0) + (changed and P.account_change or 0)
+    + (high and P.high_value or 0)
+  local day = math.floor(ts / DAY_US)
+  local d, before = (pr.f.ato or ''):match('^(%d+) (%S+)$')
+  before = tonumber(d) == day and tonumber(before) or 0
+  if pts <= before then return end
+  pset(pr, 'ato', day .. ' ' .. pts)
+  user_alert(ctx, pr, {rule = 'account_takeover', sev = R.ato_sev, uid = uid, window = day * DAY_US, mark = pts,
+    count = math.floor(spent), threshold = math.floor(A.ratio * average), entry = entry,
+    evidence = {new_device = device and true or false, new_country = country or false, account_change = changed,
+                high_value = high, spent_minor = spent, average_order_minor = math.floor(average), points = pts}},
+    ts, pts - before)
+end
+
+-- Transactions of the user (before the transaction updates the profile).
+local function tx_rules(ctx, pr, st, uid, ts, tx, entry)
+  local R = ctx.rules
+  if (tx.card ~= '' and R.block_cards[tx.card]) or (tx.ip ~= '' and in_ranges(tx.ip, R.block_ips)) then
+    user_alert(ctx, pr, {rule = 'blocklist', sev = 'high', uid = uid, window = math.floor(ts / DAY_US) * DAY_US,
+      count = 1, threshold = 1, entry = entry, evidence = {card = tx.card, ip = tx.ip}}, ts, R.pts.blocklist)
+  end
+  if tx.completed then
+    if R.ato then
+      takeover(ctx, pr, st, uid, ts, tx, entry)
+      local last = tonumber((pr.f.last_order or ''):match('^(%d+)'))
+      if not last or ts >= last then pset(pr, 'last_order', fmt(ts) .. ' ' .. fmt(tx.fp) .. ' ' .. tx.amount) end
+    end
+    retract(ctx, pr, uid, 'declines', ts - HOUR_US, ts, ts, entry)      -- it was an honest customer
+    if WALLETS[tx.method] and st then                                   -- an express checkout
+      for _, se in ipairs(st.sessions) do
+        if se.fl and math.abs(se.fl - ts) < 10 * US_PER_MIN then
+          retract(ctx, pr, uid, 'inhuman_speed', se.s, se.l, ts, entry)
+          se.i = true
+          st.clean = false
+        end
+      end
+    end
+  elseif R.fail_h then
+    declines(ctx, pr, uid, ts, tx, entry)
+  end
+  if tx.card ~= '' and (R.cards_h or R.cardu_h) then cards(ctx, pr, uid, ts, tx, entry) end
+  if tx.country ~= '' then travel(ctx, pr, st, uid, tx.country, ts, entry) end
+  if tx.ip ~= '' and R.ip_h then
+    -- the same for the user's IPs in payments: each forwarded once a period, the first EXACT only
+    local wk = fmt(math.floor(ts / FWD_US) * FWD_US)
     local key, more = ctx.prefix .. KEY.uips .. wk .. ':' .. uid, ctx.prefix .. KEY.uips_more .. wk .. ':' .. uid
     local n, exact = count_distinct(key, more, tx.ip, ctx.ip_ttl)
     if n and (n == 1 or not exact) then owns(ctx, uid, exact and key or more, ctx.ip_ttl) end
@@ -128,10 +336,36 @@ local function tx_rules(ctx, pr, uid, ts, tx, entry)
   end
 end
 
+-- Support tickets: account changes (for account takeover) and refund abuse; new = first snapshot.
+local function ticket_rules(ctx, pr, uid, ts, category, new, entry)
+  local R = ctx.rules
+  if category == '' then return end
+  if R.ato and R.ato.changes[category] then
+    local at = ptime(pr, 'changed_at')
+    if not at or ts > at then set_ptime(pr, 'changed_at', ts) end
+    -- a ticket that arrives after the order it preceded (another system, other delays): score again
+    local t, fp, amount = (pr.f.last_order or ''):match('^(%d+) (%d+) (%d+)$')
+    t = tonumber(t)
+    if t and t >= ts and t - ts < R.ato.recent then
+      takeover(ctx, pr, nil, uid, t, {fp = tonumber(fp), amount = tonumber(amount)}, entry)
+    end
+  end
+  if new and R.refund_cats[category] then
+    pincr(pr, 'refund_tickets', 1)
+    local n, orders = tonumber(pr.f.refund_tickets), tonumber(pr.f.orders) or 0
+    if R.refund and n >= R.refund[1] and n >= R.refund[2] * orders then
+      user_alert(ctx, pr, {rule = 'refund_abuse', sev = R.refund_sev, uid = uid, window = 0, mark = n,
+        count = n, threshold = R.refund[1], entry = entry, evidence = {refund_tickets = n, orders = orders}},
+        ts, R.pts.refund_abuse)
+    end
+  end
+end
+
 -- The risk of subject alert a for user uid, dated the window's start (not the time of the record
 -- that tipped the subject over: that one depends on the arrival order across partitions).
 local function risk_back(ctx, uid, a)
-  forward(ctx, {'risk', uid, a.rule, a.sev, fmt(a.window), a.kind, a.subject, fmt(a.window), a.count, a.threshold})
+  forward(ctx, {'risk', uid, a.rule, a.sev, fmt(a.window), a.kind, a.subject, fmt(a.window), a.count, a.threshold,
+                a.points})
 end
 
 -- A subject alert names no user (which one tipped it over, and who came first, depend on the
@@ -151,48 +385,41 @@ end
 -- The link between a subject alert and one of its users, in the user's partition: the alert's
 -- rule, subject, window, count and threshold with user_id = the user (evidence.role = 'member').
 local function member_record(ctx, uid, rec)
-  local rule, sev, kind, subject, window = rec[3], rec[4], rec[6], rec[7], rec[8]
-  local count, threshold = rec[9] or '', rec[10] or ''
-  rcall('XADD', ctx.alerts, 'MAXLEN', '~', ctx.maxlen, '*', 'rule', rule, 'severity', sev, 'subject_kind', kind,
-    'subject', subject, 'user_id', uid, 'window_start', window, 'count', count, 'threshold', threshold,
-    'detected_at', fmt(ctx.now), 'entry_id', '', 'evidence', '{"role":"member"}')
-  rcall('PUBLISH', ctx.channel, cjson.encode({rule = rule, severity = sev, subject_kind = kind, subject = subject,
-    user_id = uid, window_start_ms = math.floor(tonumber(window) / 1000), count = tonumber(count),
-    threshold = tonumber(threshold), detected_at_ms = math.floor(ctx.now / 1000), entry_id = '',
-    evidence = {role = 'member'}}))
+  emit_record(ctx, {rule = rec[3], sev = rec[4], kind = rec[6], subject = rec[7], uid = uid,
+    window = tonumber(rec[8]), count = tonumber(rec[9]) or '', threshold = tonumber(rec[10]) or '', entry = ''},
+    {role = 'member'})
+end
+
+-- Users of a subject (an IP, a card) over several horizons, in the subject's partition: ZSET user ->
+-- latest time, the latest EXACT users.
+local function subject_users(ctx, a, key, uid, ts, horizons)
+  local keep = longest(horizons)
+  local ttl = math.floor((keep + ctx.gap + ctx.ooo) / 1000)
+  local prev, capped = track(key, uid, ts, keep, ttl)
+  if not prev and not capped then joins(ctx, uid, key, ttl) end
+  for _, h in ipairs(horizons) do
+    local n = rcall('ZCOUNT', key, fmt(ts - h[1]), '+inf')
+    if n >= h[2] then
+      local members = rcall('ZRANGEBYSCORE', key, fmt(ts - h[1]), '+inf')
+      a.window, a.window_us, a.mark, a.count, a.threshold, a.points =
+        math.floor(ts / h[1]) * h[1], h[1], h[1], h[2], h[2], h[3]
+      subject_alert(ctx, a, members, uid)
+    end
+  end
 end
 
 -- Records forwarded from other partitions (this partition owns the subject).
 local function apply_forwarded(ctx, rec, entry)
   local R, kind = ctx.rules, rec[1]
-  if kind == 'ip' and R.ip_n then
-    -- the first EXACT users of the IP and window in a set, the others in a HyperLogLog: small
-    -- keys for the usual one-user IP, bounded ones for a farm
+  if kind == 'ip' and R.ip_h then
     local ip, uid, ts = rec[2], rec[3], tonumber(rec[4])
-    local wk = math.floor(ts / R.ip_w) * R.ip_w
-    local suffix = fmt(wk) .. ':' .. ip
-    local skey = ctx.prefix .. KEY.ip_users .. suffix
-    local n, exact = count_distinct(skey, ctx.prefix .. KEY.ip_more .. suffix, uid, ctx.ip_ttl)
-    if not n then return end
-    if exact then joins(ctx, uid, skey, ctx.ip_ttl) end
-    if n > R.ip_n then
-      local members = rcall('SMEMBERS', skey)
-      subject_alert(ctx, {rule = 'ip_users', sev = R.ip_sev, kind = 'ip', subject = ip, window = wk,
-        window_us = R.ip_w, count = R.ip_n + 1, threshold = R.ip_n}, members, uid)
-    end
-  elseif kind == 'card' and R.cardu_n then
+    if in_ranges(ip, R.shared_ips) then return end        -- a known shared range: not evidence
+    subject_users(ctx, {rule = 'ip_users', sev = R.ip_sev, kind = 'ip', subject = ip},
+      ctx.prefix .. KEY.ip_users .. ip, uid, ts, R.ip_h)
+  elseif kind == 'card' and R.cardu_h then
     local card, uid, ts = rec[2], rec[3], tonumber(rec[4])
-    local wk = math.floor(ts / R.card_w) * R.card_w
-    local suffix = fmt(wk) .. ':' .. card
-    local key, ttl = ctx.prefix .. KEY.card_users .. suffix, math.floor((R.card_w + ctx.gap) / 1000)
-    local n, exact = count_distinct(key, ctx.prefix .. KEY.card_more .. suffix, uid, ttl)
-    if not n then return end
-    if exact then joins(ctx, uid, key, ttl) end
-    if n >= R.cardu_n then
-      local members = rcall('SMEMBERS', key)
-      subject_alert(ctx, {rule = 'card_testing', sev = R.card_sev, kind = 'card', subject = card, window = wk,
-        window_us = R.card_w, count = R.cardu_n, threshold = R.cardu_n}, members, uid)
-    end
+    subject_users(ctx, {rule = 'card_testing', sev = R.card_sev, kind = 'card', subject = card},
+      ctx.prefix .. KEY.card_users .. card, uid, ts, R.cardu_h)
   elseif kind == 'risk' then
     local uid = rec[2]
     if ctx.check_tombs and erased(ctx, uid) then return end
@@ -205,6 +432,6 @@ local function apply_forwarded(ctx, rec, entry)
     owns(ctx, uid, marker, tonumber(ctx.ttl))
     member_record(ctx, uid, rec)
     local pr = load_profile(ctx, uid)
-    if pr then add_risk(ctx, pr, rec[4], tonumber(rec[5]), rec[3]) end
+    if pr then add_signal(ctx, pr, uid, rec[3], tonumber(rec[11]) or 0, tonumber(rec[5]), '') end
   end
 end

@@ -15,8 +15,14 @@
                                  kept as long as the minute's counts (producer retries; at most MAX_IDS)
      u = due                     the user's score in <prefix>open: a lower bound of the time the
                                  watermark must pass before a session closes or a minute is dropped
-     w = {window, ip[, n]}}      the last (IP-rule window, IP) pair forwarded for the user, and how many
+     w = {window, ip[, n]}       the last (IP-rule window, IP) pair forwarded for the user, and how many
                                  IPs were forwarded since that window when more than one (rules.lua)
+     b = {second, count, ...}    clicks per second of the user's latest B + 120 seconds (the exact 60-s
+                                 burst rule)
+     l = {country, time}}        the country of the user's latest click (impossible travel)
+  A session's 9th element, when any is set: {i = 1 (a click came with purchase intent), f = the
+  time of its inhuman-speed signal - start, g = {gaps, sum, sum of squares} of its in-order gaps
+  between clicks (ms), z = 1 (scripted-clicks signal raised), a = {agent = first - start}}
   (States written by earlier versions: d = due - start of the first session, i = {fingerprint, ...};
   still read.)
   Retention, a function of the watermark W only (so of event times, never of how work was batched):
@@ -63,7 +69,7 @@ local function load_user(ctx, uid)
     return nil, 'state key of the user is unreadable: ' .. tostring(raw.err)
   end
   -- clean: nothing to write back unless changed; ids: minute -> {fingerprint, ...}, nids in all
-  st = {sessions = {}, minutes = {}, ids = {}, nids = 0, clean = true}
+  st = {sessions = {}, minutes = {}, ids = {}, nids = 0, clean = true, secs = {}, nsecs = 0}
   if raw then
     local ok, doc = decode_state(raw)
     if not ok or type(doc) ~= 'table' or type(doc.s) ~= 'table' or type(doc.m) ~= 'table'
@@ -77,9 +83,17 @@ local function load_user(ctx, uid)
           or not is_counts(se[7]) or not is_counts(se[8]) then
         return nil, "state of the user is not in the engine's format (session " .. i .. ')'
       end
-      local p = se[5]
-      st.sessions[i] = {s = start, l = start + se[2], n = se[3], t = se[4], p = p and p >= 0 and start + p or nil,
-                        c = se[6] or {}, dv = first_times(start, se[7]), co = first_times(start, se[8])}
+      local p, x = se[5], se[9]
+      local sess = {s = start, l = start + se[2], n = se[3], t = se[4], p = p and p >= 0 and start + p or nil,
+                    c = se[6] or {}, dv = first_times(start, se[7]), co = first_times(start, se[8]), ag = {}}
+      if type(x) == 'table' then
+        sess.i = x.i == 1 or nil
+        sess.fl = type(x.f) == 'number' and start + x.f or nil
+        if type(x.g) == 'table' and is_counts(x.g) and #x.g == 3 then sess.g = x.g end
+        sess.z = x.z == 1 or nil
+        if is_counts(x.a) then sess.ag = first_times(start, x.a) end
+      end
+      st.sessions[i] = sess
     end
     local m = doc.m
     for i = 1, #m, 2 do
@@ -114,6 +128,11 @@ local function load_user(ctx, uid)
     end
     st.lb = st.due                      -- the stored due is the earliest, when it was saved
     if type(doc.w) == 'table' then st.fwd = doc.w end
+    if type(doc.b) == 'table' and is_counts(doc.b) then
+      local b = doc.b
+      for i = 1, #b - 1, 2 do st.secs[b[i]] = b[i + 1]; st.nsecs = st.nsecs + 1 end
+    end
+    if type(doc.l) == 'table' and type(doc.l[1]) == 'string' and type(doc.l[2]) == 'number' then st.loc = doc.l end
     st.stored = true
     if raw:byte(1) == 123 then           -- JSON: written by a version that counted clicks into the profile
       st.clean = false                   -- rewritten in the current format
@@ -125,7 +144,7 @@ local function load_user(ctx, uid)
 end
 
 local function new_session(ts)
-  return {s = ts, l = ts, n = 0, t = {}, c = {}, dv = {}, co = {}}
+  return {s = ts, l = ts, n = 0, t = {}, c = {}, dv = {}, co = {}, ag = {}}
 end
 
 -- Merge session se into session into (an event bridged the gap between them).
@@ -138,6 +157,46 @@ local function merge_session(ctx, into, se)
   for k, c in pairs(se.c) do count_capped(ctx, into.c, k, c, MAX_VALUES) end
   for k, t in pairs(se.dv) do first_capped(ctx, into.dv, k, t, MAX_VALUES) end
   for k, t in pairs(se.co) do first_capped(ctx, into.co, k, t, MAX_VALUES) end
+  for k, t in pairs(se.ag) do first_capped(ctx, into.ag, k, t, MAX_VALUES) end
+  into.i = into.i or se.i
+  into.z = into.z or se.z
+  if se.fl and (not into.fl or se.fl < into.fl) then into.fl = se.fl end
+  if se.g then
+    local g = into.g or {0, 0, 0}
+    into.g = {g[1] + se.g[1], g[2] + se.g[2], g[3] + se.g[3]}
+  end
+end
+
+-- A click at ts into the user's per-second counts; returns the user's clicks in the 60 s up to ts
+-- (seconds ts-59 .. ts) when count_it, else nil.  Only the seconds up to 2 minutes + the
+-- out-of-order bound before the user's latest one are kept (a click older than that is counted in
+-- none; tests/reference.py mirrors it).
+local function count_second(ctx, st, ts, count_it)
+  local SECONDS_KEPT = math.floor(ctx.ooo / 1000000) + 120
+  local sec = math.floor(ts / 1000000)
+  local secs = st.secs
+  local top = st.topsec
+  if not top then
+    top = NEG_INF
+    for k in pairs(secs) do if k > top then top = k end end
+  end
+  if sec > top then
+    top = sec
+    for k in pairs(secs) do
+      if k <= top - SECONDS_KEPT then secs[k] = nil; st.nsecs = st.nsecs - 1 end
+    end
+  end
+  st.topsec = top
+  if sec > top - SECONDS_KEPT then
+    if not secs[sec] then secs[sec] = 0; st.nsecs = st.nsecs + 1 end
+    secs[sec] = secs[sec] + 1
+  end
+  if not count_it then return nil end
+  local n = 0
+  for k, c in pairs(secs) do
+    if k <= sec and k > sec - 60 then n = n + c end
+  end
+  return n
 end
 
 -- Was this event_id fingerprint seen among the user's clicks of the minutes still kept (every click
@@ -290,11 +349,23 @@ local function save_users(ctx, wm)
         local doc = {s = {}, m = ms, u = st.due}
         if #ids > 0 then doc.i = ids end
         if st.fwd then doc.w = st.fwd end
+        if st.loc then doc.l = st.loc end
+        if st.nsecs > 0 then
+          local b = {}
+          for k, c in pairs(st.secs) do b[#b + 1] = k; b[#b + 1] = c end
+          doc.b = b
+        end
         for i, se in ipairs(st.sessions) do
           local dv, co = {}, {}
           for k, t in pairs(se.dv) do dv[k] = t - se.s end
           for k, t in pairs(se.co) do co[k] = t - se.s end
           doc.s[i] = {se.s, se.l - se.s, se.n, se.t, se.p and se.p - se.s or -1, se.c, dv, co}
+          if se.i or se.fl or se.g or se.z or next(se.ag) then
+            local ag = {}
+            for k, t in pairs(se.ag) do ag[k] = t - se.s end
+            doc.s[i][9] = {i = se.i and 1 or nil, f = se.fl and se.fl - se.s or nil, g = se.g,
+                           z = se.z and 1 or nil, a = ag}
+          end
         end
         rcall('SET', key, cmsgpack.pack(doc), 'PX', ctx.ttl)
       end
