@@ -81,8 +81,28 @@ def evidence_record(raw: bytes) -> dict | list:
             name, value = name[:-3], format_us(value * 1000)
         out[name] = value
     return out
-NUMERIC = {"events", "sessions", "orders", "spend_minor", "failed_payments", "tickets", "open_tickets", "capped"}
-TIMES = {"first_seen", "last_seen", "risk_at"}      # µs in the hash (lua/includes/profile.lua), ISO here
+
+
+def decision_records(alerts: list[dict]) -> list[dict]:
+    """The decisions among the alert records (rule 'decision', lua/includes/score.lua), in order:
+    a user's last one holds their action now (a retraction lowers it)."""
+    out = []
+    for a in alerts:
+        if a["rule"] != "decision":
+            continue
+        ev = a["evidence"] if isinstance(a["evidence"], dict) else {}
+        reasons = ev.get("reasons")
+        out.append({"user_id": a["user_id"], "action": ev.get("action", a["severity"]), "score": ev.get("score"),
+                    "reasons": reasons if isinstance(reasons, list) else [], "trigger": ev.get("trigger"),
+                    "retraction": bool(ev.get("retraction")), "event_time": a["window_start"],
+                    "detected_at": a["detected_at"]})
+    return out
+
+
+NUMERIC = {"events", "sessions", "orders", "spend_minor", "failed_payments", "tickets", "open_tickets", "capped",
+           "refund_tickets"}
+TIMES = {"first_seen", "last_seen", "risk_at", "changed_at"}   # µs in the hash (lua/includes/profile.lua), ISO here
+INTERNAL = {"recent_tx", "last_order", "ato"}       # the rules' memory, not attributes of the customer
 
 
 def _time_text(value: str) -> str:
@@ -94,9 +114,9 @@ def profile_fields(fields: dict[str, str]) -> dict[str, str]:
     """Profile fields with their times as ISO-8601 (the script keeps µs), everything else as stored."""
     out = {}
     for name, value in fields.items():
-        if name in TIMES or name.startswith(("device:", "country:")):
+        if name in TIMES or name.startswith(("device:", "country:", "agent:")):
             value = _time_text(value)
-        elif name == "last_alert":
+        elif name in ("last_alert", "loc"):
             rule, _, at = value.partition(" ")
             value = f"{rule} {_time_text(at)}"
         out[name] = value
@@ -108,7 +128,7 @@ def profile_record(user_id: str, fields: dict[bytes, bytes]) -> dict:
     fingerprints dropped."""
     out: dict[str, Any] = {"user_id": user_id}
     for name, value in sorted(profile_fields({_s(k): _s(v) for k, v in fields.items()}).items()):
-        if name == "recent_tx":
+        if name in INTERNAL:
             continue
         if name in NUMERIC or name.startswith("category:"):
             out[name] = int(value)
@@ -194,4 +214,9 @@ def write(outputs: Outputs, out_dir: str | Path) -> dict[str, int]:
             for row in rows:
                 fh.write(encoder.encode(row) + b"\n")
         written[name] = len(rows)
+    decisions = decision_records(outputs.alerts)
+    with (out_dir / "decisions.jsonl").open("wb") as fh:
+        for row in decisions:
+            fh.write(encoder.encode(row) + b"\n")
+    written["decisions"] = len(decisions)
     return written

@@ -37,7 +37,7 @@ def print_minute_chart(minutes: list[dict], rows: int = 24) -> None:
 def print_alerts(records: list[dict]) -> None:
     """Alerts per rule.  A subject alert (an IP, a card) is one record; each user it involves also
     gets a member record (evidence {"role": "member"}): those are links, not alerts, and said apart."""
-    alerts = [a for a in records if a["evidence"] != {"role": "member"}]
+    alerts = [a for a in records if a["evidence"] != {"role": "member"} and a["rule"] != "decision"]
     members = Counter(a["rule"] for a in records if a["evidence"] == {"role": "member"})
     print(f"\nAlerts: {len(alerts):,}" + (f" (and {sum(members.values()):,} member records linking users to"
                                           " IP and card alerts)" if members else ""))
@@ -73,12 +73,15 @@ def print_run(result: Any, out_dir: str | Path, detailed: bool, truth: Path | No
         print("\nEvents per minute (event time, UTC):")
         print_minute_chart(o.minutes)
     print_alerts(o.alerts)
-    risky = sorted((p for p in o.profiles if p.get("risk_score", 0) > 0), key=lambda p: -p["risk_score"])
-    print(f"Customers with a risk score: {len(risky):,}")
-    for p in risky[:8 if detailed else 3]:
-        print(f"  {p['user_id']!r:<24} risk {p['risk_score']:>6.1f}  last alert {p.get('last_alert', '')}")
+    actions = final_actions(o.alerts)
+    print("Decisions (each customer's action now, from the risk score; allow for everyone else): "
+          + ", ".join(f"{a} {n:,}" for a, n in Counter(d["action"] for d in actions.values()).most_common()))
+    flagged = sorted((d for d in actions.values() if d["action"] in FLAGGED), key=lambda d: -(d["score"] or 0))
+    for d in flagged[:8 if detailed else 3]:
+        why = ", ".join(f"{r['code']} {r['points']:g}" for r in d["reasons"][:4])
+        print(f"  {d['user_id']!r:<24} {d['action']:<7} score {d['score']:>6.1f}  ({why})")
     if truth is not None and truth.is_file():
-        print_truth_check(risky, truth)
+        print_truth_check(flagged, truth)
     if detailed and (o.dlq or o.late):
         print(f"\nDead-letter stream: {len(o.dlq):,} records (kept with the reason)")
         for reason, n in Counter(d["reason"] for d in o.dlq).most_common(5):
@@ -88,6 +91,15 @@ def print_run(result: Any, out_dir: str | Path, detailed: bool, truth: Path | No
     if detailed:
         print("\nNext: run the pieces against your own Redis and look inside with redis-cli (README), "
               "or measure with `make bench`.")
+
+
+FLAGGED = ("review", "block")      # the actions that put a customer in front of an analyst or stop them
+
+
+def final_actions(alerts: list[dict]) -> dict[str, dict]:
+    """Each user's last decision (engine/export.py decision_records): the action that holds now."""
+    from .export import decision_records
+    return {d["user_id"]: d for d in decision_records(alerts)}
 
 
 def truth_check(flagged: set[str], truth_file: Path) -> dict:

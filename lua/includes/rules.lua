@@ -432,6 +432,10 @@ local function apply_forwarded(ctx, rec, entry)
     owns(ctx, uid, marker, tonumber(ctx.ttl))
     member_record(ctx, uid, rec)
     local pr = load_profile(ctx, uid)
-    if pr then add_signal(ctx, pr, uid, rec[3], tonumber(rec[11]) or 0, tonumber(rec[5]), '') end
+    if pr then
+      local points, ts = tonumber(rec[11]) or 0, tonumber(rec[5])
+      if points > 0 then new_account(ctx, pr, uid, ts, '') end
+      add_signal(ctx, pr, uid, rec[3], points, ts, '')
+    end
   end
 end

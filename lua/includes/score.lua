@@ -126,26 +126,28 @@ local function retract(ctx, pr, uid, code, since, upto, ts, entry)
   decision(ctx, pr, uid, math.max(ts, at), code, entry, true)
 end
 
+-- A signal of an account first seen less than new_account hours ago (or not yet in the profile):
+-- the new_account signal too, once a day.
+local function new_account(ctx, pr, uid, ts, entry)
+  local R = ctx.rules
+  if not R.new_acct then return end
+  local first = first_of(pr, 'first_seen')
+  if first and ts - first >= R.new_acct then return end
+  for _, r in ipairs(reasons_of(pr)) do
+    if r[1] == 'new_account' and math.abs(ts - r[3]) < 86400000000 then return end
+  end
+  add_signal(ctx, pr, uid, 'new_account', R.pts.new_account, ts, entry)
+end
+
 -- An alert on the user a.uid (emit: once per rule, window and subject) that scores `points` as
--- signal `code` (default: the rule).  An account first seen less than new_account hours ago (or
--- not yet in the profile) adds the new_account signal once a day.  pr: the user's profile (nil:
--- loaded here).  Returns whether the alert was new.
+-- signal `code` (default: the rule), with new_account.  pr: the user's profile (nil: loaded
+-- here).  Returns whether the alert was new.
 local function user_alert(ctx, pr, a, ts, points, code)
   a.kind, a.subject = 'user', a.uid
   if not emit(ctx, a) then return false end
   pr = pr or load_profile(ctx, a.uid)
   if not pr then return true end
-  local R = ctx.rules
-  if R.new_acct and points and points > 0 then
-    local first = first_of(pr, 'first_seen')
-    if not first or ts - first < R.new_acct then
-      local recent = false
-      for _, r in ipairs(reasons_of(pr)) do
-        if r[1] == 'new_account' and math.abs(ts - r[3]) < 86400000000 then recent = true end
-      end
-      if not recent then add_signal(ctx, pr, a.uid, 'new_account', R.pts.new_account, ts, a.entry) end
-    end
-  end
+  if points and points > 0 then new_account(ctx, pr, a.uid, ts, a.entry) end
   add_signal(ctx, pr, a.uid, code or a.rule, points, ts, a.entry)
   return true
 end
