@@ -137,8 +137,9 @@ def family_card(b: Book, named=False) -> None:
     for family in range(4):
         card, ip, country = b.card(), b.ip(), r.choice(["US", "CA", "DE"])
         for _ in range(r.randint(3, 4)):
-            p = _customer(b, b.uid("fc", n), country=country)
-            p.ip, p.cards = ip, [card]
+            p = b.person(b.uid("fc", n), country=country)
+            p.ip, p.cards, p.method = ip, [card], "card"     # home wifi and the parent's card, as before
+            b.history(p, sessions=(2, 6), days=(1, 14))
             n += 1
             b.label(p, "family_card", False, named)
             b.shop(p, b.when((2, 14)), card=card, method="card")
