@@ -70,6 +70,7 @@ class Person:
     cards: list[str] = field(default_factory=list)
     method: str = "card"                 # the usual way to pay
     products: list[tuple[str, str, float]] = field(default_factory=list)   # bought before (buy again)
+    second: Device | None = None         # many people shop on a phone and a laptop
 
 
 class Book:
@@ -101,6 +102,8 @@ class Book:
         r = self.rng
         p = Person(uid, country or r.choice(COUNTRIES), self.device(kind), self.ip(), [self.card() for _ in range(cards)])
         p.method = r.choice(["card"] * 5 + ["paypal"] * 2 + (["apple_pay"] * 2 if p.device.kind == "ios" else ["google_pay"]))
+        if r.random() < 0.4:
+            p.second = self.device("web" if p.device.kind != "web" else r.choice(["ios", "android"]))
         return p
 
     def uid(self, prefix: str, i: int) -> str:
@@ -206,7 +209,11 @@ class Book:
         for s in starts:
             if s <= last + timedelta(hours=2) and s is not starts[0]:
                 continue
-            last, _, _ = self.shop(p, s, buy=r.random() < buy_rate,
+            device, ip = None, None
+            if p.second and r.random() < 0.35:         # the other device; a phone often on the carrier's IP
+                device = p.second
+                ip = self.ip() if device.kind != "web" and r.random() < 0.5 else None
+            last, _, _ = self.shop(p, s, buy=r.random() < buy_rate, device=device, ip=ip, tx_ip=ip,
                                    entry=r.choice(["direct", "search", "email", "push", "social"]))
         if not p.products:
             p.products = self.products(r.randint(2, 5))       # what they bought before (buy again)
