@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import timedelta as td
 
-from .scenario_kit import DAY, FAR, HEADLESS, NEIGHBOURS, Book, Device, Person
+from .scenario_kit import DAY, FAR, HEADLESS, Book, Device, Person
 
 
 def _sec(b: Book, low: float, high: float) -> td:
@@ -102,7 +102,8 @@ def credential_stuffing(b: Book, named=True) -> None:
     r = b.rng
     n = 0
     for campaign in range(2):
-        ips = [b.ip() for _ in range(r.randint(5, 8))]
+        ips = [(b.ip(), r.choice(["US", "US", "GB", "DE", "BR", "VN", "ID", "RU", "NL"]))   # residential proxies
+               for _ in range(r.randint(5, 8))]
         ua = r.choice(HEADLESS[2:] + ["Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0"])
         t = b.when((1, 10))
         for _ in range(r.randint(12, 20)):
@@ -110,17 +111,18 @@ def credential_stuffing(b: Book, named=True) -> None:
             n += 1
             if r.random() < 0.5:
                 b.history(p, sessions=(1, 3))
-            ip = r.choice(ips)
+            ip, where = r.choice(ips)
             dev = Device("web", ua)
             b.label(p, "credential_stuffing", True, named, t)
             s = t
             for _ in range(r.randint(1, 2)):
-                b.click(p, s, "login", "/login", ip=ip, device=dev, result="failed")
+                b.click(p, s, "login", "/login", ip=ip, country=where, device=dev, result="failed")
                 s += _sec(b, 1, 6)
             if r.random() < 0.15:                     # a hit: look at stored cards and buy
-                b.click(p, s, "login", "/login", ip=ip, device=dev, result="ok")
-                b.click(p, s + _sec(b, 3, 10), "page_view", "/account/payment", ip=ip, device=dev)
-                b.shop(p, s + _sec(b, 20, 60), views=1, ip=ip, device=dev, pace=6, low=200, login=False)
+                b.click(p, s, "login", "/login", ip=ip, country=where, device=dev, result="ok")
+                b.click(p, s + _sec(b, 3, 10), "page_view", "/account/payment", ip=ip, country=where, device=dev)
+                b.shop(p, s + _sec(b, 20, 60), views=1, ip=ip, country=where, device=dev, pace=6, low=200, login=False,
+                       tx_ip=ip)
             t += _sec(b, 10, 150)
 
 
@@ -368,7 +370,7 @@ def scalper_bot(b: Book, named=False) -> None:
     drop = b.when((2, 8))
     prods = b.products(3, "electronics")
     for i in range(7):
-        dev = Device(r.choice(["web", "android"]), r.choice(HEADLESS))
+        dev = Device("web", r.choice(HEADLESS))
         p = Person(b.uid("sb", i), "US", dev, b.ip(), [b.card()])
         t = drop - td(seconds=r.uniform(30, 240))
         b.label(p, "scalper_bot", True, named, t)
