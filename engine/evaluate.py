@@ -21,13 +21,19 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from . import aio, control, evaluation
+import itertools
+
+from . import aio, catalog, control, evaluation, export
+from .connection import async_client, sync_client
+from .eventtime import parse_timestamp
+from .keys import CLICKS, SUPPORT, TX
 from .settings import Settings
 
 TX_COLUMNS = ["transaction_id", "user_id", "order_id", "amount", "currency", "status", "payment_method",
               "card_fingerprint", "ip", "country", "timestamp"]
 SOURCES = {"click": "clickstream_events.json", "transaction": "transactions.csv",
            "ticket": "customer_support_interactions.json"}
+STREAM_OF = {"click": CLICKS, "transaction": TX, "ticket": SUPPORT}
 
 
 @dataclass
@@ -94,20 +100,57 @@ def read_outputs(out: Path) -> tuple[list[dict] | None, list[dict]]:
     return rows("decisions.jsonl"), rows("alerts.jsonl") or []
 
 
-def run_once(input_dir: Path, out: Path, settings: Settings, rules: str | None) -> tuple[list[dict] | None, list[dict]]:
-    """One engine run of the input under ``rules`` in a fresh namespace, deleted afterwards."""
+async def drain(settings: Settings, out: Path, consumers: int = 2) -> tuple[list[dict] | None, list[dict]]:
+    """What is published: consumer processes until drained, flush, export to ``out``; its outputs."""
+    from .pipeline import start_consumers
+    codes = [p.wait() for p in start_consumers(settings.replace(idle_timeout_ms=0), consumers)]
+    if any(codes):
+        raise RuntimeError(f"consumer exit codes {codes}")
+    client = async_client(settings.redis_url)
+    try:
+        await control.flush(client, settings)
+        export.write(await export.collect(client, settings), out)
+    finally:
+        await client.aclose()
+    return read_outputs(out)
+
+
+def publish_in_time_order(lib: Library, input_dir: Path, settings: Settings) -> None:
+    """The four sources merged by event time, as they would arrive live (a payment between the
+    clicks around it), instead of one whole source after the other as ``replay`` of a folder does."""
+    from .producer import publish, read_events
+    client = sync_client(settings.redis_url)
+    try:
+        catalog.load(client, list(read_events(input_dir / "product_catalog.json")), settings)
+        merged = sorted(((parse_timestamp(_time_of(src, r)), n, src, r)
+                         for n, (src, rs) in enumerate(lib.records.items()) for r in rs), key=lambda x: x[:2])
+        for src, run in itertools.groupby(merged, key=lambda x: x[2]):
+            publish(client, [r for *_, r in run], settings, STREAM_OF[src])
+    finally:
+        client.close()
+
+
+def run_once(input_dir: Path, out: Path, settings: Settings, rules: str | None,
+             lib: Library | None = None) -> tuple[list[dict] | None, list[dict]]:
+    """One engine run of the input under ``rules`` in a fresh namespace, deleted afterwards:
+    ``pipeline.run_file`` on the folder, or (``lib`` given) the records merged in event time."""
     from .pipeline import run_file
     s = settings.replace(namespace=f"{settings.namespace}-eval-{uuid.uuid4().hex[:8]}",
                          rules_file=str(Path(rules).resolve()) if rules else None)
     try:
-        aio.run(run_file(input_dir, out, s, consumers=2))
+        if lib is None:
+            aio.run(run_file(input_dir, out, s, consumers=2))
+        else:
+            aio.call(s.redis_url, s, control.ensure_groups)
+            publish_in_time_order(lib, input_dir, s)
+            aio.run(drain(s, out))
     finally:
         aio.call(s.redis_url, s, control.reset)
     return read_outputs(out)
 
 
 def evaluate(folder: str | Path, settings: Settings, rules: str | None = None, shadow: str | None = None,
-             keep: str | Path | None = None) -> dict:
+             keep: str | Path | None = None, interleave: bool = False) -> dict:
     """Run and score; returns {"report", "seconds", "shadow": {...} | None} (report: evaluation.Report)."""
     from .tools.local import redis_for_run
     lib = load(folder)
@@ -116,8 +159,9 @@ def evaluate(folder: str | Path, settings: Settings, rules: str | None = None, s
         base = Path(keep) if keep else Path(tmp)
         input_dir = write_input(lib, base / "input")
         with redis_for_run(settings) as s:
-            decisions, alerts = run_once(input_dir, base / "live", s, rules)
-            other = run_once(input_dir, base / "shadow", s, shadow) if shadow else None
+            merged = lib if interleave else None
+            decisions, alerts = run_once(input_dir, base / "live", s, rules, merged)
+            other = run_once(input_dir, base / "shadow", s, shadow, merged) if shadow else None
     source = "decisions" if decisions is not None else "alerts"
     report = evaluation.score(lib.labels, evaluation.flagged(decisions, alerts), source)
     result = {"report": report, "seconds": time.monotonic() - started, "shadow": None,
@@ -144,10 +188,11 @@ def print_shadow(diff: dict, labels: list[evaluation.Label], live: str, shadow: 
 
 def command(args, settings: Settings) -> None:
     """``shopstream evaluate DIR [--rules FILE] [--shadow FILE2] [--json OUT] [--check] [--keep DIR]``."""
-    result = evaluate(args.dir, settings, args.rules, args.shadow, args.keep)
+    result = evaluate(args.dir, settings, args.rules, args.shadow, args.keep, args.interleave)
     report = result["report"]
     live = args.rules or "the rules in force"
-    print(f"\nscenario library {args.dir}: {sum(r.actors for r in report.rows)} users, rules {live}\n")
+    print(f"\nscenario library {args.dir}: {sum(r.actors for r in report.rows)} users, rules {live}, "
+          f"{'sources merged in event time' if args.interleave else 'replayed one source after the other'}\n")
     print(evaluation.render(report))
     out = {"live": evaluation.as_json(report), "seconds": round(result["seconds"], 1)}
     if result["shadow"]:

@@ -14,6 +14,7 @@ import pytest
 from shopstream.engine import evaluation as ev
 from shopstream.engine.cli import main
 from shopstream.engine.evaluate import evaluate, load, write_input
+from shopstream.engine.settings import Settings
 from shopstream.engine.tools import scenarios
 
 LIBRARY = Path(__file__).resolve().parents[1] / "data" / "scenarios"
@@ -199,6 +200,8 @@ def test_the_command_with_a_shadow_rules_file_json_and_check(real_redis_url, tmp
     assert code == (1 if data["live"]["failures"] else 0)
     assert {p["pattern"] for p in data["live"]["patterns"]} == {"card_testing", "buy_again"}
     assert set(data["shadow_diff"]) == {"live_only", "shadow_only"}
+    merged = evaluate(lib, Settings(redis_url=real_redis_url, metrics_port=None), interleave=True)["report"]
+    assert sum(r.actors for r in merged.rows) == sum(p["actors"] for p in data["live"]["patterns"])
 
 
 def test_backtest_over_the_lake(real, settings, tmp_path, capsys, keep_logging):

@@ -16,9 +16,9 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from .. import aio, control, evaluation, export
-from ..connection import async_client, sync_client
-from ..pipeline import start_consumers
+from .. import aio, control, evaluation
+from ..connection import sync_client
+from ..evaluate import drain
 from ..settings import Settings
 from .replay import replay_day
 from .sql import connect
@@ -45,20 +45,6 @@ def labels_of(path: str | Path) -> list[evaluation.Label]:
     return out
 
 
-async def _drain(settings: Settings, out: Path) -> tuple[list[dict] | None, list[dict]]:
-    procs = start_consumers(settings.replace(idle_timeout_ms=0), 2)
-    if any(p.wait() for p in procs):
-        raise RuntimeError("a consumer failed")
-    client = async_client(settings.redis_url)
-    try:
-        await control.flush(client, settings)
-        export.write(await export.collect(client, settings), out)
-    finally:
-        await client.aclose()
-    from ..evaluate import read_outputs
-    return read_outputs(out)
-
-
 def backtest(lake_uri: str, settings: Settings, rules: str | None, day: str | None = None) -> dict:
     """Alerts per rule (and the decisions or alerts, for scoring) of the lake's day(s) under ``rules``."""
     from ..tools.local import redis_for_run
@@ -76,7 +62,7 @@ def backtest(lake_uri: str, settings: Settings, rules: str | None, day: str | No
             for d in todo:
                 published.update(replay_day(lake, client, s, d))
             client.close()
-            decisions, alerts = aio.run(_drain(s, Path(tmp)))
+            decisions, alerts = aio.run(drain(s, Path(tmp)))
         finally:
             aio.call(s.redis_url, s, control.reset)
     per_rule = Counter(a["rule"] for a in alerts if a.get("evidence", {}) != {"role": "member"})
