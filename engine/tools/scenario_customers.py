@@ -270,6 +270,44 @@ def autofill_checkout(b: Book, named=False) -> None:
         b.tx(p, s + _sec(b, 0.3, 1.5), prod[2])
 
 
+def call_center_orders(b: Book, named=False) -> None:
+    """Phone orders (mail order / telephone order): agents of the shop's call centre place orders
+    for customers who call in, all from the centre's IP on the agents' desktops, quickly, since the
+    agent knows the screens; the customer's own card is read out over the phone."""
+    r = b.rng
+    ip, agents = b.ip(), [b.device("web") for _ in range(4)]
+    t0 = b.when((1, 6))
+    for i in range(12):
+        p = _customer(b, b.uid("ca", i), country="US")
+        b.label(p, "call_center_orders", False, named)
+        t = t0 + td(minutes=r.uniform(0, 150))
+        prod = b.products(1)[0]
+        dev = r.choice(agents)
+        s = b.click(p, t, "page_view", "/agent/order", ip=ip, device=dev, channel="phone")
+        s = b.click(p, s + _sec(b, 8, 40), "product_view", f"/p/{prod[0]}", prod, ip=ip, device=dev)
+        s = b.click(p, s + _sec(b, 3, 10), "add_to_cart", f"/p/{prod[0]}", prod, ip=ip, device=dev)
+        s = b.click(p, s + _sec(b, 5, 20), "checkout", "/checkout", ip=ip, device=dev)
+        s = b.click(p, s + _sec(b, 20, 90), "purchase", "/checkout/confirm", ip=ip, device=dev)
+        b.tx(p, s + _sec(b, 0.5, 2), prod[2] * r.randint(1, 2), method="card", ip=ip)
+
+
+def small_business_bulk(b: Book, named=False) -> None:
+    """An office manager restocking: large quantities of the usual supplies on the company card,
+    an order far bigger than a household's, as every month."""
+    r = b.rng
+    for i in range(10):
+        p = b.person(b.uid("sm", i), kind="web")
+        b.history(p, sessions=(2, 4), days=(2, 14), buy_rate=0.9)
+        b.label(p, "small_business_bulk", False, named)
+        prod = r.choice(p.products)
+        qty = r.randint(6, 30)
+        end, _, _ = b.shop(p, b.when((1, 9)), views=r.randint(2, 5), buy=False, entry=r.choice(["order_history", "direct"]))
+        s = b.click(p, end + _sec(b, 5, 30), "add_to_cart", f"/p/{prod[0]}", prod, quantity=qty)
+        s = b.click(p, s + _sec(b, 10, 40), "checkout", "/checkout")
+        s = b.click(p, s + _sec(b, 20, 80), "purchase", "/checkout/confirm")
+        b.tx(p, s + _sec(b, 0.5, 2), round(prod[2] * qty, 2), method="card")
+
+
 def background(b: Book, named=False) -> None:
     """The everyday population: 220 customers with their own devices, home IPs, cards and
     countries, a few visits over the prior two weeks and zero to two on the evaluated day."""
@@ -285,4 +323,5 @@ def background(b: Book, named=False) -> None:
 
 NAMED = [carrier_nat, express_wallet_push, buy_again, declines_then_alternative, traveller]
 OTHERS = [corporate_egress, campus_wifi, family_card, gift_buyer, sale_power_shopper, phone_change, vpn_privacy,
-          comparison_shopper, new_customer_big_order, network_retry, honest_delivery_issue, autofill_checkout]
+          comparison_shopper, new_customer_big_order, network_retry, honest_delivery_issue, autofill_checkout,
+          call_center_orders, small_business_bulk]

@@ -385,6 +385,46 @@ def scalper_bot(b: Book, named=False) -> None:
         b.tx(p, t + _sec(b, 0.3, 1), prod[2] * r.randint(1, 2), method="card")
 
 
+def card_cracking(b: Book, named=False) -> None:
+    """Card cracking (OAT-010): one stolen card number whose expiry date and CVV are unknown,
+    guessed by trying combinations through several throwaway accounts, so the same card
+    fingerprint fails again and again, a little per account, until one combination passes."""
+    r = b.rng
+    n = 0
+    for card_no in range(3):
+        card, t = b.card(), b.when((1, 9))
+        ua = r.choice(HEADLESS)
+        for _ in range(r.randint(2, 4)):
+            p = Person(b.uid("ck", n), r.choice(["US", "GB"]), Device("web", ua), b.ip(), [card])
+            n += 1
+            b.label(p, "card_cracking", True, named, t)
+            b.click(p, t, "checkout", "/checkout")
+            for _ in range(r.randint(3, 9)):
+                t += _sec(b, 4, 40)
+                b.tx(p, t, round(r.uniform(1, 30), 2), "failed", method="card", card=card)
+            if r.random() < 0.3:
+                b.tx(p, t + _sec(b, 4, 40), round(r.uniform(1, 30), 2), "completed", method="card", card=card)
+            t += td(minutes=r.uniform(3, 30))
+
+
+def loyalty_drain(b: Book, named=False) -> None:
+    """Loyalty points drained after an account takeover: points are money nobody watches; the
+    taker logs in from a new device, looks at the points balance and redeems everything for
+    goods (or transfers them), paying with points, not a card."""
+    r = b.rng
+    for i in range(6):
+        p = _victim(b, b.uid("lp", i))
+        t, ip, dev = b.when(), b.ip(), b.device()
+        b.label(p, "loyalty_drain", True, named, t)
+        b.click(p, t, "login", "/login", ip=ip, device=dev)
+        s = b.click(p, t + _sec(b, 5, 30), "page_view", "/account/rewards", ip=ip, device=dev)
+        for _ in range(r.randint(1, 3)):
+            end, _, _ = b.shop(p, s + _sec(b, 20, 90), views=r.randint(1, 2), items=1, low=80, ip=ip, device=dev,
+                               method="loyalty_points", card="", login=False)
+            s = end
+
+
 NAMED = [bot_burst, account_farm, slow_declines, card_drip, credential_stuffing, proxy_card_ring, ato_proxy_reset,
          ato_browse_first, ato_split_orders, refund_abuse, impossible_travel, steady_scraper, card_collector, card_testing]
-UNNAMED = [promo_abuse, triangulation, friendly_fraud, reshipping_mule, gift_card_cashout, scalper_bot]
+UNNAMED = [promo_abuse, triangulation, friendly_fraud, reshipping_mule, gift_card_cashout, scalper_bot, card_cracking,
+           loyalty_drain]
