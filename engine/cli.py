@@ -215,6 +215,16 @@ def cmd_sessions(args, settings):
     print_user_sessions(client, settings, args.user)
 
 
+def cmd_evaluate(args, settings):
+    from .evaluate import command
+    command(args, settings)
+
+
+def cmd_backtest(args, settings):
+    from .lake.backtest import command
+    command(args, settings)
+
+
 def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     """Options accepted before or after the sub-command."""
     default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
@@ -315,6 +325,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.set_defaults(fn=cmd_erase)
     sub.add_parser("reset", help="delete every key of the namespace").set_defaults(fn=cmd_reset)
+    p = sub.add_parser("evaluate", help="replay a labelled scenario library through the engine: recall, precision,"
+                                        " ordinary customers flagged, detection delay (docs/rules.md)")
+    p.add_argument("dir", help="a folder of scenario files (*.jsonl), e.g. data/scenarios")
+    p.add_argument("--rules", help="rules file to evaluate (default: the setting rules_file, or the built-in rules)")
+    p.add_argument("--shadow", help="a second rules file run beside it: what each raises that the other does not")
+    p.add_argument("--json", help="write the numbers here")
+    p.add_argument("--check", action="store_true", help="exit 1 unless the targets of issue 16 are met")
+    p.add_argument("--keep", help="keep the engine's input and exports in this folder")
+    p.add_argument("--interleave", action="store_true",
+                   help="publish clicks, payments and tickets merged in event time, as live (default: like `run`,"
+                        " each source whole, one after the other)")
+    p.set_defaults(fn=cmd_evaluate)
+    p = sub.add_parser("backtest", help="a rules file over the lake's archived input: alerts per rule")
+    p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri)")
+    p.add_argument("--rules", help="rules file (default: the setting rules_file, or the built-in rules)")
+    p.add_argument("--date", help="one day, YYYY-MM-DD (default: every day in the lake, in order)")
+    p.add_argument("--labels", help="a scenario folder or labels file: also print the evaluation table")
+    p.set_defaults(fn=cmd_backtest)
     from .lake.commands import add_commands       # argparse only: the lake's libraries load when a command runs
     add_commands(sub)
     for p in sub.choices.values():

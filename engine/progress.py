@@ -10,7 +10,9 @@ import time
 class Progress:
     """A one-line progress bar on stderr (only when it is a terminal)."""
 
-    def __init__(self, total: int | None, label: str, stream=sys.stderr):
+    def __init__(self, total: int | None, label: str, stream=None):
+        # sys.stderr as it is now, not as it was at import (a test's captured stream, closed since)
+        stream = sys.stderr if stream is None else stream
         self.total, self.label, self.stream = total, label, stream
         self.enabled = stream.isatty()
         self.start = self.last = time.monotonic()
