@@ -5,7 +5,7 @@ tickets and records forwarded from other partitions.  Their entries are merged i
 (entry-id milliseconds: the streams of a partition live on one node; see merge_sources), validated,
 and encoded as one JSON array of events in that order, each led by its entry id and source:
 
-    ["<id>", "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip, agent, intent 1|0]
+    ["<id>", "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip, agent, flags]
     ["<id>", "t", user_id, ts_us, fingerprint, completed 1|0, amount_minor, currency, card, ip, country, method]
     ["<id>", "k", user_id, ts_us, ticket_id, open 1|0, category]
     ["<id>", "r", [forwarded record, ...]]          (written by lua/includes/rules.lua, trusted)
@@ -111,7 +111,7 @@ def decode_entries(entries: Sequence[tuple[str, Entry]], partition: int, now_us:
                 category = (category_of(c.product_id) if c.product_id else None) or c.category
                 event = (entry_id.decode(), "c", user, c.ts_us, c.event_type,
                          fingerprint(c.event_id) if c.event_id else 0, category, c.device, c.country, c.ip,
-                         c.agent, int(c.intent))
+                         c.agent, c.flags)
             elif source == TX:
                 t = parse_transaction(raw, now_us, max_future, max_id)
                 user = t.user_id

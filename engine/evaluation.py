@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .eventtime import parse_timestamp
+from .report import FLAGGED
 
 NAMED_RECALL, UNNAMED_RECALL, PRECISION = 0.90, 0.70, 0.95
 
@@ -53,10 +54,11 @@ def _time(value) -> int | None:
 def flagged(decisions: list[dict] | None, alerts: list[dict]) -> dict[str, Flag]:
     """THE definition of "flagged" (one place, so it can be switched).
 
-    With decisions (``decisions.jsonl``, in file order): a user is flagged when their last decision's
-    action is not "allow"; the reasons are that decision's reason codes, the time is the event
-    time of the first decision of the final run of non-allow decisions (when it was first flagged
-    for good).  Without them (``decisions is None``): a user is flagged when an alert names them
+    With decisions (``decisions.jsonl``, in file order): a user is flagged when a decision put them
+    at review or block (engine/report.py FLAGGED: step_up is a challenge, friction, not a flag) and
+    no retraction took it back since (a score that decays later does not undo a decision that was
+    made); the reasons are the codes of the strongest flagging decision, the time the event time of
+    the decision that flagged the user for good.  Without them (``decisions is None``): a user is flagged when an alert names them
     (member records of IP / card alerts included); the reasons are the rule names, the time the
     earliest alert's window start (an approximation: alerts carry no event time of their own)."""
     out: dict[str, Flag] = {}
@@ -65,13 +67,18 @@ def flagged(decisions: list[dict] | None, alerts: list[dict]) -> dict[str, Flag]
         for d in decisions:
             by_user[d["user_id"]].append(d)
         for uid, ds in by_user.items():
-            if ds[-1].get("action", "allow") == "allow":
+            since = None                 # the decision that flagged the user for good, if any
+            for i, d in enumerate(ds):
+                action = d.get("action", "allow")
+                if action in FLAGGED and since is None:
+                    since = i
+                elif d.get("retraction") and action not in FLAGGED:
+                    since = None         # taken back (a decayed score is not: the decision was made)
+            if since is None:
                 continue
-            first = len(ds) - 1
-            while first > 0 and ds[first - 1].get("action", "allow") != "allow":
-                first -= 1
-            reasons = tuple(sorted({r["code"] if isinstance(r, dict) else str(r) for r in ds[-1].get("reasons") or []}))
-            out[uid] = Flag(reasons or (ds[-1]["action"],), _time(ds[first].get("event_time")))
+            last = max((d for d in ds[since:] if d.get("action") in FLAGGED), key=lambda d: d.get("score") or 0)
+            reasons = tuple(sorted({r["code"] if isinstance(r, dict) else str(r) for r in last.get("reasons") or []}))
+            out[uid] = Flag(reasons or (last["action"],), _time(ds[since].get("event_time")))
         return out
     rules: dict[str, set[str]] = defaultdict(set)
     times: dict[str, int | None] = {}

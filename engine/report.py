@@ -94,12 +94,19 @@ def print_run(result: Any, out_dir: str | Path, detailed: bool, truth: Path | No
 
 
 FLAGGED = ("review", "block")      # the actions that put a customer in front of an analyst or stop them
+ORDER = ("allow", "step_up", "review", "block")
 
 
 def final_actions(alerts: list[dict]) -> dict[str, dict]:
-    """Each user's last decision (engine/export.py decision_records): the action that holds now."""
+    """Each user's strongest decision that no retraction took back (engine/export.py decision_records;
+    the same rule as engine/evaluation.py flagged)."""
     from .export import decision_records
-    return {d["user_id"]: d for d in decision_records(alerts)}
+    out: dict[str, dict] = {}
+    for d in decision_records(alerts):
+        held = out.get(d["user_id"])
+        if d["retraction"] or held is None or ORDER.index(d["action"]) >= ORDER.index(held["action"]):
+            out[d["user_id"]] = d
+    return out
 
 
 def truth_check(flagged: set[str], truth_file: Path) -> dict:

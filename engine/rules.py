@@ -69,12 +69,23 @@ class FailedPayments(_Rule):
 
 class CardTesting(_Rule):
     cards_per_user: tuple[Horizon, ...] = (Horizon(minutes=60, count=3, points=60), Horizon(minutes=1440, count=4, points=60))
-    users_per_card: tuple[Horizon, ...] = (Horizon(minutes=1440, count=3, points=60),)
+    users_per_card: tuple[Horizon, ...] = (Horizon(minutes=1440, count=3, points=40),)
     severity: Severity = "high"
 
 
 class IpUsers(_Rule):
     horizons: tuple[Horizon, ...] = (Horizon(minutes=60, count=11, points=40), Horizon(minutes=1440, count=30, points=40))
+    severity: Severity = "medium"
+
+
+class CredentialStuffing(_Rule):
+    """Distinct users with a failed login from one IP (not in lists.shared_ip_ranges)."""
+    horizons: tuple[Horizon, ...] = (Horizon(minutes=60, count=5, points=50),)
+    severity: Severity = "high"
+
+
+class Automation(_Rule):
+    points: Points = 50             # a click whose user agent is a script's or a headless browser's
     severity: Severity = "medium"
 
 
@@ -93,7 +104,9 @@ class AccountTakeover(_Rule):
     recent_hours: float = 24.0
     new_device_points: Points = 15
     new_country_points: Points = 20
+    new_network_points: Points = 10  # a payment from an IPv4 /16 the customer never paid from
     account_change_points: Points = 25
+    more_changes_points: Points = 15  # a second kind of account change (e.g. password, then e-mail)
     high_value_points: Points = 25
     high_value_ratio: float = 3.0   # the last recent_hours' spend against the customer's average order ...
     min_amount_minor: int = 20_000  # ... and at least this (minor units: 200.00)
@@ -165,6 +178,8 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     failed_payments: FailedPayments = FailedPayments()
     card_testing: CardTesting = CardTesting()
     ip_users: IpUsers = IpUsers()
+    credential_stuffing: CredentialStuffing = CredentialStuffing()
+    automation: Automation = Automation()
     inhuman_speed: InhumanSpeed = InhumanSpeed()
     account_takeover: AccountTakeover = AccountTakeover()
     impossible_travel: ImpossibleTravel = ImpossibleTravel()
@@ -199,6 +214,9 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
             "card_sev": ct.severity,
             "ip_h": _horizons(ip, ip.horizons),
             "ip_sev": ip.severity,
+            "stuff_h": _horizons(self.credential_stuffing, self.credential_stuffing.horizons),
+            "stuff_sev": self.credential_stuffing.severity,
+            "auto_sev": self.automation.severity,
             "speed_us": sp.enabled and sp.purchase_within_s * 1_000_000,
             "speed_noview": sp.enabled and sp.checkout_without_view,
             "speed_sev": sp.severity,
@@ -218,7 +236,9 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
             "pts": {"events_per_minute": self.events_per_minute.points, "burst": self.burst.points,
                     "scripted_clicks": sc.points, "inhuman_speed": sp.points, "no_product": sp.no_product_points,
                     "new_device": ato.new_device_points, "new_country": ato.new_country_points,
-                    "account_change": ato.account_change_points, "high_value": ato.high_value_points,
+                    "new_network": ato.new_network_points, "account_change": ato.account_change_points,
+                    "more_changes": ato.more_changes_points, "high_value": ato.high_value_points,
+                    "automation": self.automation.enabled and self.automation.points or 0,
                     "impossible_travel": tr.points, "refund_abuse": ra.points, "new_account": na.points,
                     "blocklist": self.lists.block_points},
             "score_hl": self.score.half_life_minutes * min_us,

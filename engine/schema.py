@@ -70,7 +70,7 @@ class Click(NamedTuple):
     country: str
     ip: str
     agent: str = ""           # the device's identity: a short hash of device + user_agent ("" without either)
-    intent: bool = False      # the visit came with purchase intent from elsewhere (context_of)
+    flags: int = 0            # INTENT | FAILED_LOGIN | AUTOMATION (flags_of)
 
 
 # A click whose entry point says the customer arrived ready to buy: a push / e-mail / SMS deep link,
@@ -83,17 +83,37 @@ INTENT_URL_PARTS = ("/orders", "reorder", "buy-again", "buy_again", "utm_source=
 INTENT_TYPES = frozenset(("reorder", "buy_again"))
 
 
-def context_of(event_type: str, page_url: str | None, properties: dict | None) -> bool:
-    """Whether a click says the customer arrived with purchase intent (INTENT_*)."""
-    if event_type in INTENT_TYPES:
-        return True
-    entry = (properties or {}).get("entry_point") or (properties or {}).get("referrer")
-    if isinstance(entry, str) and entry.lower() in INTENT_ENTRIES:
-        return True
-    if page_url:
-        url = page_url.lower()
-        return any(part in url for part in INTENT_URL_PARTS)
-    return False
+INTENT, FAILED_LOGIN, AUTOMATION = 1, 2, 4
+FAILED_LOGIN_TYPES = frozenset(("login_failed", "login_failure", "failed_login"))
+FAILED_RESULTS = frozenset(("failed", "failure", "fail", "denied", "invalid", "error", "false"))
+# User agents of automation tools and HTTP libraries (no browser sends these): scripts, scrapers,
+# headless browsers driven by a program.
+AUTOMATION_AGENTS = ("headlesschrome", "phantomjs", "python-requests", "python-urllib", "aiohttp", "okhttp",
+                     "go-http-client", "curl/", "wget/", "scrapy", "selenium", "puppeteer", "playwright",
+                     "httpclient", "java/", "libwww-perl", "node-fetch", "axios/")
+
+
+def flags_of(event_type: str, page_url: str | None, properties: dict | None, user_agent: str | None) -> int:
+    """What a click says about its context, for the rules: INTENT (the customer arrived ready to
+    buy: INTENT_*), FAILED_LOGIN (a login that did not succeed: the event type, or properties.result /
+    status / success), AUTOMATION (the user agent of a script or a headless browser)."""
+    flags = 0
+    props = properties or {}
+    entry = props.get("entry_point") or props.get("referrer")
+    if event_type in INTENT_TYPES or (isinstance(entry, str) and entry.lower() in INTENT_ENTRIES) \
+            or (page_url and any(part in page_url.lower() for part in INTENT_URL_PARTS)):
+        flags |= INTENT
+    if event_type in FAILED_LOGIN_TYPES:
+        flags |= FAILED_LOGIN
+    elif event_type == "login":
+        result = props.get("result", props.get("status", props.get("success")))
+        if result is False or (isinstance(result, str) and result.lower() in FAILED_RESULTS):
+            flags |= FAILED_LOGIN
+    if user_agent:
+        agent = user_agent.lower()
+        if any(marker in agent for marker in AUTOMATION_AGENTS):
+            flags |= AUTOMATION
+    return flags
 
 
 def agent_of(device: str, user_agent: str | None) -> str:
@@ -152,7 +172,7 @@ def parse_click(raw: bytes, now_us: int, max_future_us: int, max_id_bytes: int) 
     return Click(user_id, ts_us, ev.event_type, event_id, _text(ev.product_id, "product_id"),
                  hint if isinstance(hint, str) and len(hint) <= MAX_FIELD_LEN else "",
                  device, _text(ev.country, "country").upper(), _text(ev.ip, "ip"),
-                 agent_of(device, ev.user_agent), context_of(ev.event_type, ev.page_url, props))
+                 agent_of(device, ev.user_agent), flags_of(ev.event_type, ev.page_url, props, ev.user_agent))
 
 
 class Routing(msgspec.Struct):

@@ -25,7 +25,8 @@
   ARGV  consumer, group, now_us, gap_us, ooo_us, ttl_ms, maxlen, channel, profile_ttl_ms,
         rules (JSON, engine/rules.py), events (JSON array in stream-id order, engine/batch.py),
         quorum (users whose click times move the watermark), limit (users / minutes closed per call):
-          [id, "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip, agent, intent]
+          [id, "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip, agent,
+           flags (1 intent, 2 failed login, 4 automation agent: engine/schema.py flags_of)]
           [id, "t", user_id, ts_us, fingerprint, completed, amount_minor, currency, card, ip, country, method]
           [id, "k", user_id, ts_us, ticket_id, open, category]
           [id, "r", [record, ...] ]  (records: lua/includes/rules.lua)
@@ -167,7 +168,8 @@ local function apply_click(ev, st)
   -- what the profile learns from clicks travels with the session (folded in when it closes)
   if device ~= '' then first_capped(ctx, hit.dv, device, ts, MAX_VALUES) end
   if ev[11] and ev[11] ~= '' then first_capped(ctx, hit.ag, ev[11], ts, MAX_VALUES) end
-  if ev[12] == 1 then hit.i = true end
+  local flags = ev[12] or 0
+  if flags % 2 == 1 then hit.i = true end
   if country ~= '' then first_capped(ctx, hit.co, country, ts, MAX_VALUES) end
   if etype == 'product_view' and category ~= '' then count_capped(ctx, hit.c, category, 1, MAX_VALUES) end
 
@@ -180,8 +182,8 @@ local function apply_click(ev, st)
 
   local c = count_minute(ctx, st, m)
   lower_due(ctx, st, m, hit.l)
-  click_rules(ctx, uid, st, hit, m, c, ts, id, etype, country)
-  if ip ~= '' then click_ip(ctx, uid, st, ip, ts) end
+  click_rules(ctx, uid, st, hit, m, c, ts, id, etype, country, flags)
+  if ip ~= '' then click_ip(ctx, uid, st, ip, ts, hit, flags) end
   return nil
 end
 

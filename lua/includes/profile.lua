@@ -19,6 +19,8 @@
     risk_score, risk_at         decayed sum of signal points as of risk_at (score.lua)
     action, reasons             the latest decision's action; the latest signals "code=points@time,..."
     changed_at                  latest account-change ticket (password reset, e-mail / address change)
+    changes                     the latest 8 account changes "kind@time" (account takeover)
+    net:<a.b>                   first time a payment came from the IPv4 /16 a.b (same cap as devices)
     refund_tickets              refund-type tickets seen
     loc                         "<country> <time>" of the latest closed session or payment (travel)
     ato                         "<day> <points>": the account-takeover points raised that day
@@ -50,7 +52,7 @@ local PROFILE_VALUES = 64     -- distinct devices, countries, categories kept pe
 -- A profile of stored fields f (field -> text), nothing changed yet; kinds: distinct values stored
 -- per kind of capped field (device, country, category).
 local function new_profile(f)
-  local kinds = {device = 0, country = 0, category = 0, agent = 0}
+  local kinds = {device = 0, country = 0, category = 0, agent = 0, net = 0}
   for field in pairs(f) do
     local kind = field:match('^(%a+):')
     if kinds[kind] then kinds[kind] = kinds[kind] + 1 end

@@ -125,8 +125,12 @@ end
 
 -- The click rules, on every applied click (after it joined session se).  c = the user's clicks of
 -- minute m so far.
-local function click_rules(ctx, uid, st, se, m, c, ts, entry, etype, country)
+local function click_rules(ctx, uid, st, se, m, c, ts, entry, etype, country, flags)
   local R = ctx.rules
+  if flags >= 4 and R.pts.automation > 0 then      -- the user agent of a script or a headless browser
+    user_alert(ctx, nil, {rule = 'automation', sev = R.auto_sev, uid = uid, window = math.floor(ts / DAY_US) * DAY_US,
+      count = 1, threshold = 1, entry = entry}, ts, R.pts.automation)
+  end
   if R.epm and c > R.epm then          -- not == epm + 1: a threshold lowered mid-minute (emit dedups)
     user_alert(ctx, nil, {rule = 'events_per_minute', sev = R.epm_sev, uid = uid, window = m * US_PER_MIN,
       count = c, threshold = R.epm, entry = entry}, ts, R.pts.events_per_minute)
@@ -149,7 +153,12 @@ end
 -- from that IP (remembered in the user's state as st.fwd; the rule counts users, not clicks).
 -- st.fwd = {latest period, its last IP[, IPs forwarded since that period began, when more than 1]}: a
 -- user hopping over more than EXACT IPs (in that period or, out of order, older ones) is not forwarded further.
-local function click_ip(ctx, uid, st, ip, ts)
+local function click_ip(ctx, uid, st, ip, ts, se, flags)
+  -- a failed login: to the IP's partition (credential stuffing), once per session and IP
+  if ctx.rules.stuff_h and math.floor(flags / 2) % 2 == 1 and se.lf ~= ip then
+    se.lf = ip
+    forward(ctx, {'login', ip, uid, fmt(ts)})
+  end
   if not ctx.rules.ip_h then return end
   local w = math.floor(ts / FWD_US) * FWD_US
   local last = st.fwd
@@ -250,6 +259,7 @@ end
 local function takeover(ctx, pr, st, uid, ts, tx, entry)
   local R = ctx.rules
   local A = R.ato
+  local P = R.pts
   local first = first_of(pr, 'first_seen')
   if not first or ts - first < A.hist then return end
   local since = ts - A.recent
@@ -267,9 +277,17 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry)
     return old and new or nil
   end
   local device, country = fresh('agent'), fresh('country')
-  local changed = ptime(pr, 'changed_at')
-  changed = changed and changed > since and changed <= ts
-  if not (device or country or changed) then return end
+  local network = tx.ip and tx.ip ~= '' and fresh('net')
+  local kinds, changed = {}, 0
+  for kind, at in string.gmatch(pr.f.changes or '', '([^@,]+)@(%d+)') do
+    at = tonumber(at)
+    if at > since and at <= ts and not kinds[kind] then kinds[kind] = true; changed = changed + 1 end
+  end
+  local travelled = false              -- an impossible-travel signal lately
+  for _, r in ipairs(reasons_of(pr)) do
+    if r[1] == 'impossible_travel' and r[3] > since and r[3] <= ts then travelled = true end
+  end
+  if not (device or country or changed > 0 or travelled) then return end
   -- spend of the last `recent` (this payment included) against the average order before it
   local key = ctx.prefix .. KEY.spend .. uid
   rcall('ZADD', key, ts, fmt(tx.fp) .. ':' .. tx.amount)
@@ -283,9 +301,9 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry)
   local orders = tonumber(pr.f.orders) or 0
   local average = orders > 0 and (tonumber(pr.f.spend_minor) or 0) / orders or A.min
   local high = spent >= A.min and spent >= A.ratio * average
-  local P = R.pts
-  local pts = (device and P.new_device or 0) + (country and P.new_country or 0) + (changed and P.account_change or 0)
-    + (high and P.high_value or 0)
+  local pts = (device and P.new_device or 0) + (country and P.new_country or 0) + (network and P.new_network or 0)
+    + (changed > 0 and P.account_change or 0) + (changed > 1 and P.more_changes or 0) + (high and P.high_value or 0)
+    + (travelled and P.new_country or 0)
   local day = math.floor(ts / DAY_US)
   local d, before = (pr.f.ato or ''):match('^(%d+) (%S+)$')
   before = tonumber(d) == day and tonumber(before) or 0
@@ -293,9 +311,10 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry)
   pset(pr, 'ato', day .. ' ' .. pts)
   user_alert(ctx, pr, {rule = 'account_takeover', sev = R.ato_sev, uid = uid, window = day * DAY_US, mark = pts,
     count = math.floor(spent), threshold = math.floor(A.ratio * average), entry = entry,
-    evidence = {new_device = device and true or false, new_country = country or false, account_change = changed,
+    evidence = {new_device = device and true or false, new_country = country or false,
+                new_network = network or false, account_changes = changed, impossible_travel = travelled,
                 high_value = high, spent_minor = spent, average_order_minor = math.floor(average), points = pts}},
-    ts, pts - before)
+    ts, pts)
 end
 
 -- Transactions of the user (before the transaction updates the profile).
@@ -309,7 +328,9 @@ local function tx_rules(ctx, pr, st, uid, ts, tx, entry)
     if R.ato then
       takeover(ctx, pr, st, uid, ts, tx, entry)
       local last = tonumber((pr.f.last_order or ''):match('^(%d+)'))
-      if not last or ts >= last then pset(pr, 'last_order', fmt(ts) .. ' ' .. fmt(tx.fp) .. ' ' .. tx.amount) end
+      if not last or ts >= last then
+        pset(pr, 'last_order', fmt(ts) .. ' ' .. fmt(tx.fp) .. ' ' .. tx.amount .. ' ' .. tx.ip)
+      end
     end
     retract(ctx, pr, uid, 'declines', ts - HOUR_US, ts, ts, entry)      -- it was an honest customer
     if WALLETS[tx.method] and st then                                   -- an express checkout
@@ -326,6 +347,8 @@ local function tx_rules(ctx, pr, st, uid, ts, tx, entry)
   end
   if tx.card ~= '' and (R.cards_h or R.cardu_h) then cards(ctx, pr, uid, ts, tx, entry) end
   if tx.country ~= '' then travel(ctx, pr, st, uid, tx.country, ts, entry) end
+  local net = tx.ip:match('^(%d+%.%d+)%.%d+%.%d+$')
+  if net and admit(pr, 'net', 'net:' .. net) then first_time(pr, 'net:' .. net, ts) end
   if tx.ip ~= '' and R.ip_h then
     -- the same for the user's IPs in payments: each forwarded once a period, the first EXACT only
     local wk = fmt(math.floor(ts / FWD_US) * FWD_US)
@@ -343,11 +366,16 @@ local function ticket_rules(ctx, pr, uid, ts, category, new, entry)
   if R.ato and R.ato.changes[category] then
     local at = ptime(pr, 'changed_at')
     if not at or ts > at then set_ptime(pr, 'changed_at', ts) end
+    local list = {}                      -- the latest 8 account changes, "kind@time"
+    for item in string.gmatch(pr.f.changes or '', '[^,]+') do list[#list + 1] = item end
+    list[#list + 1] = category .. '@' .. fmt(ts)
+    while #list > 8 do table.remove(list, 1) end
+    pset(pr, 'changes', table.concat(list, ','))
     -- a ticket that arrives after the order it preceded (another system, other delays): score again
-    local t, fp, amount = (pr.f.last_order or ''):match('^(%d+) (%d+) (%d+)$')
+    local t, fp, amount, ip = (pr.f.last_order or ''):match('^(%d+) (%d+) (%d+) ?(%S*)$')
     t = tonumber(t)
     if t and t >= ts and t - ts < R.ato.recent then
-      takeover(ctx, pr, nil, uid, t, {fp = tonumber(fp), amount = tonumber(amount)}, entry)
+      takeover(ctx, pr, nil, uid, t, {fp = tonumber(fp), amount = tonumber(amount), ip = ip}, entry)
     end
   end
   if new and R.refund_cats[category] then
@@ -416,6 +444,11 @@ local function apply_forwarded(ctx, rec, entry)
     if in_ranges(ip, R.shared_ips) then return end        -- a known shared range: not evidence
     subject_users(ctx, {rule = 'ip_users', sev = R.ip_sev, kind = 'ip', subject = ip},
       ctx.prefix .. KEY.ip_users .. ip, uid, ts, R.ip_h)
+  elseif kind == 'login' and R.stuff_h then
+    local ip, uid, ts = rec[2], rec[3], tonumber(rec[4])
+    if in_ranges(ip, R.shared_ips) then return end
+    subject_users(ctx, {rule = 'credential_stuffing', sev = R.stuff_sev, kind = 'ip', subject = ip},
+      ctx.prefix .. KEY.login_ip .. ip, uid, ts, R.stuff_h)
   elseif kind == 'card' and R.cardu_h then
     local card, uid, ts = rec[2], rec[3], tonumber(rec[4])
     subject_users(ctx, {rule = 'card_testing', sev = R.card_sev, kind = 'card', subject = card},

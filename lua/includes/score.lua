@@ -90,10 +90,20 @@ local function decision(ctx, pr, uid, t, trigger, entry, retraction)
     count = math.floor(score), threshold = level > 1 and R.act[level - 1] or 0, entry = entry or ''}, evidence)
 end
 
--- Signal `code` worth `points` for user uid at event time ts (pr: the user's profile).
+-- Signal `code` worth `points` for user uid at event time ts (pr: the user's profile).  Evidence of
+-- one kind does not add up: a code's contribution is its strongest signal (decayed), so a signal
+-- adds only what it has above the same code's signals already in the list (a shared IP seen by
+-- two horizons, or hour after hour, is one piece of evidence).
 local function add_signal(ctx, pr, uid, code, points, ts, entry)
   if not pr or not points or points <= 0 then return end
   local R = ctx.rules
+  local have = 0
+  for _, r in ipairs(reasons_of(pr)) do
+    if r[1] == code then have = have + r[2] * 2 ^ (-math.abs(ts - r[3]) / R.score_hl) end
+  end
+  points = points - have
+  if points < 0.5 then return end
+  points = math.floor(points * 100 + 0.5) / 100
   local t = math.max(ts, ptime(pr, 'risk_at') or ts)
   local before = level_of(R, score_at(R, pr, t))
   add_score(R, pr, points, ts)
