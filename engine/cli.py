@@ -333,9 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the numbers here")
     p.add_argument("--check", action="store_true", help="exit 1 unless the targets of issue 16 are met")
     p.add_argument("--keep", help="keep the engine's input and exports in this folder")
-    p.add_argument("--interleave", action="store_true",
-                   help="publish clicks, payments and tickets merged in event time, as live (default: like `run`,"
-                        " each source whole, one after the other)")
+    p.add_argument("--by-source", dest="interleave", action="store_false",
+                   help="publish each source whole, one after the other, like `run` on a folder (default: clicks,"
+                        " payments and tickets merged in event time, as they arrive live)")
     p.set_defaults(fn=cmd_evaluate)
     p = sub.add_parser("backtest", help="a rules file over the lake's archived input: alerts per rule")
     p.add_argument("--lake", help="lake folder or URI (default: setting lake_uri)")

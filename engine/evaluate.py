@@ -150,7 +150,7 @@ def run_once(input_dir: Path, out: Path, settings: Settings, rules: str | None,
 
 
 def evaluate(folder: str | Path, settings: Settings, rules: str | None = None, shadow: str | None = None,
-             keep: str | Path | None = None, interleave: bool = False) -> dict:
+             keep: str | Path | None = None, interleave: bool = True) -> dict:
     """Run and score; returns {"report", "seconds", "shadow": {...} | None} (report: evaluation.Report)."""
     from .tools.local import redis_for_run
     lib = load(folder)

@@ -46,6 +46,7 @@ UIPS = "uips:"           # SET     uips:<window>:<user_id> the first 64 IPs of t
 UIPS_MORE = "uipx:"      # HLL     uipx:<window>:<user_id> the IPs beyond those 64 (not forwarded)
 CARD_USERS = "cuz:"      # ZSET    cuz:<card> users of a card -> latest time (the latest 64; card's partition)
 IP_USERS = "ipz:"        # ZSET    ipz:<ip> users behind an IP -> latest time (the latest 64; IP's partition)
+CARD_NETS = "cnz:"       # ZSET    cnz:<card> networks (IPv4 /24) a card paid from -> latest time (the latest 64)
 LOGIN_IP = "lgz:"        # ZSET    lgz:<ip> users with a failed login from the IP -> latest time (the latest 64)
 USER_KEYS = "ukeys:"     # SET     ukeys:<user_id> the user's keys not named by the id alone (fired, risk,
                          #         ucards): erase deletes them (user's partition; no SCAN)
@@ -56,7 +57,7 @@ INPUTS = (CLICKS, TX, SUPPORT, REKEY)   # every input stream of a partition, rea
 # generated into every script as KEY.<name> (engine/scripts.py), typed nowhere else.
 DERIVED = {"user": USER, "count": COUNT, "hll": HLL, "fired": FIRED, "risk": RISK, "tomb": TOMB, "profile": PROFILE,
            "tickets": TICKETS, "fails": FAILS, "ucards": UCARDS, "spend": SPEND, "uips": UIPS,
-           "uips_more": UIPS_MORE, "card_users": CARD_USERS, "ip_users": IP_USERS, "login_ip": LOGIN_IP,
+           "uips_more": UIPS_MORE, "card_users": CARD_USERS, "ip_users": IP_USERS, "login_ip": LOGIN_IP, "card_nets": CARD_NETS,
            "user_keys": USER_KEYS, "user_sets": USER_SETS}
 # The partition's own keys a script may be given by name (engine/contract.py): name -> suffix.
 _NAMED = {"prefix": "", **{s: s for s in (CLICKS, TX, SUPPORT, REKEY, OUTBOX, STATE, OPEN, OPEN_MINUTES, SESSIONS,

@@ -70,6 +70,7 @@ class FailedPayments(_Rule):
 class CardTesting(_Rule):
     cards_per_user: tuple[Horizon, ...] = (Horizon(minutes=60, count=3, points=60), Horizon(minutes=1440, count=4, points=60))
     users_per_card: tuple[Horizon, ...] = (Horizon(minutes=1440, count=3, points=40),)
+    household: int = 5              # up to this many users of one card, all from one network: a family
     severity: Severity = "high"
 
 
@@ -108,6 +109,7 @@ class AccountTakeover(_Rule):
     account_change_points: Points = 25
     more_changes_points: Points = 15  # a second kind of account change (e.g. password, then e-mail)
     high_value_points: Points = 25
+    order_burst_points: Points = 15  # three orders or more in the recent hours (a split cash-out)
     high_value_ratio: float = 3.0   # the last recent_hours' spend against the customer's average order ...
     min_amount_minor: int = 20_000  # ... and at least this (minor units: 200.00)
     account_change_categories: tuple[str, ...] = ("password_reset", "email_change", "address_change", "phone_change",
@@ -212,6 +214,7 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
             "cards_h": _horizons(ct, ct.cards_per_user),
             "cardu_h": _horizons(ct, ct.users_per_card),
             "card_sev": ct.severity,
+            "household": ct.household,
             "ip_h": _horizons(ip, ip.horizons),
             "ip_sev": ip.severity,
             "stuff_h": _horizons(self.credential_stuffing, self.credential_stuffing.horizons),
@@ -238,6 +241,7 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
                     "new_device": ato.new_device_points, "new_country": ato.new_country_points,
                     "new_network": ato.new_network_points, "account_change": ato.account_change_points,
                     "more_changes": ato.more_changes_points, "high_value": ato.high_value_points,
+                    "order_burst": ato.order_burst_points,
                     "automation": self.automation.enabled and self.automation.points or 0,
                     "impossible_travel": tr.points, "refund_abuse": ra.points, "new_account": na.points,
                     "blocklist": self.lists.block_points},

@@ -248,7 +248,9 @@ local function cards(ctx, pr, uid, ts, tx, entry)
     end
   end
   -- (beyond EXACT cards lately the user has alerted as a card tester: no more forwarding)
-  if R.cardu_h and not capped and (not prev or ts - prev >= FWD_US) then forward(ctx, {'card', tx.card, uid, fmt(ts)}) end
+  if R.cardu_h and not capped and (not prev or ts - prev >= FWD_US) then
+    forward(ctx, {'card', tx.card, uid, fmt(ts), tx.ip:match('^(%d+%.%d+%.%d+)%.%d+$') or tx.ip})
+  end
 end
 
 -- Account takeover, on a completed payment of an account with history: what changed lately (a new
@@ -298,11 +300,14 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry)
   for _, member in ipairs(rcall('ZRANGEBYSCORE', key, fmt(since), fmt(ts))) do
     spent = spent + (tonumber(member:match(':(%d+)$')) or 0)
   end
+  -- (a customer who never paid before has no average: a first order of A.min or more is high)
   local orders = tonumber(pr.f.orders) or 0
-  local average = orders > 0 and (tonumber(pr.f.spend_minor) or 0) / orders or A.min
+  local average = orders > 0 and (tonumber(pr.f.spend_minor) or 0) / orders or A.min / A.ratio
   local high = spent >= A.min and spent >= A.ratio * average
+  local burst = rcall('ZCARD', key) >= 3        -- three orders or more in the recent hours: split cash-out
   local pts = (device and P.new_device or 0) + (country and P.new_country or 0) + (network and P.new_network or 0)
     + (changed > 0 and P.account_change or 0) + (changed > 1 and P.more_changes or 0) + (high and P.high_value or 0)
+    + (burst and P.order_burst or 0)
     + (travelled and P.new_country or 0)
   local day = math.floor(ts / DAY_US)
   local d, before = (pr.f.ato or ''):match('^(%d+) (%S+)$')
@@ -313,7 +318,7 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry)
     count = math.floor(spent), threshold = math.floor(A.ratio * average), entry = entry,
     evidence = {new_device = device and true or false, new_country = country or false,
                 new_network = network or false, account_changes = changed, impossible_travel = travelled,
-                high_value = high, spent_minor = spent, average_order_minor = math.floor(average), points = pts}},
+                high_value = high, order_burst = burst, spent_minor = spent, average_order_minor = math.floor(average), points = pts}},
     ts, pts)
 end
 
@@ -420,13 +425,19 @@ end
 
 -- Users of a subject (an IP, a card) over several horizons, in the subject's partition: ZSET user ->
 -- latest time, the latest EXACT users.
-local function subject_users(ctx, a, key, uid, ts, horizons)
+-- nets: a ZSET of the networks (/24) the subject was used from, or nil; with it, a subject used from
+-- one network only (a household's card) does not alert.
+local function subject_users(ctx, a, key, uid, ts, horizons, nets, net)
   local keep = longest(horizons)
   local ttl = math.floor((keep + ctx.gap + ctx.ooo) / 1000)
   local prev, capped = track(key, uid, ts, keep, ttl)
   if not prev and not capped then joins(ctx, uid, key, ttl) end
+  if nets and net and net ~= '' then track(nets, net, ts, keep, ttl) end
   for _, h in ipairs(horizons) do
     local n = rcall('ZCOUNT', key, fmt(ts - h[1]), '+inf')
+    if n >= h[2] and nets and n <= ctx.rules.household and rcall('ZCOUNT', nets, fmt(ts - h[1]), '+inf') < 2 then
+      n = 0                              -- a household: a few users paying from one network
+    end
     if n >= h[2] then
       local members = rcall('ZRANGEBYSCORE', key, fmt(ts - h[1]), '+inf')
       a.window, a.window_us, a.mark, a.count, a.threshold, a.points =
@@ -452,7 +463,7 @@ local function apply_forwarded(ctx, rec, entry)
   elseif kind == 'card' and R.cardu_h then
     local card, uid, ts = rec[2], rec[3], tonumber(rec[4])
     subject_users(ctx, {rule = 'card_testing', sev = R.card_sev, kind = 'card', subject = card},
-      ctx.prefix .. KEY.card_users .. card, uid, ts, R.cardu_h)
+      ctx.prefix .. KEY.card_users .. card, uid, ts, R.cardu_h, ctx.prefix .. KEY.card_nets .. card, rec[5])
   elseif kind == 'risk' then
     local uid = rec[2]
     if ctx.check_tombs and erased(ctx, uid) then return end
