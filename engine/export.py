@@ -102,7 +102,7 @@ def decision_records(alerts: list[dict]) -> list[dict]:
 NUMERIC = {"events", "sessions", "orders", "spend_minor", "failed_payments", "tickets", "open_tickets", "capped",
            "refund_tickets"}
 TIMES = {"first_seen", "last_seen", "risk_at", "changed_at"}   # µs in the hash (lua/includes/profile.lua), ISO here
-INTERNAL = {"recent_tx", "last_order", "ato"}       # the rules' memory, not attributes of the customer
+INTERNAL = {"recent_tx", "last_order", "ato", "changes"}       # the rules' memory, not attributes of the customer
 
 
 def _time_text(value: str) -> str:
@@ -114,7 +114,7 @@ def profile_fields(fields: dict[str, str]) -> dict[str, str]:
     """Profile fields with their times as ISO-8601 (the script keeps µs), everything else as stored."""
     out = {}
     for name, value in fields.items():
-        if name in TIMES or name.startswith(("device:", "country:", "agent:")):
+        if name in TIMES or name.startswith(("device:", "country:", "agent:", "net:")):
             value = _time_text(value)
         elif name in ("last_alert", "loc"):
             rule, _, at = value.partition(" ")

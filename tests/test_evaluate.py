@@ -44,7 +44,9 @@ def test_without_decisions_an_alert_naming_the_user_flags_them_member_records_in
     assert flags["f1"].event_us == ev.parse_timestamp("2026-11-16T09:00:00.000Z")     # the earliest window
 
 
-def test_with_decisions_the_last_decision_counts_and_the_time_is_when_the_final_flag_began():
+def test_with_decisions_a_review_or_block_counts_until_retracted_and_the_time_is_when_it_began():
+    """step_up is a challenge, not a flag; a later decision at a lower action after the score decayed
+    (c3) does not undo a flag, a retraction (c1) does."""
     d = lambda uid, action, t, *codes, **kw: {"user_id": uid, "action": action, "event_time": t,  # noqa: E731
                                               "reasons": [{"code": c, "points": 10} for c in codes], **kw}
     decisions = [d("f1", "review", "2026-11-16T10:00:05Z", "new_device"),
@@ -53,11 +55,14 @@ def test_with_decisions_the_last_decision_counts_and_the_time_is_when_the_final_
                  d("f1", "block", "2026-11-16T10:06:00Z", "new_device", "password_reset", "high_value"),
                  d("c1", "review", "2026-11-16T10:00:00Z", "new_country"),
                  d("c1", "allow", "2026-11-16T10:02:00Z", retraction=True),
-                 d("c2", "allow", "2026-11-16T10:00:00Z")]
+                 d("c2", "allow", "2026-11-16T10:00:00Z"),
+                 d("c3", "review", "2026-11-16T10:00:00Z", "ip_users"),
+                 d("c3", "step_up", "2026-11-16T13:00:00Z", "ip_users"),
+                 d("s1", "step_up", "2026-11-16T10:00:00Z", "new_country")]
     flags = ev.flagged(decisions, [alert("c2", "ip_users")])       # decisions win over alerts
-    assert set(flags) == {"f1"}
+    assert set(flags) == {"f1", "c3"}
     assert flags["f1"].reasons == ("high_value", "new_device", "password_reset")
-    assert flags["f1"].event_us == ev.parse_timestamp("2026-11-16T10:05:00Z")
+    assert flags["f1"].event_us == ev.parse_timestamp("2026-11-16T10:06:00Z")
     assert ev.fired(decisions, [])["f1"] == {"new_device", "password_reset", "high_value"}
     assert ev.fired(decisions, [])["c1"] == {"new_country"}
 
