@@ -127,7 +127,7 @@ local function apply_click(ev, st)
   if not hit and #st.sessions >= MAX_SESSIONS then
     return 'quarantined: the user has ' .. MAX_SESSIONS .. ' open sessions (the cap); this click would open one more'
   end
-  if ev[6] ~= 0 and seen_before(ctx, st, ev[6], ts) then
+  if record_click(ctx, st, ev[6], ts) then
     dups = dups + 1                       -- a producer retry of a click applied already
     return nil
   end
@@ -157,8 +157,9 @@ local function apply_click(ev, st)
   if ts > hit.l then
     if hit.n > 0 then                     -- an in-order gap (ms), for the scripted-clicks rule
       local gap_ms = (ts - hit.l) / 1000
-      local g = hit.g or {0, 0, 0}
-      hit.g = {g[1] + 1, g[2] + gap_ms, g[3] + gap_ms * gap_ms}
+      local g = hit.g
+      if g then g[1], g[2], g[3] = g[1] + 1, g[2] + gap_ms, g[3] + gap_ms * gap_ms
+      else hit.g = {1, gap_ms, gap_ms * gap_ms} end
     end
     hit.l = ts
   end
@@ -167,7 +168,7 @@ local function apply_click(ev, st)
   if etype == 'purchase' and (not hit.p or ts < hit.p) then hit.p = ts end
   -- what the profile learns from clicks travels with the session (folded in when it closes)
   if device ~= '' then first_capped(ctx, hit.dv, device, ts, MAX_VALUES) end
-  if ev[11] and ev[11] ~= '' then first_capped(ctx, hit.ag, ev[11], ts, MAX_VALUES) end
+  if ev[11] and ev[11] ~= '' then first_capped(ctx, hit.dv, '#' .. ev[11], ts, MAX_VALUES) end   -- an agent
   local flags = ev[12] or 0
   if flags % 2 == 1 then hit.i = true end
   if country ~= '' then first_capped(ctx, hit.co, country, ts, MAX_VALUES) end

@@ -91,7 +91,6 @@ def bursts(events_in_order, threshold: int = 100) -> list[tuple[str, str]]:
 # applied.  The functions below simulate that, one partition at a time, with plain Python.
 
 B_US = 5 * 60 * 1_000_000
-SECONDS_KEPT = B_US // 1_000_000 + 120   # lua/includes/user_state.lua count_second: B + 2 min
 NEG_INF = float("-inf")
 
 
@@ -182,8 +181,7 @@ def rule_alerts(applied_in_order, groups, epm: int = 100, burst: int | None = 10
 
     events_per_minute: the (epm + 1)-th applied click of a user in a minute, count epm + 1.
     burst: in publish order, the first click of a minute with more than the threshold of the user's
-    clicks in its 60 whole seconds (seconds kept: the SECONDS_KEPT up to the user's latest); count =
-    that number.  inhuman_speed: per session (groups as streamed_sessions returns them), a purchase
+    clicks applied so far in its 60 whole seconds; count = that number.  inhuman_speed: per session (groups as streamed_sessions returns them), a purchase
     less than within_us after the start (count = ms after the start) or a checkout without
     product_view / add_to_cart (count 0); window = the session start.  (The engine decides it on the
     event and retracts it at the close: compare with the users whose signal stands.)"""
@@ -192,17 +190,12 @@ def rule_alerts(applied_in_order, groups, epm: int = 100, burst: int | None = 10
     out += [("events_per_minute", user, format_us(m * US_PER_MINUTE), epm + 1)
             for (user, m), n in per.items() if n > epm]
     if burst is not None:
-        top: dict = {}
         seconds: dict = defaultdict(Counter)
         fired = set()
         for e in applied_in_order:
             user, ts = e[0], e[1]
             m, sec = ts // US_PER_MINUTE, ts // 1_000_000
-            if sec > top.get(user, sec - 1):
-                top[user] = sec
-                seconds[user] = Counter({k: c for k, c in seconds[user].items() if k > sec - SECONDS_KEPT})
-            if sec > top[user] - SECONDS_KEPT:
-                seconds[user][sec] += 1
+            seconds[user][sec] += 1
             n = sum(c for k, c in seconds[user].items() if sec - 60 < k <= sec)
             if n > burst and (user, m) not in fired:
                 fired.add((user, m))

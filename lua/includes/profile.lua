@@ -177,17 +177,14 @@ end
 local function note_session_times(pr, se)
   touch(pr, se.s)
   touch(pr, se.l)
-  for d, t in pairs(se.dv) do
-    local field = 'device:' .. d
-    if admit(pr, 'device', field) then first_time(pr, field, t) end
+  for d, t in pairs(se.dv) do             -- devices, and device identities as '#<agent>'
+    local kind = d:byte(1) == 35 and 'agent' or 'device'
+    local field = kind == 'agent' and 'agent:' .. d:sub(2) or 'device:' .. d
+    if admit(pr, kind, field) then first_time(pr, field, t) end
   end
   for c, t in pairs(se.co) do
     local field = 'country:' .. c
     if admit(pr, 'country', field) then first_time(pr, field, t) end
-  end
-  for a, t in pairs(se.ag or {}) do
-    local field = 'agent:' .. a
-    if admit(pr, 'agent', field) then first_time(pr, field, t) end
   end
 end
 

@@ -73,7 +73,10 @@ local function travel(ctx, pr, st, uid, country, ts, entry)
       end
     end
   end
-  if st and (not st.loc or ts >= st.loc[2]) then st.loc = {country, ts} end
+  if st then
+    local loc = st.loc
+    if not loc then st.loc = {country, ts} elseif ts >= loc[2] then loc[1], loc[2] = country, ts end
+  end
   if pr and not st then pset(pr, 'loc', country .. ' ' .. fmt(ts)) end
 end
 
@@ -136,7 +139,7 @@ local function click_rules(ctx, uid, st, se, m, c, ts, entry, etype, country, fl
       count = c, threshold = R.epm, entry = entry}, ts, R.pts.events_per_minute)
   end
   -- the exact count only when the two minutes together could be over it
-  local n = count_second(ctx, st, ts, R.burst and c + (st.minutes[m - 1] or 0) > R.burst)
+  local n = R.burst and c + (st.minutes[m - 1] or 0) > R.burst and clicks_in_60s(st, ts)
   if n and n > R.burst then
     user_alert(ctx, nil, {rule = 'burst', sev = R.burst_sev, uid = uid, window = m * US_PER_MIN,
       count = n, threshold = R.burst, entry = entry,

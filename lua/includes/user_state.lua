@@ -11,20 +11,21 @@
                                  the profile when it closes (profile.lua fold_session)
      m = {minute, count, ...}    per-user click counts of the minutes a click that is not late can
                                  still reach (rule 1, burst; at most MAX_MINUTES)
-     i = {minute, {fingerprint, ...}, ...}   event_id fingerprints of the user's clicks, by minute,
-                                 kept as long as the minute's counts (producer retries; at most MAX_IDS)
+     i = {minute, records, ...}  the user's clicks by minute, kept as long as the minute's counts: one
+                                 7-byte record per click (the event_id fingerprint's 6 bytes, big-endian,
+                                 0 without an id, and the click's second of the minute): producer retries and the exact 60-s burst rule; at most
+                                 MAX_IDS records
      u = due                     the user's score in <prefix>open: a lower bound of the time the
                                  watermark must pass before a session closes or a minute is dropped
      w = {window, ip[, n]}       the last (IP-rule window, IP) pair forwarded for the user, and how many
                                  IPs were forwarded since that window when more than one (rules.lua)
-     b = {second, count, ...}    clicks per second of the user's latest B + 120 seconds (the exact 60-s
-                                 burst rule)
-     l = {country, time}}        the country of the user's latest click (impossible travel)
-  A session's 9th element, when any is set: {i = 1 (a click came with purchase intent), f = the
-  time of its inhuman-speed signal - start, g = {gaps, sum, sum of squares} of its in-order gaps
-  between clicks (ms), z = 1 (scripted-clicks signal raised), a = {agent = first - start}}
-  (States written by earlier versions: d = due - start of the first session, i = {fingerprint, ...};
-  still read.)
+     lc, lt}                     the country of the user's latest click and its time (impossible travel)
+  A session's elements 9-14, when any is set: flags (1: a click came with purchase intent, 2: the
+  scripted-clicks signal was raised), the time of its inhuman-speed signal - start (-1: none), the
+  count, sum and sum of squares of its in-order gaps between clicks (ms), the IP of its last
+  forwarded failed login.  Device identities (agents) are kept with the devices, as '#<agent>'.
+  (States written by earlier versions: d = due - start of the first session, i = {fingerprint, ...}
+  or {minute, {fingerprint, ...}, ...}; still read, their clicks' seconds taken as 0.)
   Retention, a function of the watermark W only (so of event times, never of how work was batched):
   a click is late when ts + gap < W; a session [start, last] is closed (emitted, deleted) once
   W > last + gap; a minute m (its counts and fingerprints) is kept while a click that is not late
@@ -61,6 +62,22 @@ local function first_times(start, offsets)
   return out
 end
 
+-- Click records (see the header) of fingerprints stored by earlier versions, at second 0.
+local function fp_key(fp)
+  local b = {}
+  for i = 6, 1, -1 do
+    b[i] = fp % 256
+    fp = math.floor(fp / 256)
+  end
+  return string.char(b[1], b[2], b[3], b[4], b[5], b[6])
+end
+
+local function legacy_records(fps)
+  local out = {}
+  for i, fp in ipairs(fps) do out[i] = fp_key(fp) .. '\0' end
+  return table.concat(out)
+end
+
 local function load_user(ctx, uid)
   local st = ctx.users[uid]
   if st then return st end
@@ -69,7 +86,7 @@ local function load_user(ctx, uid)
     return nil, 'state key of the user is unreadable: ' .. tostring(raw.err)
   end
   -- clean: nothing to write back unless changed; ids: minute -> {fingerprint, ...}, nids in all
-  st = {sessions = {}, minutes = {}, ids = {}, nids = 0, clean = true, secs = {}, nsecs = 0}
+  st = {sessions = {}, minutes = {}, ids = {}, nids = 0, clean = true}
   if raw then
     local ok, doc = decode_state(raw)
     if not ok or type(doc) ~= 'table' or type(doc.s) ~= 'table' or type(doc.m) ~= 'table'
@@ -83,16 +100,12 @@ local function load_user(ctx, uid)
           or not is_counts(se[7]) or not is_counts(se[8]) then
         return nil, "state of the user is not in the engine's format (session " .. i .. ')'
       end
-      local p, x = se[5], se[9]
+      local p, flags, fl = se[5], tonumber(se[9]) or 0, tonumber(se[10])
       local sess = {s = start, l = start + se[2], n = se[3], t = se[4], p = p and p >= 0 and start + p or nil,
-                    c = se[6] or {}, dv = first_times(start, se[7]), co = first_times(start, se[8]), ag = {}}
-      if type(x) == 'table' then
-        sess.i = x.i == 1 or nil
-        sess.fl = type(x.f) == 'number' and start + x.f or nil
-        if type(x.g) == 'table' and is_counts(x.g) and #x.g == 3 then sess.g = x.g end
-        sess.z = x.z == 1 or nil
-        if is_counts(x.a) then sess.ag = first_times(start, x.a) end
-      end
+                    c = se[6] or {}, dv = first_times(start, se[7]), co = first_times(start, se[8]),
+                    i = flags % 2 == 1 or nil, z = math.floor(flags / 2) % 2 == 1 or nil,
+                    fl = fl and fl >= 0 and start + fl or nil, lf = type(se[14]) == 'string' and se[14] or nil}
+      if type(se[11]) == 'number' and se[11] > 0 then sess.g = {se[11], tonumber(se[12]) or 0, tonumber(se[13]) or 0} end
       st.sessions[i] = sess
     end
     local m = doc.m
@@ -110,29 +123,29 @@ local function load_user(ctx, uid)
       return nil, "state of the user is not in the engine's format (no session)"
     end
     local ids = doc.i
-    if type(ids) == 'table' and type(ids[2]) == 'table' then
+    if type(ids) == 'table' and #ids > 0 and type(ids[1]) == 'number' then
       for i = 1, #ids, 2 do
-        local fps = ids[i + 1]
-        if type(ids[i]) ~= 'number' or type(fps) ~= 'table' or not is_counts(fps) then
+        local recs = ids[i + 1]
+        if type(ids[i]) ~= 'number' then return nil, "state of the user is not in the engine's format (ids)" end
+        if type(recs) == 'table' then                  -- earlier versions: {fingerprint, ...}
+          if not is_counts(recs) then return nil, "state of the user is not in the engine's format (ids)" end
+          recs = legacy_records(recs)
+        elseif type(recs) ~= 'string' or #recs % 7 ~= 0 then
           return nil, "state of the user is not in the engine's format (ids)"
         end
-        st.ids[ids[i]] = fps
-        st.nids = st.nids + #fps
+        st.ids[ids[i]] = recs
+        st.nids = st.nids + #recs / 7
       end
     elseif type(ids) == 'table' and #ids > 0 and #st.sessions > 0 then
       -- earlier versions: the last few fingerprints; kept with the minute of the latest session
       if not is_counts(ids) then return nil, "state of the user is not in the engine's format (ids)" end
       local last = st.sessions[#st.sessions].l
-      st.ids[math.floor(last / US_PER_MIN)] = ids
+      st.ids[math.floor(last / US_PER_MIN)] = legacy_records(ids)
       st.nids = #ids
     end
     st.lb = st.due                      -- the stored due is the earliest, when it was saved
     if type(doc.w) == 'table' then st.fwd = doc.w end
-    if type(doc.b) == 'table' and is_counts(doc.b) then
-      local b = doc.b
-      for i = 1, #b - 1, 2 do st.secs[b[i]] = b[i + 1]; st.nsecs = st.nsecs + 1 end
-    end
-    if type(doc.l) == 'table' and type(doc.l[1]) == 'string' and type(doc.l[2]) == 'number' then st.loc = doc.l end
+    if type(doc.lc) == 'string' and type(doc.lt) == 'number' then st.loc = {doc.lc, doc.lt} end
     st.stored = true
     if raw:byte(1) == 123 then           -- JSON: written by a version that counted clicks into the profile
       st.clean = false                   -- rewritten in the current format
@@ -144,7 +157,7 @@ local function load_user(ctx, uid)
 end
 
 local function new_session(ts)
-  return {s = ts, l = ts, n = 0, t = {}, c = {}, dv = {}, co = {}, ag = {}}
+  return {s = ts, l = ts, n = 0, t = {}, c = {}, dv = {}, co = {}}
 end
 
 -- Merge session se into session into (an event bridged the gap between them).
@@ -157,7 +170,6 @@ local function merge_session(ctx, into, se)
   for k, c in pairs(se.c) do count_capped(ctx, into.c, k, c, MAX_VALUES) end
   for k, t in pairs(se.dv) do first_capped(ctx, into.dv, k, t, MAX_VALUES) end
   for k, t in pairs(se.co) do first_capped(ctx, into.co, k, t, MAX_VALUES) end
-  for k, t in pairs(se.ag) do first_capped(ctx, into.ag, k, t, MAX_VALUES) end
   into.i = into.i or se.i
   into.z = into.z or se.z
   if se.fl and (not into.fl or se.fl < into.fl) then into.fl = se.fl end
@@ -167,60 +179,45 @@ local function merge_session(ctx, into, se)
   end
 end
 
--- A click at ts into the user's per-second counts; returns the user's clicks in the 60 s up to ts
--- (seconds ts-59 .. ts) when count_it, else nil.  Only the seconds up to 2 minutes + the
--- out-of-order bound before the user's latest one are kept (a click older than that is counted in
--- none; tests/reference.py mirrors it).
-local function count_second(ctx, st, ts, count_it)
-  local SECONDS_KEPT = math.floor(ctx.ooo / 1000000) + 120
-  local sec = math.floor(ts / 1000000)
-  local secs = st.secs
-  local top = st.topsec
-  if not top then
-    top = NEG_INF
-    for k in pairs(secs) do if k > top then top = k end end
-  end
-  if sec > top then
-    top = sec
-    for k in pairs(secs) do
-      if k <= top - SECONDS_KEPT then secs[k] = nil; st.nsecs = st.nsecs - 1 end
-    end
-  end
-  st.topsec = top
-  if sec > top - SECONDS_KEPT then
-    if not secs[sec] then secs[sec] = 0; st.nsecs = st.nsecs + 1 end
-    secs[sec] = secs[sec] + 1
-  end
-  if not count_it then return nil end
+-- The user's clicks in the 60 whole seconds up to ts (seconds ts-59 .. ts), from the click records
+-- of ts's minute and the one before (exact: a minute's records are kept while a click that is not
+-- late can fall in it or in the next minute).
+local function clicks_in_60s(st, ts)
+  local m = math.floor(ts / US_PER_MIN)
+  local sec = math.floor(ts / 1000000) % 60
   local n = 0
-  for k, c in pairs(secs) do
-    if k <= sec and k > sec - 60 then n = n + c end
+  local recs = st.ids[m]
+  if recs then
+    for k = 7, #recs, 7 do if recs:byte(k) <= sec then n = n + 1 end end
+  end
+  recs = st.ids[m - 1]
+  if recs then
+    for k = 7, #recs, 7 do if recs:byte(k) > sec then n = n + 1 end end
   end
   return n
 end
 
--- Was this event_id fingerprint seen among the user's clicks of the minutes still kept (every click
--- that is not late)?  Remembers it (in the click's minute) if not, while fewer than MAX_IDS are kept.
-local function seen_before(ctx, st, fp, ts)
-  local set = st.idset
-  if not set then
-    set = {}
-    for _, fps in pairs(st.ids) do
-      for _, x in ipairs(fps) do set[x] = true end
+-- A click at ts with event_id fingerprint fp (0: none): true when a click with that fingerprint is
+-- among the user's records (a producer retry, as long as the click is not late); otherwise its
+-- record goes into its minute's (while fewer than MAX_IDS are kept) and false.
+local function record_click(ctx, st, fp, ts)
+  local key = fp ~= 0 and fp_key(fp) or nil
+  if key then
+    for _, recs in pairs(st.ids) do
+      local at = recs:find(key, 1, true)
+      while at do
+        if at % 7 == 1 then return true end
+        at = recs:find(key, at + 1, true)
+      end
     end
-    st.idset = set
   end
-  if set[fp] then return true end
   if st.nids >= MAX_IDS then
     ctx.capped = ctx.capped + 1
     return false
   end
-  set[fp] = true
   st.clean = false
   local m = math.floor(ts / US_PER_MIN)
-  local fps = st.ids[m]
-  if not fps then fps = {}; st.ids[m] = fps end
-  fps[#fps + 1] = fp
+  st.ids[m] = (st.ids[m] or '') .. (key or '\0\0\0\0\0\0') .. string.char(math.floor(ts / 1000000) % 60)
   st.nids = st.nids + 1
   return false
 end
@@ -239,9 +236,8 @@ local function count_minute(ctx, st, m)
       ctx.capped = ctx.capped + 1
       st.minutes[oldest] = nil
       if st.ids[oldest] then
-        st.nids = st.nids - #st.ids[oldest]
+        st.nids = st.nids - #st.ids[oldest] / 7
         st.ids[oldest] = nil
-        st.idset = nil
       end
     end
     c = 0
@@ -306,11 +302,10 @@ local function settle_user(ctx, uid, st, wm)
       st.clean = false
     end
   end
-  for m, fps in pairs(st.ids) do
+  for m, recs in pairs(st.ids) do
     if not minute_kept(ctx, m, wm) then
       st.ids[m] = nil
-      st.nids = st.nids - #fps
-      st.idset = nil
+      st.nids = st.nids - #recs / 7
       st.clean = false
     end
   end
@@ -349,23 +344,19 @@ local function save_users(ctx, wm)
         local doc = {s = {}, m = ms, u = st.due}
         if #ids > 0 then doc.i = ids end
         if st.fwd then doc.w = st.fwd end
-        if st.loc then doc.l = st.loc end
-        if st.nsecs > 0 then
-          local b = {}
-          for k, c in pairs(st.secs) do b[#b + 1] = k; b[#b + 1] = c end
-          doc.b = b
-        end
+        if st.loc then doc.lc, doc.lt = st.loc[1], st.loc[2] end
         for i, se in ipairs(st.sessions) do
           local dv, co = {}, {}
           for k, t in pairs(se.dv) do dv[k] = t - se.s end
           for k, t in pairs(se.co) do co[k] = t - se.s end
-          doc.s[i] = {se.s, se.l - se.s, se.n, se.t, se.p and se.p - se.s or -1, se.c, dv, co}
-          if se.i or se.fl or se.g or se.z or next(se.ag) then
-            local ag = {}
-            for k, t in pairs(se.ag) do ag[k] = t - se.s end
-            doc.s[i][9] = {i = se.i and 1 or nil, f = se.fl and se.fl - se.s or nil, g = se.g,
-                           z = se.z and 1 or nil, a = ag}
+          local row = {se.s, se.l - se.s, se.n, se.t, se.p and se.p - se.s or -1, se.c, dv, co}
+          if se.i or se.z or se.fl or se.g or se.lf then
+            local g = se.g
+            row[9], row[10] = (se.i and 1 or 0) + (se.z and 2 or 0), se.fl and se.fl - se.s or -1
+            row[11], row[12], row[13] = g and g[1] or 0, g and g[2] or 0, g and g[3] or 0
+            row[14] = se.lf
           end
+          doc.s[i] = row
         end
         rcall('SET', key, cmsgpack.pack(doc), 'PX', ctx.ttl)
       end
