@@ -5,7 +5,7 @@ tickets and records forwarded from other partitions.  Their entries are merged i
 (entry-id milliseconds: the streams of a partition live on one node; see merge_sources), validated,
 and encoded as one JSON array of events in that order, each led by its entry id and source:
 
-    ["<id>", "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip, agent, flags]
+    ["<id>", "c", user_id, ts_us, event_type, key, category, device, country, ip, "#" + agent, flags]
     ["<id>", "t", user_id, ts_us, fingerprint, completed 1|0, amount_minor, currency, card, ip, country, method]
     ["<id>", "k", user_id, ts_us, ticket_id, open 1|0, category]
     ["<id>", "r", [forwarded record, ...]]          (written by lua/includes/rules.lua, trusted)
@@ -49,10 +49,16 @@ class Decoded(NamedTuple):
 Entry = tuple[bytes, "dict | list | None"]
 
 
-def fingerprint(event_id: str) -> int:
+def fingerprint(event_id: str) -> int:  # (a click's is sent as click_key(fingerprint))
     """46 bits of BLAKE2b of the producer's event_id: exact as a JSON number in Lua (cjson keeps
     14 digits), stable across processes, collisions among a user's 16 remembered ids ~1e-12."""
     return int.from_bytes(blake2b(event_id.encode(), digest_size=6).digest(), "big") & FINGERPRINT_MASK
+
+
+def click_key(fp: int) -> str:
+    """A click's fingerprint as the apply script keeps it: 8 characters of 6 bits each, '0' (48) + bits,
+    most significant first (lua/includes/user_state.lua fp_key makes the same from a number)."""
+    return "".join(chr(48 + (fp >> shift & 63)) for shift in (42, 36, 30, 24, 18, 12, 6, 0))
 
 
 def payload_of(fields: dict | list) -> bytes | None:
@@ -110,8 +116,8 @@ def decode_entries(entries: Sequence[tuple[str, Entry]], partition: int, now_us:
                 user = c.user_id
                 category = (category_of(c.product_id) if c.product_id else None) or c.category
                 event = (entry_id.decode(), "c", user, c.ts_us, c.event_type,
-                         fingerprint(c.event_id) if c.event_id else 0, category, c.device, c.country, c.ip,
-                         c.agent, c.flags)
+                         click_key(fingerprint(c.event_id)) if c.event_id else "", category, c.device, c.country,
+                         c.ip, "#" + c.agent if c.agent else "", c.flags)
             elif source == TX:
                 t = parse_transaction(raw, now_us, max_future, max_id)
                 user = t.user_id

@@ -25,7 +25,7 @@
   ARGV  consumer, group, now_us, gap_us, ooo_us, ttl_ms, maxlen, channel, profile_ttl_ms,
         rules (JSON, engine/rules.py), events (JSON array in stream-id order, engine/batch.py),
         quorum (users whose click times move the watermark), limit (users / minutes closed per call):
-          [id, "c", user_id, ts_us, event_type, fingerprint, category, device, country, ip, agent,
+          [id, "c", user_id, ts_us, event_type, key, category, device, country, ip, '#' .. agent,
            flags (1 intent, 2 failed login, 4 automation agent: engine/schema.py flags_of)]
           [id, "t", user_id, ts_us, fingerprint, completed, amount_minor, currency, card, ip, country, method]
           [id, "k", user_id, ts_us, ticket_id, open, category]
@@ -168,7 +168,7 @@ local function apply_click(ev, st)
   if etype == 'purchase' and (not hit.p or ts < hit.p) then hit.p = ts end
   -- what the profile learns from clicks travels with the session (folded in when it closes)
   if device ~= '' then first_capped(ctx, hit.dv, device, ts, MAX_VALUES) end
-  if ev[11] and ev[11] ~= '' then first_capped(ctx, hit.dv, '#' .. ev[11], ts, MAX_VALUES) end   -- an agent
+  if ev[11] and ev[11] ~= '' then first_capped(ctx, hit.dv, ev[11], ts, MAX_VALUES) end   -- '#<agent>' 
   local flags = ev[12] or 0
   if flags % 2 == 1 then hit.i = true end
   if country ~= '' then first_capped(ctx, hit.co, country, ts, MAX_VALUES) end

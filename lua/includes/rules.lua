@@ -147,8 +147,13 @@ local function click_rules(ctx, uid, st, se, m, c, ts, entry, etype, country, fl
   end
   if etype == 'purchase' or etype == 'checkout' then speed_rule(ctx, uid, se, ts, entry) end
   scripted_rule(ctx, uid, se, ts, entry)
-  if country ~= '' and (not st.loc or st.loc[1] ~= country or ts > st.loc[2]) then
-    travel(ctx, nil, st, uid, country, ts, entry)
+  if country ~= '' then
+    local loc = st.loc
+    if loc and loc[1] == country then
+      if ts > loc[2] then loc[2] = ts end
+    else
+      travel(ctx, nil, st, uid, country, ts, entry)
+    end
   end
 end
 

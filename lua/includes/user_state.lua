@@ -12,8 +12,8 @@
      m = {minute, count, ...}    per-user click counts of the minutes a click that is not late can
                                  still reach (rule 1, burst; at most MAX_MINUTES)
      i = {minute, records, ...}  the user's clicks by minute, kept as long as the minute's counts: one
-                                 7-byte record per click (the event_id fingerprint's 6 bytes, big-endian,
-                                 0 without an id, and the click's second of the minute): producer retries and the exact 60-s burst rule; at most
+                                 9-byte record per click (the event_id's key, engine/batch.py click_key,
+                                 '00000000' without an id, and the click's second of the minute as a byte): producer retries and the exact 60-s burst rule; at most
                                  MAX_IDS records
      u = due                     the user's score in <prefix>open: a lower bound of the time the
                                  watermark must pass before a session closes or a minute is dropped
@@ -62,14 +62,20 @@ local function first_times(start, offsets)
   return out
 end
 
+-- Click records (see the header): REC bytes, the key then the second of the minute.
+local REC = 9
+local SECOND = {}
+for i = 0, 59 do SECOND[i] = string.char(i) end
 -- Click records (see the header) of fingerprints stored by earlier versions, at second 0.
+-- A fingerprint (a number, as earlier versions stored it) as a click key: 8 characters of 6 bits,
+-- '0' + bits, most significant first (engine/batch.py click_key sends it so).
 local function fp_key(fp)
   local b = {}
-  for i = 6, 1, -1 do
-    b[i] = fp % 256
-    fp = math.floor(fp / 256)
+  for i = 8, 1, -1 do
+    b[i] = 48 + fp % 64
+    fp = math.floor(fp / 64)
   end
-  return string.char(b[1], b[2], b[3], b[4], b[5], b[6])
+  return string.char(b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8])
 end
 
 local function legacy_records(fps)
@@ -130,11 +136,11 @@ local function load_user(ctx, uid)
         if type(recs) == 'table' then                  -- earlier versions: {fingerprint, ...}
           if not is_counts(recs) then return nil, "state of the user is not in the engine's format (ids)" end
           recs = legacy_records(recs)
-        elseif type(recs) ~= 'string' or #recs % 7 ~= 0 then
+        elseif type(recs) ~= 'string' or #recs % REC ~= 0 then
           return nil, "state of the user is not in the engine's format (ids)"
         end
         st.ids[ids[i]] = recs
-        st.nids = st.nids + #recs / 7
+        st.nids = st.nids + #recs / REC
       end
     elseif type(ids) == 'table' and #ids > 0 and #st.sessions > 0 then
       -- earlier versions: the last few fingerprints; kept with the minute of the latest session
@@ -188,25 +194,25 @@ local function clicks_in_60s(st, ts)
   local n = 0
   local recs = st.ids[m]
   if recs then
-    for k = 7, #recs, 7 do if recs:byte(k) <= sec then n = n + 1 end end
+    for k = REC, #recs, REC do if recs:byte(k) <= sec then n = n + 1 end end
   end
   recs = st.ids[m - 1]
   if recs then
-    for k = 7, #recs, 7 do if recs:byte(k) > sec then n = n + 1 end end
+    for k = REC, #recs, REC do if recs:byte(k) > sec then n = n + 1 end end
   end
   return n
 end
 
--- A click at ts with event_id fingerprint fp (0: none): true when a click with that fingerprint is
--- among the user's records (a producer retry, as long as the click is not late); otherwise its
--- record goes into its minute's (while fewer than MAX_IDS are kept) and false.
-local function record_click(ctx, st, fp, ts)
-  local key = fp ~= 0 and fp_key(fp) or nil
-  if key then
+-- A click at ts with key (engine/batch.py click_key; '' without an event_id): true when a click with
+-- that key is among the user's records (a producer retry, as long as the click is not late);
+-- otherwise its record goes into its minute's (while fewer than MAX_IDS are kept) and false.
+local function record_click(ctx, st, key, ts)
+  if type(key) == 'number' then key = key ~= 0 and fp_key(key) or '' end    -- (a caller of an earlier version)
+  if key ~= '' then
     for _, recs in pairs(st.ids) do
       local at = recs:find(key, 1, true)
       while at do
-        if at % 7 == 1 then return true end
+        if at % REC == 1 then return true end
         at = recs:find(key, at + 1, true)
       end
     end
@@ -217,7 +223,7 @@ local function record_click(ctx, st, fp, ts)
   end
   st.clean = false
   local m = math.floor(ts / US_PER_MIN)
-  st.ids[m] = (st.ids[m] or '') .. (key or '\0\0\0\0\0\0') .. string.char(math.floor(ts / 1000000) % 60)
+  st.ids[m] = (st.ids[m] or '') .. (key ~= '' and key or '00000000') .. SECOND[math.floor(ts / 1000000) % 60]
   st.nids = st.nids + 1
   return false
 end
@@ -236,7 +242,7 @@ local function count_minute(ctx, st, m)
       ctx.capped = ctx.capped + 1
       st.minutes[oldest] = nil
       if st.ids[oldest] then
-        st.nids = st.nids - #st.ids[oldest] / 7
+        st.nids = st.nids - #st.ids[oldest] / REC
         st.ids[oldest] = nil
       end
     end
@@ -305,7 +311,7 @@ local function settle_user(ctx, uid, st, wm)
   for m, recs in pairs(st.ids) do
     if not minute_kept(ctx, m, wm) then
       st.ids[m] = nil
-      st.nids = st.nids - #recs / 7
+      st.nids = st.nids - #recs / REC
       st.clean = false
     end
   end
