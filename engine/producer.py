@@ -117,6 +117,33 @@ def publish(client: Any, events: Iterable[Any], settings: Settings, source: str 
     return sent
 
 
+def publish_mixed(client: Any, items: Iterable[tuple[str, Any]], settings: Settings) -> int:
+    """Like publish(), for (source, event) pairs of several sources in arrival order: each event to
+    its partition's stream of its source, in one pipeline per PIPELINE_SIZE events (single node)."""
+    keys = Keys(settings.namespace, settings.partitions)
+    streams = {source: [p.key(source) for p in keys.all_partitions()] for source in (CLICKS, TX, SUPPORT)}
+    parts = settings.partitions
+    send = _send_by_master if is_cluster_client(client) else _send
+    batch: list[tuple[str, bytes]] = []
+    sent = 0
+    try:
+        for source, event in items:
+            raw = _as_bytes(event)
+            batch.append((streams[source][route(raw, parts)], raw))
+            if len(batch) == PIPELINE_SIZE:
+                send(client, batch, settings)
+                sent += len(batch)
+                batch = []
+        if batch:
+            send(client, batch, settings)
+            sent += len(batch)
+    except BackPressure as exc:
+        exc.published = sent
+        BACKPRESSURE.labels("mixed").inc()
+        raise
+    return sent
+
+
 def _check_cap(client: Any, streams: list[str], cap: int) -> None:
     """One XLEN per target stream of a batch (one round trip): BackPressure at the cap."""
     pipe = client.pipeline(transaction=False)
