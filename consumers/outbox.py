@@ -14,6 +14,8 @@ from shopstream.engine.streams import pages
 
 _records = msgspec.json.Decoder(list[list])
 PAGE = 500
+HOMES_KEPT = 200_000
+_homes: dict[int, dict[str, int]] = {}
 
 
 class Forwarder:
@@ -36,9 +38,19 @@ class Forwarder:
     async def _send(self, p: int, outbox: str, batch: list) -> int:
         """Forward one batch of outbox entries (entry_id, records JSON), then delete them."""
         by_target: dict[int, list] = {}
+        parts = self.settings.partitions
+        homes = _homes.setdefault(parts, {})
+        if len(homes) > HOMES_KEPT:
+            homes.clear()
         for _, payload in batch:
             for record in _records.decode(payload):
-                by_target.setdefault(partition_of(str(record[1]), self.settings.partitions), []).append(record)
+                key = record[1]          # an IP, a card or a user: many repeat, so their partition is kept
+                q = homes.get(key) if key.__class__ is str else None
+                if q is None:
+                    q = partition_of(str(key), parts)
+                    if key.__class__ is str:
+                        homes[key] = q
+                by_target.setdefault(q, []).append(record)
         pipe = self.client.pipeline(transaction=False)
         for q, records in sorted(by_target.items()):
             pipe.xadd(self.parts[q].key(REKEY), {"e": msgspec.json.encode(records)})   # trimmed once read

@@ -54,6 +54,11 @@ def _second_us(prefix: str) -> int | None:
 
 def _fast_iso(s: str) -> int | None:
     """YYYY-MM-DD[T ]HH:MM:SS[.f+][Z|±HH:MM] without datetime objects; None if not that shape."""
+    if len(s) == 24 and s[19] == "." and s[23] == "Z":          # the usual shape, milliseconds and Z
+        frac = s[20:23]
+        if frac.isascii() and frac.isdigit():
+            base = _second_us(s[:19])
+            return None if base is None else base + int(frac) * 1000
     base = _second_us(s[:19])
     if base is None:
         return None
