@@ -16,7 +16,7 @@ import msgspec
 
 from . import control, export, producer
 from .connection import async_client, sync_client
-from .keys import STATE, Keys
+from .keys import CLICKS, STATE, SUPPORT, TX, Keys
 from .settings import Settings
 
 
@@ -82,9 +82,15 @@ async def run_file(path: str | Path, out_dir: str | Path, settings: Settings, co
         # The consumers apply while the file is replayed; "open" keeps them from taking a stream they
         # have drained for the end of the input, "done" (after the last event) lets them finish.
         control.set_input_state(client, settings, control.INPUT_OPEN)
+        # a folder's product catalog before the consumers start: they read it when they join, and the
+        # clicks take their categories from it (as when the consumers started after the whole replay)
+        published, rest = {}, None
+        if Path(path).is_dir():
+            published = producer.replay(client, path, settings, kinds={producer.CATALOG})
+            rest = [CLICKS, TX, SUPPORT]
         procs = start_consumers(settings.replace(idle_timeout_ms=0), consumers)  # replay: no wall clock
         try:
-            published = producer.replay(client, path, settings, rate=rate, progress=True)
+            published.update(producer.replay(client, path, settings, rate=rate, progress=True, kinds=rest))
         except BaseException:
             for proc in procs:
                 proc.terminate()

@@ -25,7 +25,7 @@ import csv
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Collection, Iterable, Iterator
 
 import msgspec
 from redis.exceptions import MovedError, ResponseError
@@ -351,15 +351,18 @@ def sources_of(path: str | Path) -> list[tuple[str, Path]]:
 
 
 def replay(client: Any, path: str | Path, settings: Settings, rate: float | None = None,
-           progress: bool | Callable[[int | None, str], Any] = False) -> dict[str, int]:
+           progress: bool | Callable[[int | None, str], Any] = False,
+           kinds: Collection[str] | None = None) -> dict[str, int]:
     """Publish a file's (or a folder's) records, optionally at ``rate`` events/s.  Returns records
     published per kind (the catalog: products loaded).  ``progress``: a factory (total, label) of an
     object with update(done) and close(), told how far each file is; True: the command line's bar
-    on stderr (engine/progress.py)."""
+    on stderr (engine/progress.py).  ``kinds``: only a folder's files of these kinds."""
     if progress is True:
         from .progress import Progress as progress
     done: dict[str, int] = {}
     for kind, file in sources_of(path):
+        if kinds is not None and kind and kind not in kinds:
+            continue
         events = list(read_events(file))
         kind = kind or kind_of(events)
         if kind == CATALOG:

@@ -77,3 +77,26 @@ def test_publish_mixed_sends_each_event_to_its_source_stream(settings):
     keys = Keys(settings.namespace, settings.partitions)
     lengths = {source: sum(r.xlen(p.key(source)) for p in keys.all_partitions()) for source in (CLICKS, TX, SUPPORT)}
     assert lengths == {CLICKS: 2, TX: 1, SUPPORT: 1}
+
+
+async def test_run_loads_a_folders_catalog_before_the_consumers_start(real, tmp_path, monkeypatch):
+    """The consumers now start with the replay; they read the catalog when they join and the clicks
+    take their categories from it, so a folder's catalog must be in before they start (it was loaded
+    after them, racing their join, when the overlap came in)."""
+    from shopstream.engine import pipeline
+    from shopstream.engine.settings import Settings
+    from shopstream.engine.tools.generate import GeneratorConfig, write_all
+
+    write_all(tmp_path / "data", GeneratorConfig(seed=3, users=20, hours=0.5))
+    settings = Settings(redis_url=real.url, namespace="cat", partitions=4, metrics_port=None)
+    products = []
+    start = pipeline.start_consumers
+
+    def starting(s, n):
+        products.append(real.sync.xlen(Keys(s.namespace, s.partitions).catalog))
+        return start(s, n)
+
+    monkeypatch.setattr(pipeline, "start_consumers", starting)
+    result = await pipeline.run_file(tmp_path / "data", tmp_path / "out", settings, consumers=1)
+    assert products and products[0] == result.published["catalog"] > 0
+    assert list(result.published) == ["catalog", "clicks", "tx", "support"]
