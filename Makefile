@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast bench cluster redis-server clean
+.PHONY: demo test test-fast bench bench-run cluster redis-server clean
 
 demo: $(VENV)/.installed redis-server
 	$(BIN)/shopstream demo
@@ -17,8 +17,15 @@ test: $(VENV)/.installed redis-server
 test-fast: $(VENV)/.installed
 	$(BIN)/pytest -m "not integration and not cluster and not slow" --ignore-glob="tests/test_lake_*"
 
+# Issue 15's targets on mixed traffic (about 5 min): 3 transport/engine pairs, latency per rule at
+# 1M events/min, memory, and 3 timed `shopstream run`s of the 1M-event clickstream file.
 bench: $(VENV)/.installed redis-server
-	$(BIN)/shopstream bench
+	$(BIN)/shopstream bench --run-rounds 3
+
+# Only the whole-process time of `shopstream run` on the 1M-event clickstream file (20k users, 6 h;
+# written once to $$TMPDIR/shopstream-bench/), 3 rounds: the comparison with Flink of issue 15.
+bench-run: $(VENV)/.installed redis-server
+	$(BIN)/shopstream bench --run-only --run-rounds 3
 
 # A local Redis Cluster (3 masters + 3 replicas on ports 7000-7005) in the foreground; it prints the
 # REDIS_URL to use with every other command. Ctrl-C stops it.

@@ -80,6 +80,7 @@ class Applier:
         self.forwarder, self.watermarks, self.recorder = forwarder, watermarks, recorder
         self.metrics, self.clock, self.client, self.until_idle = metrics, clock, client, until_idle
         self.rate = InputRate(clock)
+        self.round_outbox: list | None = None        # during a round: (p, outbox entries) forwarded at its end
         self.failures = 0                            # consecutive failed apply calls
         self.batch_failures: dict[tuple, int] = {}   # (partition, first entry's source and id) -> failures
 
@@ -98,8 +99,18 @@ class Applier:
         # partition's batch is decoded (each process() decodes, then awaits its script call).
         # All of them finish before an error (e.g. Redis unavailable) goes up: no apply of this
         # round can still be in flight when the next round reads.
-        for outcome in await asyncio.gather(*(self.process(b.p, b.entries) for b in batches),
-                                            return_exceptions=True):
+        # The calls' outbox records go to their partitions once, at the end of the round (one round
+        # trip instead of one per call); until then they wait in the outboxes, where a new owner
+        # would find them (Reader.read forwards a recovering partition's outbox first).
+        self.round_outbox = []
+        try:
+            outcomes = await asyncio.gather(*(self.process(b.p, b.entries) for b in batches),
+                                            return_exceptions=True)
+        finally:
+            due, self.round_outbox = self.round_outbox, None
+        if due:
+            await self.forwarder.forward_round(due)
+        for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         for b in batches:
@@ -170,7 +181,11 @@ class Applier:
         if reply.poison:
             await self.dead_letters.write(p, deadletters.from_poison(entries, reply.poison))
         if reply.outbox:
-            await self.forwarder.forward(p, [(entry.entry_id, entry.records) for entry in reply.outbox])
+            entries = [(entry.entry_id, entry.records) for entry in reply.outbox]
+            if self.round_outbox is not None:
+                self.round_outbox.append((p, entries))
+            else:
+                await self.forwarder.forward(p, entries)
         if reply.more:            # more was due than one call closes: close the rest, call by call
             await self.watermarks.advance_to(p, 0)
         return None

@@ -14,6 +14,8 @@ from shopstream.engine.streams import pages
 
 _records = msgspec.json.Decoder(list[list])
 PAGE = 500
+HOMES_KEPT = 200_000
+_homes: dict[int, dict[str, int]] = {}
 
 
 class Forwarder:
@@ -35,16 +37,34 @@ class Forwarder:
 
     async def _send(self, p: int, outbox: str, batch: list) -> int:
         """Forward one batch of outbox entries (entry_id, records JSON), then delete them."""
+        return await self.forward_round([(p, batch)])
+
+    async def forward_round(self, due: list[tuple[int, list]]) -> int:
+        """Forward the outbox entries of several partitions' calls (p, [(entry_id, records JSON)]) in
+        one round trip: one XADD per target partition, then one XDEL per source outbox (a consumer
+        forwards once per round, not once per call)."""
         by_target: dict[int, list] = {}
-        for _, payload in batch:
-            for record in _records.decode(payload):
-                by_target.setdefault(partition_of(str(record[1]), self.settings.partitions), []).append(record)
+        parts = self.settings.partitions
+        homes = _homes.setdefault(parts, {})
+        if len(homes) > HOMES_KEPT:
+            homes.clear()
+        for _, batch in due:
+            for _, payload in batch:
+                for record in _records.decode(payload):
+                    key = record[1]      # an IP, a card or a user: many repeat, so their partition is kept
+                    q = homes.get(key) if key.__class__ is str else None
+                    if q is None:
+                        q = partition_of(str(key), parts)
+                        if key.__class__ is str:
+                            homes[key] = q
+                    by_target.setdefault(q, []).append(record)
         pipe = self.client.pipeline(transaction=False)
         for q, records in sorted(by_target.items()):
             pipe.xadd(self.parts[q].key(REKEY), {"e": msgspec.json.encode(records)})   # trimmed once read
         if self.cluster:         # the targets live on other masters: delete only once they have it
             await pipe.execute()
             pipe = self.client.pipeline(transaction=False)
-        pipe.xdel(outbox, *[entry_id for entry_id, _ in batch])
+        for p, batch in due:
+            pipe.xdel(self.parts[p].key(OUTBOX), *[entry_id for entry_id, _ in batch])
         await pipe.execute()
-        return len(batch)
+        return sum(len(batch) for _, batch in due)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from shopstream.engine import aio
 from shopstream.engine.connection import UNAVAILABLE, async_client, consumer_name, retry_until_available
-from shopstream.engine.control import drained, ensure_groups
+from shopstream.engine.control import drained, ensure_groups, input_open
 from shopstream.engine.retention import trim_inputs
 from shopstream.engine.settings import Settings
 
@@ -50,7 +50,10 @@ class Runner:
                 try:
                     await c.leases.release_due()
                     worked = await c.step()
-                    if not worked and c.until_idle and await drained(c.client, c.settings):
+                    # the end-of-input signal first: read before the streams, a "done" means every
+                    # event was appended before the drained check looks
+                    if (not worked and c.until_idle and not await input_open(c.client, c.settings)
+                            and await drained(c.client, c.settings)):
                         log.info("all partitions drained; exiting")
                         break
                 except UNAVAILABLE as exc:

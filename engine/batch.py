@@ -16,6 +16,7 @@ Bad entries become dead-letter records carrying the original payload and a reada
 from __future__ import annotations
 
 from hashlib import blake2b
+from bisect import bisect_right
 from heapq import merge
 from typing import Callable, Mapping, NamedTuple, Sequence
 
@@ -47,6 +48,8 @@ class Decoded(NamedTuple):
 
 
 Entry = tuple[bytes, "dict | list | None"]
+HOMES_KEPT = 500_000                       # user -> partition, remembered (per partition count)
+_homes: dict[int, dict[str, int]] = {}
 
 
 def fingerprint(event_id: str) -> int:  # (a click's is sent as click_key(fingerprint))
@@ -85,7 +88,26 @@ def merge_sources(by_source: Mapping[str, Sequence[Entry]]) -> list[tuple[str, E
     lists = [[(source, e) for e in entries] for source, entries in by_source.items() if entries]
     if len(lists) == 1:
         return lists[0]
+    lists.sort(key=len)
+    if len(lists) == 2 and len(lists[0]) * 8 < len(lists[1]):
+        return _merge_few(lists[1], lists[0])
     return list(merge(*lists, key=_id_key))
+
+
+def _merge_few(many: list, few: list) -> list:
+    """heapq.merge's order (stable: of equal keys, the earlier list's first; _RANK makes keys of
+    different streams differ anyway) when one list is short: each of its items goes in by
+    binary search, so only log(n) keys of the long list are computed, not n."""
+    out: list = []
+    start = 0
+    for item in few:
+        key = _id_key(item)
+        cut = bisect_right(many, key, lo=start, key=_id_key)
+        out += many[start:cut]
+        out.append(item)
+        start = cut
+    out += many[start:]
+    return out
 
 
 def decode_entries(entries: Sequence[tuple[str, Entry]], partition: int, now_us: int, settings: Settings,
@@ -95,6 +117,9 @@ def decode_entries(entries: Sequence[tuple[str, Entry]], partition: int, now_us:
     parts = settings.partitions
     max_future = settings.max_future_ms * 1000
     max_id = settings.max_id_bytes
+    homes = _homes.setdefault(parts, {})
+    if len(homes) > HOMES_KEPT:
+        homes.clear()
     good: list = []
     dead: list[DeadLetter] = []
     for source, (entry_id, fields) in entries:
@@ -102,7 +127,9 @@ def decode_entries(entries: Sequence[tuple[str, Entry]], partition: int, now_us:
             dead.append(DeadLetter(entry_id, b"", "entry was trimmed from the stream before it was processed"
                                                   " (retention trims only acknowledged entries: was the stream trimmed by hand?)", source))
             continue
-        raw = payload_of(fields)
+        # the usual raw entry [b"e", payload] without a call
+        raw = fields[1] if fields.__class__ is list and len(fields) == 2 and fields[0] == PAYLOAD_FIELD \
+            else payload_of(fields)
         if raw is None:
             dead.append(DeadLetter(entry_id, repr(fields).encode()[:4096],
                                    "entry has no 'e' field (expected the event JSON in field 'e')", source))
@@ -115,9 +142,11 @@ def decode_entries(entries: Sequence[tuple[str, Entry]], partition: int, now_us:
                 c = parse_click(raw, now_us, max_future, max_id)
                 user = c.user_id
                 category = (category_of(c.product_id) if c.product_id else None) or c.category
+                event_id = c.event_id          # fingerprint(), inline: once per event
                 event = (entry_id.decode(), "c", user, c.ts_us, c.event_type,
-                         click_key(fingerprint(c.event_id)) if c.event_id else "", category, c.device, c.country,
-                         c.ip, "#" + c.agent if c.agent else "", c.flags)
+                         click_key(int.from_bytes(blake2b(event_id.encode(), digest_size=6).digest(), "big")
+                                   & FINGERPRINT_MASK) if event_id else "", category, c.device, c.country, c.ip,
+                         "#" + c.agent if c.agent else "", c.flags)
             elif source == TX:
                 t = parse_transaction(raw, now_us, max_future, max_id)
                 user = t.user_id
@@ -133,7 +162,9 @@ def decode_entries(entries: Sequence[tuple[str, Entry]], partition: int, now_us:
         except Exception as exc:  # a validator bug must not stop the partition: the record is kept
             dead.append(DeadLetter(entry_id, raw, f"unexpected validation error {type(exc).__name__}: {exc}", source))
             continue
-        home = partition_of(user, parts)
+        home = homes.get(user)
+        if home is None:
+            home = homes[user] = partition_of(user, parts)
         if home != partition:
             dead.append(DeadLetter(entry_id, raw, f"user_id belongs to partition {home}, not {partition}:"
                                                   " the producer used another partition function or count", source))

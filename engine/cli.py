@@ -170,10 +170,16 @@ def cmd_bench(args, settings):
         run_cluster(args.events, args.users, args.runs, consumers[len(consumers) // 2], args.cluster,
                     args.appendfsync, args.json)
         return
-    from .tools.bench import run
+    from .tools.bench import run, run_file_rounds
+    if args.run_only:
+        result = run_file_rounds(args.events, args.users, args.run_rounds or 3)
+        print(f"shopstream run {result['file']}: median {result['median_s']:.2f} s whole process "
+              f"({args.events / result['median_s']:,.0f} events/s) of " + ", ".join(f"{x:.2f}" for x in result["seconds"]))
+        return
     run(args.events, args.users, args.runs, [int(x) for x in args.consumers.split(",")],
-        [int(x) for x in args.scale_partitions.split(",")], args.rate, args.json, args.profile, args.growth,
-        args.appendfsync)
+        [int(x) for x in args.scale_partitions.split(",") if x], args.rate, args.json, args.profile, args.growth,
+        args.appendfsync, rules_share=args.rules_share, run_rounds=args.run_rounds,
+        latency_events=args.latency_events)
     if args.profile:
         import pstats
         print(f"\nprofile of one engine consumer ({args.profile}):")
@@ -260,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_replay)
 
     p = sub.add_parser("consume", help="run one consumer of the group (run several side by side)")
-    p.add_argument("--until-idle", action="store_true", help="exit once every partition is drained")
+    p.add_argument("--until-idle", action="store_true", help="exit once every partition is drained (and, during `run`, the input is"
+                   " complete: its end-of-input signal)")
     p.add_argument("--profile", help="write cProfile stats of this consumer to FILE at exit")
     p.set_defaults(fn=cmd_consume)
 
@@ -268,9 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--runs", type=int, default=3, help="transport/engine pairs; medians are reported")
-    p.add_argument("--consumers", default="1,2,4", help="consumer counts to scale over (the middle one is the default)")
-    p.add_argument("--scale-partitions", default="1,8,32", help="partition counts to scale over")
+    p.add_argument("--consumers", default="2",
+                   help="consumer count; several (e.g. 1,2,4): also scale over them (the middle one is the default)")
+    p.add_argument("--scale-partitions", default="", help="also scale over these partition counts (e.g. 1,8,32)")
     p.add_argument("--rate", type=float, default=16_667, help="offered load for the latency stage, events/s")
+    p.add_argument("--latency-events", type=int, help="events of the latency stage (default: all of them)")
+    p.add_argument("--rules-share", action="store_true", help="also run the engine with every rule disabled")
+    p.add_argument("--run-rounds", type=int, default=0,
+                   help="also time `shopstream run` on the clickstream file (EVENTS clicks) this many times")
+    p.add_argument("--run-only", action="store_true",
+                   help="instead: only time `shopstream run` on the clickstream file (--run-rounds, default 3)")
     p.add_argument("--growth", action="store_true", help="also run 5x the events (throughput must not fall)")
     p.add_argument("--appendfsync", default="everysec", choices=["everysec", "always", "no"],
                    help="Redis durability during the bench (no = AOF off)")

@@ -174,6 +174,22 @@ async def drained(client: Any, settings: Settings) -> bool:
     return all(pending == 0 and lag == 0 for pending, lag in state.values())
 
 
+INPUT_OPEN, INPUT_DONE = b"open", b"done"
+
+
+def set_input_state(client: Any, settings: Settings, state: bytes) -> None:
+    """The end-of-input signal of a bounded run (sync client: the producer's): INPUT_OPEN before the
+    first event is appended, INPUT_DONE after the last.  Consumers run while the input is replayed;
+    ``consume --until-idle`` exits on a drained stream only once it is not open (no key: as before,
+    a stream replayed before the consumers start)."""
+    client.set(Keys(settings.namespace, settings.partitions).input_state, state)
+
+
+async def input_open(client: Any, settings: Settings) -> bool:
+    """True while a producer said more input is coming (set_input_state)."""
+    return await client.get(Keys(settings.namespace, settings.partitions).input_state) == INPUT_OPEN
+
+
 async def namespace_keys(client: Any, settings: Settings) -> list[bytes]:
     return [k async for k in client.scan_iter(match=Keys(settings.namespace, settings.partitions).pattern,
                                                count=1000)]

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from .connection import is_cluster_client
 from .contract import ProfileArgs
 from .eventtime import format_us, format_us_exact
 from .keys import ALERTS, LATE, MINUTES, PROFILE, SESSIONS, USER, Keys, glob_escape
@@ -146,20 +147,52 @@ async def read_profile(client: Any, settings: Settings, user_id: str, scripts: S
     return profile_record(user_id, dict(zip(reply[::2], reply[1::2]))) if reply else None
 
 
+PROFILE_PIPELINE = 1000     # read_profile calls per round trip (single node)
+SCAN_COUNT = 10_000
+
+
+async def _users_by_partition(client: Any, settings: Settings) -> dict[int, set[str]]:
+    """Users with a profile or an open session, by the partition holding the key: one SCAN pass per
+    key kind over the whole namespace (not one per partition: each pass walks every key)."""
+    keys = Keys(settings.namespace, settings.partitions)
+    head = glob_escape(settings.namespace) + ":{*}:"
+    found: dict[int, set[str]] = {}
+    start = len(settings.namespace) + 2            # after "<ns>:{"
+    for suffix in (PROFILE, USER):
+        async for key in client.scan_iter(match=head + glob_escape(suffix) + "*", count=SCAN_COUNT):
+            close = key.find(b"}", start)
+            if close < 0 or not key[start:close].isdigit():
+                continue
+            p = int(key[start:close])
+            if p >= settings.partitions:
+                continue
+            prefix = keys.partition(p).key(suffix).encode()
+            if key.startswith(prefix):           # not another key whose name happens to match the glob
+                found.setdefault(p, set()).add(key[len(prefix):].decode("utf-8", "replace"))
+    return found
+
+
 async def collect_profiles(client: Any, settings: Settings) -> list[dict]:
     """Every user with a profile or an open session."""
     scripts, out = Scripts(client), []
-    for part in Keys(settings.namespace, settings.partitions).all_partitions():
-        users: set[str] = set()
-        for suffix in (PROFILE, USER):
-            prefix = part.key(suffix).encode()
-            async for key in client.scan_iter(match=glob_escape(part.key(suffix)) + "*", count=1000):
-                users.add(key[len(prefix):].decode("utf-8", "replace"))
-        ordered = sorted(users)
+    found = await _users_by_partition(client, settings)
+    ordered = [user for p in sorted(found) for user in sorted(found[p])]
+    if is_cluster_client(client):
         for i in range(0, len(ordered), PROFILE_READS):     # a few script calls in flight, not one at a time
             records = await asyncio.gather(*(read_profile(client, settings, user, scripts)
                                              for user in ordered[i:i + PROFILE_READS]))
             out.extend(record for record in records if record)
+        return sorted(out, key=lambda r: r["user_id"])
+    keys = Keys(settings.namespace, settings.partitions)
+    for i in range(0, len(ordered), PROFILE_PIPELINE):      # single node: many calls per round trip
+        chunk = ordered[i:i + PROFILE_PIPELINE]
+        pipe = client.pipeline(transaction=False)
+        for user in chunk:
+            await scripts.queue(pipe, "read_profile", keys.partition(partition_of(user, settings.partitions)),
+                                ProfileArgs(user_id=user))
+        for user, reply in zip(chunk, await pipe.execute()):
+            if reply:
+                out.append(profile_record(user, dict(zip(reply[::2], reply[1::2]))))
     return sorted(out, key=lambda r: r["user_id"])
 
 
@@ -174,6 +207,18 @@ class Outputs:
 
 
 async def collect(client: Any, settings: Settings) -> Outputs:
+    # the profiles (script calls: Redis time) are read while the streams are decoded (Python time)
+    profiles = asyncio.ensure_future(collect_profiles(client, settings))
+    try:
+        out = await _collect_streams(client, settings)
+        out.profiles = await profiles
+    finally:
+        if not profiles.done():
+            profiles.cancel()
+    return out
+
+
+async def _collect_streams(client: Any, settings: Settings) -> Outputs:
     keys = Keys(settings.namespace, settings.partitions)
     out = Outputs()
     minutes: dict[int, list[int]] = {}
@@ -196,7 +241,6 @@ async def collect(client: Any, settings: Settings) -> Outputs:
         dead.add((f[b"stream"], f[b"entry_id"]))
         out.dlq.append({"reason": _s(f[b"reason"]), "record": _s(f[b"payload"]), "stream": _s(f[b"stream"]),
                         "entry_id": _s(f[b"entry_id"])})
-    out.profiles = await collect_profiles(client, settings)
     out.sessions.sort(key=lambda r: (r["user_id"], r["start"]))
     out.alerts.sort(key=lambda r: (r["window_start"], r["user_id"], r["rule"], r["subject"]))
     out.late.sort(key=lambda r: (r["timestamp"], r["user_id"]))

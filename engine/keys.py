@@ -146,6 +146,12 @@ class Keys:
         """STRING the HMAC key of the audit records when ``audit_key`` is not set (SET NX, random)."""
         return f"{self.ns}:audit:key"
 
+    @property
+    def input_state(self) -> str:
+        """STRING "open" while a producer streams a bounded input (``shopstream run``), "done" once
+        all of it is appended: ``consume --until-idle`` does not stop at a drained stream while "open"."""
+        return f"{self.ns}:input"
+
     def channel(self, name: str) -> str:
         return f"{self.ns}:{name}"
 

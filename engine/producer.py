@@ -25,10 +25,10 @@ import csv
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Collection, Iterable, Iterator
 
 import msgspec
-from redis.exceptions import MovedError
+from redis.exceptions import MovedError, ResponseError
 
 from . import catalog
 from .connection import UNAVAILABLE, is_cluster_client
@@ -117,6 +117,33 @@ def publish(client: Any, events: Iterable[Any], settings: Settings, source: str 
     return sent
 
 
+def publish_mixed(client: Any, items: Iterable[tuple[str, Any]], settings: Settings) -> int:
+    """Like publish(), for (source, event) pairs of several sources in arrival order: each event to
+    its partition's stream of its source, in one pipeline per PIPELINE_SIZE events (single node)."""
+    keys = Keys(settings.namespace, settings.partitions)
+    streams = {source: [p.key(source) for p in keys.all_partitions()] for source in (CLICKS, TX, SUPPORT)}
+    parts = settings.partitions
+    send = _send_by_master if is_cluster_client(client) else _send
+    batch: list[tuple[str, bytes]] = []
+    sent = 0
+    try:
+        for source, event in items:
+            raw = _as_bytes(event)
+            batch.append((streams[source][route(raw, parts)], raw))
+            if len(batch) == PIPELINE_SIZE:
+                send(client, batch, settings)
+                sent += len(batch)
+                batch = []
+        if batch:
+            send(client, batch, settings)
+            sent += len(batch)
+    except BackPressure as exc:
+        exc.published = sent
+        BACKPRESSURE.labels("mixed").inc()
+        raise
+    return sent
+
+
 def _check_cap(client: Any, streams: list[str], cap: int) -> None:
     """One XLEN per target stream of a batch (one round trip): BackPressure at the cap."""
     pipe = client.pipeline(transaction=False)
@@ -128,21 +155,66 @@ def _check_cap(client: Any, streams: list[str], cap: int) -> None:
 
 
 def _send(client: Any, batch: list[tuple[str, bytes]], settings: Settings, check: bool = True) -> None:
-    """One pipeline; with wait_replicas, WAIT on the same connection after the XADDs.  No MAXLEN:
+    """One round trip; with wait_replicas, WAIT on the same connection after the XADDs.  No MAXLEN:
     input is trimmed only once every consumer group acknowledged it (engine/retention.py); a
     stream at input_hard_cap refuses the whole batch first (BackPressure)."""
     if check and settings.input_hard_cap:
         _check_cap(client, list(dict.fromkeys(stream for stream, _ in batch)), settings.input_hard_cap)
-    pipe = client.pipeline(transaction=False)
-    for stream, raw in batch:
-        # execute_command skips xadd()'s argument handling: ~15 % of the producer's CPU per event
-        pipe.execute_command("XADD", stream, "*", "e", raw)
-    if settings.wait_replicas:
-        pipe.execute_command("WAIT", settings.wait_replicas, settings.wait_timeout_ms)
-    replies = pipe.execute()
+    replies = _xadd_packed(client, batch, settings.wait_replicas, settings.wait_timeout_ms)
+    errors = [r for r in replies if isinstance(r, Exception)]
+    if errors:
+        raise errors[0]
     if settings.wait_replicas and replies[-1] < settings.wait_replicas:
         raise NotReplicated(f"{replies[-1]} of {settings.wait_replicas} replicas confirmed {len(batch)} events "
                             f"within {settings.wait_timeout_ms} ms")
+
+
+_XADD_HEAD: dict[str, bytes] = {}
+
+
+def _xadd_head(stream: str) -> bytes:
+    """The RESP of 'XADD <stream> * e', up to the payload's length (one per stream, kept)."""
+    head = _XADD_HEAD.get(stream)
+    if head is None:
+        name = stream.encode()
+        head = _XADD_HEAD[stream] = b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\ne\r\n" % (len(name), name)
+    return head
+
+
+def _pack(batch: list[tuple[str, bytes]], wait_replicas: int, wait_timeout_ms: int) -> bytes:
+    """The whole batch as one RESP buffer, packed here once (redis-py's pipeline packs each command
+    through several Python layers: about half of the producer's CPU per event)."""
+    head = _xadd_head
+    parts = [b"%s$%d\r\n%s\r\n" % (head(stream), len(raw), raw) for stream, raw in batch]
+    if wait_replicas:
+        w, t = str(wait_replicas).encode(), str(wait_timeout_ms).encode()
+        parts.append(b"*3\r\n$4\r\nWAIT\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(w), w, len(t), t))
+    return b"".join(parts)
+
+
+def _xadd_packed(client: Any, batch: list[tuple[str, bytes]], wait_replicas: int, wait_timeout_ms: int) -> list:
+    """Send the packed batch on one connection of the client's pool and read every reply (an error
+    reply as its exception, as a pipeline gives it).  The client's retry policy applies to the round
+    trip as a whole, as it does to a pipeline's."""
+    payload = _pack(batch, wait_replicas, wait_timeout_ms)
+    expected = len(batch) + (1 if wait_replicas else 0)
+    pool = client.connection_pool
+    conn = pool.get_connection()
+
+    def round_trip() -> list:
+        conn.send_packed_command([payload], check_health=False)
+        replies = []
+        for _ in range(expected):
+            try:
+                replies.append(conn.read_response(disable_decoding=True))
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+
+    try:
+        return conn.retry.call_with_retry(round_trip, lambda _error: conn.disconnect())
+    finally:
+        pool.release(conn)
 
 
 def _send_by_master(client: Any, batch: list[tuple[str, bytes]], settings: Settings) -> None:
@@ -279,15 +351,18 @@ def sources_of(path: str | Path) -> list[tuple[str, Path]]:
 
 
 def replay(client: Any, path: str | Path, settings: Settings, rate: float | None = None,
-           progress: bool | Callable[[int | None, str], Any] = False) -> dict[str, int]:
+           progress: bool | Callable[[int | None, str], Any] = False,
+           kinds: Collection[str] | None = None) -> dict[str, int]:
     """Publish a file's (or a folder's) records, optionally at ``rate`` events/s.  Returns records
     published per kind (the catalog: products loaded).  ``progress``: a factory (total, label) of an
     object with update(done) and close(), told how far each file is; True: the command line's bar
-    on stderr (engine/progress.py)."""
+    on stderr (engine/progress.py).  ``kinds``: only a folder's files of these kinds."""
     if progress is True:
         from .progress import Progress as progress
     done: dict[str, int] = {}
     for kind, file in sources_of(path):
+        if kinds is not None and kind and kind not in kinds:
+            continue
         events = list(read_events(file))
         kind = kind or kind_of(events)
         if kind == CATALOG:

@@ -57,7 +57,8 @@ def print_run(result: Any, out_dir: str | Path, detailed: bool, truth: Path | No
     names = {"catalog": "catalog products", "clicks": "clicks", "tx": "transactions", "support": "support tickets"}
     sources = ", ".join(f"{n:,} {names.get(kind, kind)}" for kind, n in result.published.items())
     print(f"Input: {sources}; replayed in {result.seconds_replay:.2f} s, consumed in "
-          f"{result.seconds_consume:.2f} s ({rate:,.0f} events/s including process start-up)")
+          f"{result.seconds_consume:.2f} s ({rate:,.0f} events/s including process start-up; the consumers run"
+          f" during the replay), flushed in {result.seconds_flush:.2f} s, exported in {result.seconds_export:.2f} s")
     print(f"  applied {st['applied']:,} | late {st['late']:,} | dead-letter {len(dead):,} | "
           f"duplicates skipped {st['duplicates']:,} | accounted for {total:,} of {published:,}")
     users = {s["user_id"] for s in o.sessions}

@@ -154,6 +154,14 @@ class Scripts:
             raise ValueError(f"{name} declares {num_keys} KEYS, got {len(keys)}")
         return script(keys=keys, args=args, client=client)
 
+    async def queue(self, pipe: Any, name: str, part: Partition, args: msgspec.Struct) -> None:
+        """Queue script ``name`` on an asyncio pipeline (single node); the pipeline loads the script
+        before it executes.  Its reply is the raw one (see run for the conversion)."""
+        key_names, kind, _ = contract.SCRIPTS[name]
+        if not isinstance(args, kind):
+            raise TypeError(f"{name} takes {kind.__name__}, got {type(args).__name__}")
+        await self.call(name, part.script_keys(key_names), contract.argv(args), client=pipe)
+
     async def run(self, name: str, part: Partition, args: msgspec.Struct) -> Any:
         """Call script ``name`` of engine/contract.py on partition ``part`` (asyncio client): its KEYS
         by name, its ARGV Struct in order, its reply as its Struct (a plain value when it has none)."""

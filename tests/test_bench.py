@@ -47,3 +47,23 @@ def test_bench_compares_a_cluster_with_a_single_node(tmp_path):
     assert summary["busiest_master_cpu_us_per_event"]["cluster"] < summary["redis_cpu_us_per_event"]["cluster"]
     assert [s["name"] for s in report["stages"]] == ["engine", "engine@cluster3"]
     assert all(s["alerts"] > 0 for s in report["stages"])      # its subscriber hears alerts from every master
+
+
+def test_mixed_bench_data_is_valid_and_exercises_every_rule():
+    from shopstream.engine.keys import CLICKS, SUPPORT, TX
+    from shopstream.engine.schema import parse_ticket, parse_transaction
+    from shopstream.engine.tools.benchdata import generate_mixed, subject_triggers
+    mixed = generate_mixed(50_000, users=500)
+    assert len(mixed.payloads) == 50_000
+    now, ahead, ids = 1_900_000_000_000_000, 86_400_000_000, 256
+    parse = {CLICKS: parse_click, TX: parse_transaction, SUPPORT: parse_ticket}
+    parsed = [(s, parse[s](raw, now, ahead, ids)) for s, raw in zip(mixed.sources, mixed.payloads)]
+    clicks = [p for s, p in parsed if s == CLICKS]
+    txs = [p for s, p in parsed if s == TX]
+    assert {c.device for c in clicks} >= {"web", "ios", "android"} and len({c.country for c in clicks}) >= 5
+    assert len({c.ip for c in clicks}) > 500
+    assert 0.01 < len(txs) / len(parsed) < 0.1 and any(not t.completed for t in txs)
+    assert len({t.card for t in txs}) > 100 and any(s == SUPPORT for s, _ in parsed)
+    kinds = {key[:2] for key in subject_triggers(mixed)}
+    assert kinds == {("ip_users", "ip"), ("card_testing", "card")}
+    assert generate_mixed(5_000, users=100) == generate_mixed(5_000, users=100)      # seeded

@@ -335,3 +335,19 @@ def test_the_summary_counts_alerts_apart_from_the_member_records_that_link_users
     out = capsys.readouterr().out
     assert "Alerts: 2 (and 15 member records" in out
     assert "ip_users                  1  on 1 ip, 15 users linked" in out
+
+
+def test_format_us_matches_strftime_across_minutes_and_signs():
+    """format_us / format_us_exact cache the minute's text: the same strings as strftime gave."""
+    import random
+    from datetime import datetime, timedelta, timezone
+
+    from shopstream.engine.eventtime import format_us_exact
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    rng = random.Random(5)
+    for us in [0, 1, 999, 1000, 59_999_999, 60_000_000, -1, -1001] + [rng.randrange(-10**15, 4 * 10**15)
+                                                                     for _ in range(20_000)]:
+        ms = epoch + timedelta(microseconds=us - us % 1000)
+        exact = epoch + timedelta(microseconds=us)
+        assert format_us(us) == ms.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms.microsecond // 1000:03d}Z"
+        assert format_us_exact(us) == exact.strftime("%Y-%m-%dT%H:%M:%S.") + f"{exact.microsecond:06d}Z"
