@@ -216,13 +216,17 @@ def customer(user: str, days: int = 10) -> tuple[list[bytes], list[dict]]:
     return clicks, txs
 
 
+@pytest.mark.parametrize("batch_size", [1000, 2])    # 2: the clicks' stream has a backlog when the payment is read
 @pytest.mark.parametrize("case, action", [
     ("taker", "review"),      # new device + password reset + 6 x the average order
     ("browses_then_buys", "review"),   # new device + new country, buys 46 minutes later, 3 medium orders
     ("traveller", "step_up"),  # same phone, abroad, a high-value order: a challenge at most
     ("new_phone", "allow"),    # a new phone and an ordinary order
 ])
-async def test_account_takeover(backend, settings, case, action):
+async def test_account_takeover(backend, settings, case, action, batch_size):
+    """The payment is applied after the clicks published before it, whatever the batch size (a read
+    takes batch_size entries of each stream: what a full stream has not reached yet waits)."""
+    settings = settings.replace(batch_size=batch_size)
     user = case
     clicks, txs = customer(user)
     at = T0 + 5 * HOUR
