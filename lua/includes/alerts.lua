@@ -15,18 +15,18 @@
   partition of its key (its second field: crc32 % partitions, engine/partitioning.py), i.e. to
   <ns>:{q}:rekey, and deletes the entry; q's owner applies them like any input.  Forwarding is
   at-least-once, so what a forwarded record changes is idempotent (set / HLL adds, SET NX).
-    {'ip', ip, user_id, ts}      {'card', card, user_id, ts}
-    {'risk', user_id, rule, severity, ts, kind, subject, window, count, threshold}
+    {'ip', ip, user_id, ts}   {'login', ip, user_id, ts}   {'card', card, user_id, ts, network}
+    {'risk', user_id, rule, severity, ts, kind, subject, window, count, threshold, points}
 
-  Caps (EXACT, FAILS below): every per-user and per-subject set holds at most 64 members (the
-  rest counted in a HyperLogLog), the failed-payments ZSET the latest max(count, 64), evidence
-  at most 64 sorted members; no variadic call.  So no input can make a call fail half-way or
+  Caps (EXACT, FAILS below): every velocity ZSET keeps its latest 64 members (rules.lua track),
+  the payment-IP sets their first 64 (the rest counted in a HyperLogLog), the failed-payments
+  ZSET the latest 64, evidence at most 64 sorted members; no variadic call.  So no input can make a call fail half-way or
   run long (tests/test_hostile.py).
 
   Erasure index (engine/erase.py reads it; no SCAN of the keyspace): every per-user key this file
   creates whose name is not fixed by the id alone (fired markers of the user's alerts, risk
-  markers, ucards: / ucardx: / uips: / uipx:<w>:<id>) is added, when it is created, to SET
-  <prefix>ukeys:<id> in the user's partition; every subject set the user joins (cardu:, ipu:) to
+  markers, uips: / uipx:<w>:<id>) is added, when it is created, to SET
+  <prefix>ukeys:<id> in the user's partition; every subject ZSET the user joins (cuz:, ipz:, lgz:) to
   SET <prefix>usets:<id> in the subject's partition.  Both outlive their longest-lived member, by
   at most its TTL (PTTL, PEXPIRE).  Fixed names (user:, profile:, tickets:, fails:, tomb:) are
   not indexed: erase deletes them by name.
@@ -80,13 +80,6 @@ local function count_distinct(skey, hkey, member, ttl_ms)
   rcall('PFADD', hkey, member)
   rcall('PEXPIRE', hkey, ttl_ms)
   return EXACT + rcall('PFCOUNT', hkey), false
-end
-
--- The members of a capped set (at most EXACT), sorted: evidence that does not depend on SMEMBERS' order.
-local function sorted_members(key)
-  local members = rcall('SMEMBERS', key)
-  table.sort(members)
-  return members
 end
 
 local function forward(ctx, rec)
