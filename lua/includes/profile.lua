@@ -147,7 +147,9 @@ end
 -- changelog (K.profiles, <prefix>profiles: user_id, changes = JSON object of the changed fields and
 -- their new values, ts = latest event time of this call that touched the profile, when there is one),
 -- which the archiver turns into the lake's profile_changes (engine/lake) so profiles can be historized.
--- recent_tx (the retry memory, not an attribute of the customer) is written but not logged.
+-- The rules' memory (MEMORY: retries, the last order, the day's takeover points, the change list), not
+-- attributes of the customer, is written but not logged (engine/export.py INTERNAL: not exported).
+local MEMORY = {recent_tx = true, last_order = true, ato = true, changes = true}
 local function save_profiles(ctx, profile_ttl)
   for uid, pr in pairs(ctx.profiles) do
     settle(pr)
@@ -155,7 +157,7 @@ local function save_profiles(ctx, profile_ttl)
     for field in pairs(pr.dirty) do
       args[n + 1] = field
       args[n + 2] = pr.f[field]
-      if field ~= 'recent_tx' then changes[field] = pr.f[field] end
+      if not MEMORY[field] then changes[field] = pr.f[field] end
       n = n + 2
     end
     if n > 0 then
