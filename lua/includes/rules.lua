@@ -212,6 +212,36 @@ local function densest(times, t, w)
   return best
 end
 
+-- The members of ZSET key (member -> time) in the densest window of length w that contains t:
+-- their number and {{member, time}, ...} (of the members with times in [t - w, t + w], at most
+-- EXACT).  Order-independent: the same members give the same answer, whatever came first.
+local function densest_members(key, t, w)
+  local raw = rcall('ZRANGEBYSCORE', key, fmt(t - w), fmt(t + w), 'WITHSCORES')
+  local best, bi, bj, j = 0, 1, 0, 1
+  local n = #raw / 2
+  for i = 1, n do
+    local ti = tonumber(raw[2 * i])
+    if ti > t then break end
+    if t - ti <= w then
+      while j <= n and tonumber(raw[2 * j]) - ti <= w do j = j + 1 end
+      if tonumber(raw[2 * (j - 1)]) >= t and j - i > best then best, bi, bj = j - i, i, j - 1 end
+    end
+  end
+  -- the window that starts at t (its member may have been capped away, or recorded later)
+  local first, count = nil, 0
+  for k = 1, n do
+    local tk = tonumber(raw[2 * k])
+    if tk >= t and tk - t <= w then
+      first = first or k
+      count = count + 1
+    end
+  end
+  if count > best then best, bi, bj = count, first, first + count - 1 end
+  local members = {}
+  for k = bi, bj do members[#members + 1] = {raw[2 * k - 1], tonumber(raw[2 * k])} end
+  return best, members
+end
+
 -- Failed payments over several horizons: the largest group of the user's failures inside some
 -- window of the horizon's length that contains the new one (exact and order-independent: the
 -- failures in a ZSET, the latest FAILS kept).  Signals raised on fewer than fail_recover failures
@@ -246,9 +276,10 @@ local function cards(ctx, pr, uid, ts, tx, entry)
   local keep = math.max(R.cards_h and longest(R.cards_h) or 0, DAY_US)
   local prev, capped = track(key, tx.card, ts, keep, math.floor((keep + ctx.gap) / 1000))
   for _, h in ipairs(R.cards_h or {}) do
-    local n = rcall('ZCOUNT', key, fmt(ts - h[1]), '+inf')
+    local n, members = densest_members(key, ts, h[1])
     if n >= h[2] then
-      local seen = rcall('ZRANGEBYSCORE', key, fmt(ts - h[1]), '+inf')
+      local seen = {}
+      for i, m in ipairs(members) do seen[i] = m[1] end
       table.sort(seen)
       user_alert(ctx, pr, {rule = 'card_testing', sev = R.card_sev, uid = uid, window = math.floor(ts / h[1]) * h[1],
         mark = h[1], count = n, threshold = h[2], entry = entry,
@@ -402,10 +433,11 @@ local function ticket_rules(ctx, pr, uid, ts, category, new, entry)
   end
 end
 
--- The risk of subject alert a for user uid, dated the window's start (not the time of the record
--- that tipped the subject over: that one depends on the arrival order across partitions).
-local function risk_back(ctx, uid, a)
-  forward(ctx, {'risk', uid, a.rule, a.sev, fmt(a.window), a.kind, a.subject, fmt(a.window), a.count, a.threshold,
+-- The risk of subject alert a for user uid, dated the user's own time with the subject (their
+-- latest time in its ZSET: not the time of the record that tipped the subject over, which depends
+-- on the arrival order across partitions).
+local function risk_back(ctx, uid, a, at)
+  forward(ctx, {'risk', uid, a.rule, a.sev, fmt(at), a.kind, a.subject, fmt(a.window), a.count, a.threshold,
                 a.points})
 end
 
@@ -413,13 +445,13 @@ end
 -- arrival order of forwarded records): user_id '', count = the first count that satisfies the
 -- rule, no entry.  The first time, every user involved gets a risk record; later, each new user.
 -- Each risk record writes a member record in the user's partition (apply_forwarded): the link.
-local function subject_alert(ctx, a, members, uid)
+local function subject_alert(ctx, a, members, uid, ts)
   a.uid, a.entry = '', ''
   a.evidence = {window_minutes = a.window_us / US_PER_MIN}
   if emit(ctx, a) then
-    for _, m in ipairs(members) do risk_back(ctx, m, a) end
+    for _, m in ipairs(members) do risk_back(ctx, m[1], a, m[2]) end
   else
-    risk_back(ctx, uid, a)
+    risk_back(ctx, uid, a, ts)
   end
 end
 
@@ -442,15 +474,15 @@ local function subject_users(ctx, a, key, uid, ts, horizons, nets, net)
   if not prev and not capped then joins(ctx, uid, key, ttl) end
   if nets and net and net ~= '' then track(nets, net, ts, keep, ttl) end
   for _, h in ipairs(horizons) do
-    local n = rcall('ZCOUNT', key, fmt(ts - h[1]), '+inf')
-    if n >= h[2] and nets and n <= ctx.rules.household and rcall('ZCOUNT', nets, fmt(ts - h[1]), '+inf') < 2 then
+    local n, members = densest_members(key, ts, h[1])
+    if n >= h[2] and nets and n <= ctx.rules.household
+        and rcall('ZCOUNT', nets, fmt(ts - h[1]), fmt(ts + h[1])) < 2 then
       n = 0                              -- a household: a few users paying from one network
     end
     if n >= h[2] then
-      local members = rcall('ZRANGEBYSCORE', key, fmt(ts - h[1]), '+inf')
       a.window, a.window_us, a.mark, a.count, a.threshold, a.points =
         math.floor(ts / h[1]) * h[1], h[1], h[1], h[2], h[2], h[3]
-      subject_alert(ctx, a, members, uid)
+      subject_alert(ctx, a, members, uid, ts)
     end
   end
 end

@@ -97,13 +97,20 @@ end
 local function add_signal(ctx, pr, uid, code, points, ts, entry)
   if not pr or not points or points <= 0 then return end
   local R = ctx.rules
+  -- the code's contribution and the new signal's, both at the later of their times: a signal older
+  -- than the code's latest adds only what its decayed points have above what is there
+  local at = ts
+  for _, r in ipairs(reasons_of(pr)) do
+    if r[1] == code and r[3] > at then at = r[3] end
+  end
   local have = 0
   for _, r in ipairs(reasons_of(pr)) do
-    if r[1] == code then have = have + r[2] * 2 ^ (-math.abs(ts - r[3]) / R.score_hl) end
+    if r[1] == code then have = have + r[2] * 2 ^ (-math.abs(at - r[3]) / R.score_hl) end
   end
-  points = points - have
+  points = points * 2 ^ (-(at - ts) / R.score_hl) - have
   if points < 0.5 then return end
   points = math.floor(points * 100 + 0.5) / 100
+  ts = at
   local t = math.max(ts, ptime(pr, 'risk_at') or ts)
   local before = level_of(R, score_at(R, pr, t))
   add_score(R, pr, points, ts)
