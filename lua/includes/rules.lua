@@ -212,17 +212,25 @@ local function densest(times, t, w)
   return best
 end
 
--- The members of ZSET key (member -> time) in the densest window of length w that contains t:
--- their number and {{member, time}, ...} (of the members with times in [t - w, t + w], at most
--- EXACT).  Order-independent: the same members give the same answer, whatever came first.
-local function densest_members(key, t, w)
-  local raw = rcall('ZRANGEBYSCORE', key, fmt(t - w), fmt(t + w), 'WITHSCORES')
+-- The members of ZSET key (member -> time) within `range` of t: the raw ZRANGEBYSCORE ... WITHSCORES
+-- reply (at most EXACT members), or nil when the key holds fewer than `least` members (most IPs
+-- and users: one or two, and no window can reach a threshold: one ZCARD instead of a read).
+local function near(key, t, range, least)
+  if rcall('ZCARD', key) < least then return nil end
+  return rcall('ZRANGEBYSCORE', key, fmt(t - range), fmt(t + range), 'WITHSCORES')
+end
+
+-- In raw (near()), the densest window of length w that contains t: the number of members in it and
+-- {{member, time}, ...}.  Order-independent: the same members give the same answer, whatever came
+-- first.
+local function densest_members(raw, t, w)
   local best, bi, bj, j = 0, 1, 0, 1
   local n = #raw / 2
   for i = 1, n do
     local ti = tonumber(raw[2 * i])
     if ti > t then break end
     if t - ti <= w then
+      if j < i then j = i end
       while j <= n and tonumber(raw[2 * j]) - ti <= w do j = j + 1 end
       if tonumber(raw[2 * (j - 1)]) >= t and j - i > best then best, bi, bj = j - i, i, j - 1 end
     end
@@ -240,6 +248,12 @@ local function densest_members(key, t, w)
   local members = {}
   for k = bi, bj do members[#members + 1] = {raw[2 * k - 1], tonumber(raw[2 * k])} end
   return best, members
+end
+
+local function least(horizons)
+  local n
+  for _, h in ipairs(horizons) do if not n or h[2] < n then n = h[2] end end
+  return n or 1
 end
 
 -- Failed payments over several horizons: the largest group of the user's failures inside some
@@ -275,8 +289,9 @@ local function cards(ctx, pr, uid, ts, tx, entry)
   local key = ctx.prefix .. KEY.ucards .. uid
   local keep = math.max(R.cards_h and longest(R.cards_h) or 0, DAY_US)
   local prev, capped = track(key, tx.card, ts, keep, math.floor((keep + ctx.gap) / 1000))
-  for _, h in ipairs(R.cards_h or {}) do
-    local n, members = densest_members(key, ts, h[1])
+  local raw = R.cards_h and near(key, ts, keep, least(R.cards_h))
+  for _, h in ipairs(raw and R.cards_h or {}) do
+    local n, members = densest_members(raw, ts, h[1])
     if n >= h[2] then
       local seen = {}
       for i, m in ipairs(members) do seen[i] = m[1] end
@@ -473,8 +488,9 @@ local function subject_users(ctx, a, key, uid, ts, horizons, nets, net)
   local prev, capped = track(key, uid, ts, keep, ttl)
   if not prev and not capped then joins(ctx, uid, key, ttl) end
   if nets and net and net ~= '' then track(nets, net, ts, keep, ttl) end
-  for _, h in ipairs(horizons) do
-    local n, members = densest_members(key, ts, h[1])
+  local raw = near(key, ts, keep, least(horizons))
+  for _, h in ipairs(raw and horizons or {}) do
+    local n, members = densest_members(raw, ts, h[1])
     if n >= h[2] and nets and n <= ctx.rules.household
         and rcall('ZCOUNT', nets, fmt(ts - h[1]), fmt(ts + h[1])) < 2 then
       n = 0                              -- a household: a few users paying from one network
