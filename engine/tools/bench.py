@@ -518,7 +518,8 @@ def _met(ok: bool | None) -> str:
 
 
 RULE_GROUPS = {"events_per_minute": "click", "burst": "click", "failed_payments": "transaction",
-               "card_testing": "transaction", "new_country_purchase": "transaction",
+               "card_testing": "transaction", "impossible_travel": "click and payment", "inhuman_speed": "click",
+               "decision": "decision",
                "ip_users (ip)": "re-keyed IP", "card_testing (card)": "re-keyed card"}
 
 

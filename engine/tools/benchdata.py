@@ -15,7 +15,8 @@ bench times each rule's detection separately); fraud is about 18 % of the events
     card testers      6-9 small payments on new cards in 5 min   failed_payments, card_testing (user)
     card sharers      3-4 users paying with one card in an hour  card_testing (card: re-keyed)
     IP farms          12-14 users clicking from one IP           ip_users (re-keyed)
-    takeovers         a big purchase from a new country          new_country_purchase
+    takeovers         a big purchase from a far country          impossible_travel (account_takeover needs
+                                                                 a week of history the stream has not)
     speeders          purchase within seconds of arriving        inhuman_speed (at session close)
 
 ``subject_triggers`` finds, for each re-keyed alert (IP, card), the arrival index of the event
@@ -301,11 +302,13 @@ class _Seen(msgspec.Struct):
     card_fingerprint: str = ""
 
 
-def subject_triggers(mixed: Mixed, ip_users: int = 10, ip_window_min: int = 10, card_users: int = 3,
-                     card_window_min: int = 60) -> dict[tuple[str, str, str, int], int]:
+def subject_triggers(mixed: Mixed, ip_users: int = 10, ip_window_min: int = 60, card_users: int = 3,
+                     card_window_min: int = 1440) -> dict[tuple[str, str, str, int], int]:
     """(rule, subject kind, subject, window start ms) -> the arrival index of the event that tips the
     re-keyed alert over (ip_users: the (threshold+1)-th distinct user of an IP in its window, from
-    clicks and payments; card_testing on a card: the card_users-th distinct user of a card)."""
+    clicks and payments; card_testing on a card: the card_users-th distinct user of a card).  The
+    rules count over sliding horizons and alert once per period of the horizon's length: counting
+    per period is the approximation (the shortest horizons of ops/rules.toml: 1 h and 24 h)."""
     from ..eventtime import parse_timestamp
     dec = msgspec.json.Decoder(_Seen)
     ip_w, card_w = ip_window_min * MIN_US, card_window_min * MIN_US
