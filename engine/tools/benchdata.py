@@ -248,9 +248,10 @@ def generate_mixed(events: int, users: int = 20_000, seed: int = 1, hours: float
 
     # -- the base users: browsing, their payments (about 1 click in 30) and tickets -------------
     per_user = max(1, int((events - fraud) / users / 1.045))
+    profiles = {}
     for u in range(users):
         user = f"user{u:06d}"
-        p = _profile(rng, user)
+        p = profiles[user] = _profile(rng, user)
         cards = [f"fp-{user}-a"] + ([f"fp-{user}-b"] if rng.random() < 0.15 else [])
         for ts, etype, second in _browse(rng, span, per_user, FUNNEL):
             ip = p.mobile_ip if second and p.mobile_ip else p.ip
@@ -271,10 +272,11 @@ def generate_mixed(events: int, users: int = 20_000, seed: int = 1, hours: float
     if len(rows) > events and base_clicks:                  # too many: drop base clicks at random
         drop = set(rng.sample(base_clicks, min(len(base_clicks), len(rows) - events)))
         rows = [r for i, r in enumerate(rows) if i not in drop]
-    while len(rows) < events:                               # too few: single visits
+    while len(rows) < events:                               # too few: single visits, from home
         user = f"user{rng.randrange(users):06d}"
+        p = profiles[user]
         ts = T0 + rng.randrange(span)
-        click(ts, user, "page_view", "web", _ip(user), "US")
+        click(ts, user, "page_view", p.device, p.ip, p.country)
     rows.sort(key=lambda r: r[0])
 
     enc = msgspec.json.Encoder()
