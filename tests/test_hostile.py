@@ -283,3 +283,14 @@ async def test_input_after_a_flush_is_applied_or_refused_never_silently_late(bac
     late = [r for r in out.late if r["timestamp"] >= format_us(T0 + 60 * MIN)]
     assert [r["reason"] for r in late if "input ended" not in r["reason"]] == []
     assert (after["applied"] - before["applied"]) + len(late) == published
+
+
+async def test_failed_logins_from_a_thousand_ips_forward_one_record_a_session(backend, settings):
+    """Invariant: no input makes forwarding grow without bound: a user failing to log in from 1,000
+    IPs in one session sends the credential-stuffing rule one record (one lgz: key), not 1,000."""
+    clicks = [click("stuffer", T0 + i * 100_000, "login", ip=f"10.9.{i // 250}.{i % 250}",
+                    properties={"result": "failed"}) for i in range(1_000)]
+    out = await run_events(backend, settings, clicks)
+    assert out.dlq == []
+    keys = [k async for k in backend.aio.scan_iter(match="*:lgz:*", count=1000)]
+    assert len(keys) == 1, keys

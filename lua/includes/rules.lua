@@ -162,8 +162,9 @@ end
 -- st.fwd = {latest period, its last IP[, IPs forwarded since that period began, when more than 1]}: a
 -- user hopping over more than EXACT IPs (in that period or, out of order, older ones) is not forwarded further.
 local function click_ip(ctx, uid, st, ip, ts, se, flags)
-  -- a failed login: to the IP's partition (credential stuffing), once per session and IP
-  if ctx.rules.stuff_h and math.floor(flags / 2) % 2 == 1 and se.lf ~= ip then
+  -- a failed login: to the IP's partition (credential stuffing), once per session (a user's
+  -- failed logins from a thousand IPs are one forwarded record a session, not a thousand)
+  if ctx.rules.stuff_h and math.floor(flags / 2) % 2 == 1 and not se.lf then
     se.lf = ip
     forward(ctx, {'login', ip, uid, fmt(ts)})
   end
