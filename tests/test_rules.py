@@ -252,6 +252,26 @@ async def test_account_takeover(backend, settings, case, action, batch_size):
     assert final == action, [(a["rule"], a["evidence"]) for a in out.alerts if a["user_id"] == user]
 
 
+@pytest.mark.parametrize("users, fires", [(5, True), (4, False)])
+async def test_credential_stuffing(backend, settings, users, fires):
+    """Failed logins of distinct accounts from one IP within an hour (5 or more); the retries of one
+    account from the IP count once."""
+    clicks = [event(f"victim{i}", T0 + i * 7 * MIN + k * S, "login", ip="203.0.113.9", properties={"result": "failed"})
+              for i in range(users) for k in range(3)]
+    clicks += [event("typo", T0 + k * S, "login", ip="198.51.100.1", properties={"result": "failed"}) for k in range(9)]
+    out = await run(backend, settings, clicks)
+    assert fired(out, "credential_stuffing") == (["203.0.113.9"] if fires else [])
+    assert risky(out) == (sorted(f"victim{i}" for i in range(users)) if fires else [])
+
+
+async def test_automation_user_agents(backend, settings):
+    clicks = [event("bot", T0 + i * S, user_agent="python-requests/2.32") for i in range(5)]
+    clicks += [event("bot", T0 + HOUR + i * S, user_agent="python-requests/2.32") for i in range(5)]  # a new session
+    clicks += [event("human", T0 + i * S, user_agent=IPHONE) for i in range(5)]
+    out = await run(backend, settings, clicks)
+    assert fired(out, "automation") == ["bot"]                   # once a day
+
+
 async def test_impossible_travel(backend, settings):
     clicks = [event("j", T0, country="US"), event("j", T0 + 30 * MIN, country="DE"),     # 7,000 km in 30 min
               event("k", T0, country="DE"), event("k", T0 + 30 * MIN, country="AT"),     # neighbours

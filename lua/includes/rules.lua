@@ -6,7 +6,8 @@
   Every rule decides on the event that triggers it; a rule that later data can refute (inhuman
   speed, honest declines) retracts its signal when that data arrives (score.lua retract).
   Velocity over several horizons: a ZSET member -> the latest time it was seen (the latest EXACT
-  members), counted with ZCOUNT over (t - horizon, +inf): exact sliding windows, bounded in memory.
+  members); a horizon counts the members of its densest window that contains the event
+  (densest_members): sliding windows, bounded in memory, independent of the arrival order.
 ]]
 --@include score
 --@include geo
@@ -77,12 +78,15 @@ local function travel(ctx, pr, st, uid, country, ts, entry)
     local loc = st.loc
     if not loc then st.loc = {country, ts} elseif ts >= loc[2] then loc[1], loc[2] = country, ts end
   end
-  if pr and not st then pset(pr, 'loc', country .. ' ' .. fmt(ts)) end
+  if pr then                             -- a payment: the profile's place too (it outlives the sessions)
+    local stored = pr.f.loc and tonumber(pr.f.loc:match(' (%d+)$'))
+    if not stored or ts >= stored then pset(pr, 'loc', country .. ' ' .. fmt(ts)) end
+  end
 end
 
 -- Inhuman speed, on the purchase / checkout click that shows it: a purchase less than speed_us
 -- after the session's first event, a checkout before any product interaction; not for a visit that
--- came with purchase intent (a deep link, buy again: schema.py context_of).  The session remembers
+-- came with purchase intent (a deep link, buy again: engine/schema.py flags_of).  The session remembers
 -- the signal's time (se.fl) so that its close, or an express-wallet payment, can take it back.
 local function speed_points(R, se)
   if se.i then return 0 end
@@ -130,7 +134,8 @@ end
 -- minute m so far.
 local function click_rules(ctx, uid, st, se, m, c, ts, entry, etype, country, flags)
   local R = ctx.rules
-  if flags >= 4 and R.pts.automation > 0 then      -- the user agent of a script or a headless browser
+  if flags >= 4 and se.n == 1 and R.pts.automation > 0 then   -- a script's or a headless browser's agent:
+                                                               -- looked at once a session (alerted once a day)
     user_alert(ctx, nil, {rule = 'automation', sev = R.auto_sev, uid = uid, window = math.floor(ts / DAY_US) * DAY_US,
       count = 1, threshold = 1, entry = entry}, ts, R.pts.automation)
   end
