@@ -1,9 +1,11 @@
 """``shopstream evaluate DIR``: replay a scenario library through the real engine and score it.
 
 Reads every ``*.jsonl`` of DIR (records and labels, docs/rules.md "Scenario library and
-evaluation"), writes the records as the four sample sources into a temporary folder, runs them
-with ``pipeline.run_file`` (consumer processes, flush, export) in a namespace of its own on a
-private redis-server (or REDIS_URL), and scores the export with engine/evaluation.py.
+evaluation"), writes the records as the four sample sources into a temporary folder, publishes
+them merged in event time, as they arrive live (``--by-source``: each source whole, one after
+the other, with ``pipeline.run_file``), runs consumer processes until drained, flushes and
+exports, in a namespace of its own on a private redis-server (or REDIS_URL), and scores the
+export with engine/evaluation.py.
 ``--shadow FILE2`` runs the same input under a second rules file in a second namespace and lists
 what each run raised that the other did not, per user and rule.
 """
@@ -11,6 +13,7 @@ what each run raised that the other did not, per user and rule.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import shutil
 import sys
@@ -20,8 +23,6 @@ import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-
-import itertools
 
 from . import aio, catalog, control, evaluation, export
 from .connection import async_client, sync_client
