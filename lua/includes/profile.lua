@@ -147,9 +147,9 @@ end
 -- changelog (K.profiles, <prefix>profiles: user_id, changes = JSON object of the changed fields and
 -- their new values, ts = latest event time of this call that touched the profile, when there is one),
 -- which the archiver turns into the lake's profile_changes (engine/lake) so profiles can be historized.
--- The rules' memory (MEMORY: retries, the last order, the day's takeover points, the change list), not
--- attributes of the customer, is written but not logged (engine/export.py INTERNAL: not exported).
-local MEMORY = {recent_tx = true, last_order = true, ato = true, changes = true}
+-- The rules' memory (MEMORY: retries, the last order, the day's takeover points, the change list, the
+-- latest place: it changes with every payment), not attributes to historize, is written but not logged (engine/export.py INTERNAL: not exported).
+local MEMORY = {recent_tx = true, last_order = true, ato = true, changes = true, loc = true}
 local function save_profiles(ctx, profile_ttl)
   for uid, pr in pairs(ctx.profiles) do
     settle(pr)
