@@ -119,7 +119,9 @@ def publish(client: Any, events: Iterable[Any], settings: Settings, source: str 
 
 def publish_mixed(client: Any, items: Iterable[tuple[str, Any]], settings: Settings) -> int:
     """Like publish(), for (source, event) pairs of several sources in arrival order: each event to
-    its partition's stream of its source, in one pipeline per PIPELINE_SIZE events (single node)."""
+    its partition's stream of its source, in one pipeline per PIPELINE_SIZE events (single node).
+    (publish() keeps its own loop: through this one it cost 0.12 us more per event, 2.50 -> 2.62,
+    of the producer's 3 us budget; measured, 200k events, medians of 3.)"""
     keys = Keys(settings.namespace, settings.partitions)
     streams = {source: [p.key(source) for p in keys.all_partitions()] for source in (CLICKS, TX, SUPPORT)}
     parts = settings.partitions
