@@ -118,6 +118,15 @@ class AccountTakeover(_Rule):
     severity: Severity = "high"
 
 
+class AddressAfterOrder(_Rule):
+    """A ticket changing the delivery address within `hours` after a completed order (one of the
+    account-takeover change categories below)."""
+    hours: float = 24.0
+    categories: tuple[str, ...] = ("address_change", "shipping_address", "delivery_address")
+    points: Points = 30
+    severity: Severity = "medium"
+
+
 class ImpossibleTravel(_Rule):
     max_kmh: float = 900.0          # faster than an airliner between two countries' centres ...
     min_km: float = 1000.0          # ... that are at least this far apart (a centre is not a border)
@@ -185,6 +194,7 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     inhuman_speed: InhumanSpeed = InhumanSpeed()
     account_takeover: AccountTakeover = AccountTakeover()
     impossible_travel: ImpossibleTravel = ImpossibleTravel()
+    address_after_order: AddressAfterOrder = AddressAfterOrder()
     refund_abuse: RefundAbuse = RefundAbuse()
     new_account: NewAccount = NewAccount()
     lists: Lists = Lists()
@@ -228,6 +238,10 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
                                     "changes": {c: True for c in ato.account_change_categories}},
             "ato_sev": ato.severity,
             "travel": tr.enabled and [tr.max_kmh, tr.min_km],
+            "redirect": self.address_after_order.enabled and {
+                "within": int(self.address_after_order.hours * hour_us),
+                "cats": {c: True for c in self.address_after_order.categories}},
+            "redirect_sev": self.address_after_order.severity,
             "travel_sev": tr.severity,
             "refund": ra.enabled and [ra.count, ra.ratio],
             "refund_cats": {c: True for c in ra.categories},
@@ -244,6 +258,7 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
                     "order_burst": ato.order_burst_points,
                     "automation": self.automation.enabled and self.automation.points or 0,
                     "impossible_travel": tr.points, "refund_abuse": ra.points, "new_account": na.points,
+                    "address_after_order": self.address_after_order.points,
                     "blocklist": self.lists.block_points},
             "score_hl": self.score.half_life_minutes * min_us,
             "act": [self.score.step_up, self.score.review, self.score.block],

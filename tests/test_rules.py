@@ -272,6 +272,17 @@ async def test_automation_user_agents(backend, settings):
     assert fired(out, "automation") == ["bot"]                   # once a day
 
 
+@pytest.mark.parametrize("ticket_after_min, fires", [(20, True), (-20, False), (48 * 60, False)])
+async def test_address_changed_after_an_order(backend, settings, ticket_after_min, fires):
+    """A ticket changing the delivery address within 24 h after a completed order (not before it,
+    not two days later)."""
+    txs = [tx("m", T0, "completed", "420.00", card="m-card", tid="m1")]
+    tickets = [{"ticket_id": "k1", "user_id": "m", "status": "open", "category": "address_change",
+                "created_at": format_us(T0 + ticket_after_min * MIN)}]
+    out = await run(backend, settings, txs=txs, tickets=tickets)
+    assert fired(out, "address_after_order") == (["m"] if fires else [])
+
+
 async def test_impossible_travel(backend, settings):
     clicks = [event("j", T0, country="US"), event("j", T0 + 30 * MIN, country="DE"),     # 7,000 km in 30 min
               event("k", T0, country="DE"), event("k", T0 + 30 * MIN, country="AT"),     # neighbours

@@ -442,6 +442,16 @@ local function ticket_rules(ctx, pr, uid, ts, category, new, entry)
     if t and t >= ts and t - ts < R.ato.recent then
       takeover(ctx, pr, nil, uid, t, {fp = tonumber(fp), amount = tonumber(amount), ip = ip}, entry)
     end
+    -- the delivery address changed within hours after an order: the goods go somewhere else
+    -- (reshipping mules, triangulation, a taker redirecting the owner's order)
+    local A = R.redirect
+    if new and A and A.cats[category] and t and t <= ts and ts - t < A.within then
+      user_alert(ctx, pr, {rule = 'address_after_order', sev = R.redirect_sev, uid = uid,
+        window = math.floor(ts / DAY_US) * DAY_US, count = math.floor((ts - t) / US_PER_MIN),
+        threshold = math.floor(A.within / US_PER_MIN), entry = entry,
+        evidence = {order_ms = ms(t), minutes_after_order = math.floor((ts - t) / US_PER_MIN)}},
+        ts, R.pts.address_after_order)
+    end
   end
   if new and R.refund_cats[category] then
     pincr(pr, 'refund_tickets', 1)
