@@ -8,6 +8,7 @@ ignored; unknown ``event_type`` values are processed; a breaking change gets a n
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from hashlib import blake2b
 from typing import Any, NamedTuple
 
@@ -117,6 +118,7 @@ def flags_of(event_type: str, page_url: str | None, properties: dict | None, use
     return flags
 
 
+@lru_cache(maxsize=8192)       # few distinct (device, user agent) pairs: hashed once each
 def agent_of(device: str, user_agent: str | None) -> str:
     """A device's identity for the rules (new device): 8 hex digits of BLAKE2b of device and user agent."""
     if not user_agent and not device:

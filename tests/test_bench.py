@@ -67,3 +67,8 @@ def test_mixed_bench_data_is_valid_and_exercises_every_rule():
     kinds = {key[:2] for key in subject_triggers(mixed)}
     assert kinds == {("ip_users", "ip"), ("card_testing", "card")}
     assert generate_mixed(5_000, users=100) == generate_mixed(5_000, users=100)      # seeded
+    homes: dict[str, set] = {}
+    for c in clicks:
+        if c.user_id.startswith("user"):
+            homes.setdefault(c.user_id, set()).add(c.country)
+    assert all(len(countries) == 1 for countries in homes.values())   # ordinary users click from home

@@ -44,7 +44,6 @@ local function extend_ctx(ctx, keys, now, channel, rules_json, ooo)
   ctx.now, ctx.channel, ctx.outbox = now, channel, keys.outbox
   ctx.rules = cjson.decode(rules_json)
   ctx.ooo = ooo
-  ctx.ip_ttl = math.floor((10 * US_PER_MIN + ctx.gap + ooo) / 1000)   -- a user's payment IPs of a period
   ctx.profiles, ctx.out, ctx.alerted, ctx.fired = {}, {}, {}, {}
   ctx.check_tombs = false
   ctx.on_close = nil

@@ -205,19 +205,6 @@ local function session_rules(ctx, uid, se)
   if se.fl and speed_points(ctx.rules, se) == 0 then retract(ctx, pr, uid, 'inhuman_speed', se.s, se.l, se.l, '') end
 end
 
--- The largest number of times (sorted) inside one window of length w that contains t.
-local function densest(times, t, w)
-  local best, j = 0, 1
-  for i = 1, #times do
-    if times[i] > t then break end
-    if t - times[i] <= w then
-      while j <= #times and times[j] - times[i] <= w do j = j + 1 end
-      if times[j - 1] >= t and j - i > best then best = j - i end
-    end
-  end
-  return best
-end
-
 -- The members of ZSET key (member -> time) within `range` of t: the raw ZRANGEBYSCORE ... WITHSCORES
 -- reply (at most EXACT members), or nil when the key holds fewer than `least` members (most IPs
 -- and users: one or two, and no window can reach a threshold: one ZCARD instead of a read).
@@ -274,11 +261,9 @@ local function declines(ctx, pr, uid, ts, tx, entry)
   rcall('ZREMRANGEBYSCORE', key, '-inf', '(' .. fmt(ts - 2 * keep))
   rcall('ZREMRANGEBYRANK', key, 0, -(FAILS + 1))   -- the latest failures only
   rcall('PEXPIRE', key, math.floor(2 * keep / 1000) + 1)
-  local near = rcall('ZRANGEBYSCORE', key, fmt(ts - keep), fmt(ts + keep), 'WITHSCORES')
-  local times = {}
-  for i = 2, #near, 2 do times[#times + 1] = tonumber(near[i]) end
+  local raw = rcall('ZRANGEBYSCORE', key, fmt(ts - keep), fmt(ts + keep), 'WITHSCORES')
   for _, h in ipairs(R.fail_h) do
-    local n = densest(times, ts, h[1])
+    local n = densest_members(raw, ts, h[1])
     if n >= h[2] then
       user_alert(ctx, pr, {rule = 'failed_payments', sev = R.fail_sev, uid = uid,
         window = math.floor(ts / h[1]) * h[1], mark = h[1], count = n, threshold = h[2], entry = entry,
@@ -418,8 +403,9 @@ local function tx_rules(ctx, pr, st, uid, ts, tx, entry)
     -- the same for the user's IPs in payments: each forwarded once a period, the first EXACT only
     local wk = fmt(math.floor(ts / FWD_US) * FWD_US)
     local key, more = ctx.prefix .. KEY.uips .. wk .. ':' .. uid, ctx.prefix .. KEY.uips_more .. wk .. ':' .. uid
-    local n, exact = count_distinct(key, more, tx.ip, ctx.ip_ttl)
-    if n and (n == 1 or not exact) then owns(ctx, uid, exact and key or more, ctx.ip_ttl) end
+    local ttl = math.floor((FWD_US + ctx.gap + ctx.ooo) / 1000)     -- past every click that is not late
+    local n, exact = count_distinct(key, more, tx.ip, ttl)
+    if n and (n == 1 or not exact) then owns(ctx, uid, exact and key or more, ttl) end
     if exact then forward(ctx, {'ip', tx.ip, uid, fmt(ts)}) end
   end
 end
