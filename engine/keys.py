@@ -48,9 +48,13 @@ CARD_USERS = "cuz:"      # ZSET    cuz:<card> users of a card -> latest time (th
 IP_USERS = "ipz:"        # ZSET    ipz:<ip> users behind an IP -> latest time (the latest 64; IP's partition)
 CARD_NETS = "cnz:"       # ZSET    cnz:<card> networks (IPv4 /24) a card paid from -> latest time (the latest 64)
 LOGIN_IP = "lgz:"        # ZSET    lgz:<ip> users with a failed login from the IP -> latest time (the latest 64)
+LOGIN_DEV = "lgdz:"      # ZSET    lgdz:<agent> users with a failed login from the device identity -> latest time
+LOGIN_NET = "lgnz:"      # ZSET    lgnz:<a.b.c> users with a failed login from the IPv4 /24 -> latest time
+RING_NET = "rngz:"       # ZSET    rngz:<a.b.c> users paying from the /24 with a card new to them while holding
+                         #         several cards lately -> latest time (card ring; the latest 64)
 USER_KEYS = "ukeys:"     # SET     ukeys:<user_id> the user's keys not named by the id alone (fired, risk,
                          #         ucards): erase deletes them (user's partition; no SCAN)
-USER_SETS = "usets:"     # SET     usets:<user_id> the subject ZSETs (cuz:, ipz:) holding the user, in
+USER_SETS = "usets:"     # SET     usets:<user_id> the subject ZSETs (cuz:, ipz:, lgz:, ...) holding the user, in
                          #         this (the subject's) partition: erase removes the user from them
 INPUTS = (CLICKS, TX, SUPPORT, REKEY)   # every input stream of a partition, read by its owner
 # The suffixes the Lua scripts derive per-user / per-window keys with (from the partition prefix):
@@ -58,6 +62,7 @@ INPUTS = (CLICKS, TX, SUPPORT, REKEY)   # every input stream of a partition, rea
 DERIVED = {"user": USER, "count": COUNT, "hll": HLL, "fired": FIRED, "risk": RISK, "tomb": TOMB, "profile": PROFILE,
            "tickets": TICKETS, "fails": FAILS, "ucards": UCARDS, "spend": SPEND, "uips": UIPS,
            "uips_more": UIPS_MORE, "card_users": CARD_USERS, "ip_users": IP_USERS, "login_ip": LOGIN_IP, "card_nets": CARD_NETS,
+           "login_dev": LOGIN_DEV, "login_net": LOGIN_NET, "ring_net": RING_NET,
            "user_keys": USER_KEYS, "user_sets": USER_SETS}
 # The partition's own keys a script may be given by name (engine/contract.py): name -> suffix.
 _NAMED = {"prefix": "", **{s: s for s in (CLICKS, TX, SUPPORT, REKEY, OUTBOX, STATE, OPEN, OPEN_MINUTES, SESSIONS,

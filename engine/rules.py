@@ -80,8 +80,21 @@ class IpUsers(_Rule):
 
 
 class CredentialStuffing(_Rule):
-    """Distinct users with a failed login from one IP (not in lists.shared_ip_ranges)."""
+    """Distinct users with a failed login from one IP (not in lists.shared_ip_ranges); the same from
+    one device identity (device + user agent), and from one IPv4 /24 (not in the shared ranges), so
+    that rotating proxy IPs does not reset the count."""
     horizons: tuple[Horizon, ...] = (Horizon(minutes=60, count=5, points=50),)
+    per_device: tuple[Horizon, ...] = (Horizon(minutes=60, count=10, points=50),)
+    per_range: tuple[Horizon, ...] = (Horizon(minutes=60, count=8, points=50),)
+    severity: Severity = "high"
+
+
+class CardRing(_Rule):
+    """Distinct users of one IPv4 /24 (not in lists.shared_ip_ranges) who each paid with a card new
+    to them while holding `cards` or more distinct cards lately (the card rule's longest horizon,
+    at least 24 h): a ring cycling stolen cards through several accounts behind one proxy range."""
+    cards: Annotated[int, msgspec.Meta(ge=2)] = 2
+    horizons: tuple[Horizon, ...] = (Horizon(minutes=1440, count=3, points=50),)
     severity: Severity = "high"
 
 
@@ -190,6 +203,7 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     card_testing: CardTesting = CardTesting()
     ip_users: IpUsers = IpUsers()
     credential_stuffing: CredentialStuffing = CredentialStuffing()
+    card_ring: CardRing = CardRing()
     automation: Automation = Automation()
     inhuman_speed: InhumanSpeed = InhumanSpeed()
     account_takeover: AccountTakeover = AccountTakeover()
@@ -228,7 +242,12 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
             "ip_h": _horizons(ip, ip.horizons),
             "ip_sev": ip.severity,
             "stuff_h": _horizons(self.credential_stuffing, self.credential_stuffing.horizons),
+            "stuff_dev_h": _horizons(self.credential_stuffing, self.credential_stuffing.per_device),
+            "stuff_net_h": _horizons(self.credential_stuffing, self.credential_stuffing.per_range),
             "stuff_sev": self.credential_stuffing.severity,
+            "ring_h": _horizons(self.card_ring, self.card_ring.horizons),
+            "ring_cards": self.card_ring.cards,
+            "ring_sev": self.card_ring.severity,
             "auto_sev": self.automation.severity,
             "speed_us": sp.enabled and sp.purchase_within_s * 1_000_000,
             "speed_noview": sp.enabled and sp.checkout_without_view,

@@ -184,7 +184,7 @@ local function apply_click(ev, st)
   local c = count_minute(ctx, st, m)
   lower_due(ctx, st, m, hit.l)
   click_rules(ctx, uid, st, hit, m, c, ts, id, etype, country, flags)
-  if ip ~= '' then click_ip(ctx, uid, st, ip, ts, hit, flags) end
+  if ip ~= '' then click_ip(ctx, uid, st, ip, ts, hit, flags, ev[11]) end
   return nil
 end
 

@@ -166,14 +166,21 @@ end
 -- from that IP (remembered in the user's state as st.fwd; the rule counts users, not clicks).
 -- st.fwd = {latest period, its last IP[, IPs forwarded since that period began, when more than 1]}: a
 -- user hopping over more than EXACT IPs (in that period or, out of order, older ones) is not forwarded further.
-local function click_ip(ctx, uid, st, ip, ts, se, flags)
-  -- a failed login: to the IP's partition (credential stuffing), once per session (a user's
-  -- failed logins from a thousand IPs are one forwarded record a session, not a thousand)
-  if ctx.rules.stuff_h and math.floor(flags / 2) % 2 == 1 and not se.lf then
+-- agent: the click's device identity ('#<hash>', or '' / nil).
+local function click_ip(ctx, uid, st, ip, ts, se, flags, agent)
+  -- a failed login: to the partitions of its IP, of its device identity and of its IPv4 /24
+  -- (credential stuffing), once per session: a user's failed logins from a thousand IPs or agents
+  -- are at most three forwarded records a session, not a thousand (the session's first failed
+  -- login speaks for it)
+  local R = ctx.rules
+  if (R.stuff_h or R.stuff_dev_h or R.stuff_net_h) and math.floor(flags / 2) % 2 == 1 and not se.lf then
     se.lf = ip
-    forward(ctx, {'login', ip, uid, fmt(ts)})
+    if R.stuff_h then forward(ctx, {'login', ip, uid, fmt(ts)}) end
+    if R.stuff_dev_h and agent and #agent > 1 then forward(ctx, {'login_dev', agent:sub(2), uid, fmt(ts)}) end
+    local net = R.stuff_net_h and ip:match('^(%d+%.%d+%.%d+)%.%d+$')
+    if net and not in_ranges(ip, R.shared_ips) then forward(ctx, {'login_net', net, uid, fmt(ts)}) end
   end
-  if not ctx.rules.ip_h then return end
+  if not R.ip_h then return end
   local w = math.floor(ts / FWD_US) * FWD_US
   local last = st.fwd
   if last and last[1] == w and last[2] == ip then return end
@@ -295,6 +302,15 @@ local function cards(ctx, pr, uid, ts, tx, entry)
   -- (beyond EXACT cards lately the user has alerted as a card tester: no more forwarding)
   if R.cardu_h and not capped and (not prev or ts - prev >= FWD_US) then
     forward(ctx, {'card', tx.card, uid, fmt(ts), tx.ip:match('^(%d+%.%d+%.%d+)%.%d+$') or tx.ip})
+  end
+  -- a card ring: a card new to a user who now has ring_cards or more (within the longest card
+  -- horizon, at least 24 h) tells the IPv4 /24 it was paid from; once per new card, so at most EXACT
+  -- records a user a day whatever the IPs (not from a listed shared range)
+  if R.ring_h and not prev and not capped then
+    local net = tx.ip:match('^(%d+%.%d+%.%d+)%.%d+$')
+    if net and not in_ranges(tx.ip, R.shared_ips) and rcall('ZCARD', key) >= R.ring_cards then
+      forward(ctx, {'ring', net, uid, fmt(ts)})
+    end
   end
 end
 
@@ -518,6 +534,18 @@ local function apply_forwarded(ctx, rec, entry)
     if in_ranges(ip, R.shared_ips) then return end
     subject_users(ctx, {rule = 'credential_stuffing', sev = R.stuff_sev, kind = 'ip', subject = ip},
       ctx.prefix .. KEY.login_ip .. ip, uid, ts, R.stuff_h)
+  elseif kind == 'login_dev' and R.stuff_dev_h then    -- (the agent hash: 8 hex digits, engine/schema.py)
+    local agent, uid, ts = rec[2], rec[3], tonumber(rec[4])
+    subject_users(ctx, {rule = 'credential_stuffing', sev = R.stuff_sev, kind = 'device', subject = agent},
+      ctx.prefix .. KEY.login_dev .. agent, uid, ts, R.stuff_dev_h)
+  elseif kind == 'login_net' and R.stuff_net_h then    -- (a shared range was left out in the user's partition)
+    local net, uid, ts = rec[2], rec[3], tonumber(rec[4])
+    subject_users(ctx, {rule = 'credential_stuffing', sev = R.stuff_sev, kind = 'net', subject = net .. '.0/24'},
+      ctx.prefix .. KEY.login_net .. net, uid, ts, R.stuff_net_h)
+  elseif kind == 'ring' and R.ring_h then
+    local net, uid, ts = rec[2], rec[3], tonumber(rec[4])
+    subject_users(ctx, {rule = 'card_ring', sev = R.ring_sev, kind = 'net', subject = net .. '.0/24'},
+      ctx.prefix .. KEY.ring_net .. net, uid, ts, R.ring_h)
   elseif kind == 'card' and R.cardu_h then
     local card, uid, ts = rec[2], rec[3], tonumber(rec[4])
     subject_users(ctx, {rule = 'card_testing', sev = R.card_sev, kind = 'card', subject = card},
