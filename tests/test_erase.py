@@ -41,6 +41,8 @@ async def test_erase_removes_every_trace_and_drops_later_events(backend, setting
     victim, other = "vic{1}:tim ü", "bystander"
     raws = [event(victim, T0 + i * 300_000) for i in range(120)]          # state, alert, sessions
     raws += [event(other, T0 + i * 1_000_000) for i in range(20)]
+    raws += [event(victim, T0 + 30_000_000, "login", ip="10.0.0.1", device="web", user_agent="Mozilla/5.0 X",
+                   properties={"result": "failed"})]                     # the credential-stuffing sets
     raws += [b'{"user_id": "vic{1}:tim \\u00fc", "event_type": 5, "timestamp": 1}']   # a dead letter
     payment = {"transaction_id": "t1", "user_id": victim, "amount": "9.99", "status": "failed",
                "card_fingerprint": "fp_x", "ip": "10.0.0.1", "country": "DE", "timestamp": format_us(T0 + 60_000_000)}
@@ -57,9 +59,10 @@ async def test_erase_removes_every_trace_and_drops_later_events(backend, setting
     assert b":profile:" + victim.encode() in before and b":fails:" + victim.encode() in before
 
     report = await erase(backend.aio, settings, victim)
-    assert report["sessions"] >= 1 and report["input_entries"] == 124
+    assert report["sessions"] >= 1 and report["input_entries"] == 125
     assert report["alerts"] == 3 and report["alert_markers"] == 2     # events_per_minute, burst; the decision
-    assert report["dead_letters"] == 1 and report["subject_sets"] == 3   # two cards' user sets, one IP sample
+    # two cards' user sets, one IP sample, the failed login's IP, device identity and /24, the card-ring /24
+    assert report["dead_letters"] == 1 and report["subject_sets"] == 7
 
     after = await everything(backend.aio)
     assert victim.encode() not in after.replace(b":tomb:" + victim.encode(), b"")   # only the tombstone key
@@ -228,8 +231,8 @@ async def test_erase_sends_no_scan_to_a_real_server_full_of_other_keys(real, set
     report = await erase(real.aio, settings, "b")
     stats = real.sync.info("commandstats")
     # markers: events_per_minute, burst, failed_payments, card_testing (user) and the shared card's risk;
-    # sets: the users of three cards, of the IP and of the user's payment IP
-    assert report["alert_markers"] == 5 and report["subject_sets"] == 5
+    # sets: the users of three cards, of the IP, of the user's payment IP and the card-ring /24
+    assert report["alert_markers"] == 5 and report["subject_sets"] == 6
     assert not {"cmdstat_scan", "cmdstat_keys"} & set(stats), sorted(stats)
     assert sum(v["calls"] for v in stats.values()) < 200
 

@@ -294,3 +294,36 @@ async def test_failed_logins_from_a_thousand_ips_forward_one_record_a_session(ba
     assert out.dlq == []
     keys = [k async for k in backend.aio.scan_iter(match="*:lgz:*", count=1000)]
     assert len(keys) == 1, keys
+
+
+async def test_failed_logins_from_a_thousand_ips_ranges_and_agents_forward_once_a_session(backend, settings):
+    """Invariant: no input makes forwarding grow without bound: a user failing to log in 1,000 times
+    in one session, each time from another IP in another /24 with another user agent, sends the
+    credential-stuffing rules one record per subject kind (one lgz:, one lgdz:, one lgnz: key)."""
+    clicks = [click("rotator", T0 + i * 100_000, "login", ip=f"10.{i // 250}.{i % 250}.9", device="web",
+                    user_agent=f"Mozilla/5.0 Build/{i}", properties={"result": "failed"}) for i in range(1_000)]
+    out = await run_events(backend, settings, clicks)
+    assert out.dlq == []
+    for kind in ("lgz", "lgdz", "lgnz"):
+        keys = [k async for k in backend.aio.scan_iter(match=f"*:{kind}:*", count=1000)]
+        assert len(keys) == 1, (kind, keys)
+
+
+async def test_a_thousand_cards_from_a_thousand_ranges_make_a_bounded_card_ring_state(backend, settings):
+    """Invariant: a user's card-ring records are bounded whatever the input: 1,000 payments of one
+    user, each with a new card from another /24, tell at most 64 ranges (the user's card set is
+    capped at 64 and a capped user forwards no more)."""
+    import msgspec
+    from shopstream.engine.keys import TX
+
+    txs = [msgspec.json.encode({"transaction_id": f"t{i}", "user_id": "ringer", "amount": "1.00", "currency": "USD",
+                                "status": "completed", "card_fingerprint": f"card-{i}",
+                                "ip": f"10.{i // 250}.{i % 250}.1", "country": "US",
+                                "timestamp": format_us(T0 + i * 100_000)}) for i in range(1_000)]
+    await control.ensure_groups(backend.aio, settings)
+    publish(backend.sync, txs, settings, TX)
+    await consume_all(backend, settings)
+    out = await export.collect(backend.aio, settings)
+    assert out.dlq == []
+    keys = [k async for k in backend.aio.scan_iter(match="*:rngz:*", count=1000)]
+    assert 1 <= len(keys) <= 64, len(keys)

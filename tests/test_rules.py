@@ -264,6 +264,83 @@ async def test_credential_stuffing(backend, settings, users, fires):
     assert risky(out) == (sorted(f"victim{i}" for i in range(users)) if fires else [])
 
 
+# -- linked entities: the count survives rotating the IP --------------------------------------------
+OLD_CHROME = "Mozilla/5.0 (Windows NT 10.0) Chrome/120.0"     # one fixed (outdated) build, as stuffing tools send
+
+
+@pytest.mark.parametrize("users, fires", [(10, True), (9, False)])
+async def test_credential_stuffing_by_device_identity_across_rotating_ips(backend, settings, users, fires):
+    """Failed logins of 10 or more accounts from one device identity within an hour, each account
+    through another proxy IP in another /24: no IP and no /24 reaches its threshold; the device
+    identity does.  An honest user who mistypes from the same browser build elsewhere counts once."""
+    from shopstream.engine.schema import agent_of
+    clicks = [event(f"acct{i}", T0 + i * 5 * MIN + k * S, "login", ip=f"10.{i}.7.{9 + i}", device="web",
+                    user_agent=OLD_CHROME, properties={"result": "failed"}) for i in range(users) for k in range(2)]
+    out = await run(backend, settings, clicks)
+    assert fired(out, "credential_stuffing") == ([agent_of("web", OLD_CHROME)] if fires else [])
+    assert risky(out) == (sorted(f"acct{i}" for i in range(users)) if fires else [])
+
+
+@pytest.mark.parametrize("users, shared, fires", [(8, False, True), (7, False, False), (8, True, False)])
+async def test_credential_stuffing_by_range(backend, settings, tmp_path, users, shared, fires):
+    """Failed logins of 8 or more accounts from one IPv4 /24 within an hour, each from its own
+    address and browser (a proxy pool rotating inside one range); not from a listed shared range."""
+    if shared:
+        (tmp_path / "rules.toml").write_text('[lists]\nshared_ip_ranges = ["203.0.113.0/24"]\n')
+        settings = settings.replace(rules_file=str(tmp_path / "rules.toml"))
+    clicks = [event(f"acct{i}", T0 + i * 6 * MIN, "login", ip=f"203.0.113.{10 + i}", device="web",
+                    user_agent=f"Mozilla/5.0 Firefox/{120 + i}.0", properties={"result": "failed"})
+              for i in range(users)]
+    out = await run(backend, settings, clicks)
+    assert fired(out, "credential_stuffing") == (["203.0.113.0/24"] if fires else [])
+    assert risky(out) == (sorted(f"acct{i}" for i in range(users)) if fires else [])
+
+
+async def test_ordinary_failed_logins_on_a_family_tablet_and_a_carrier_range_are_not_stuffing(backend, settings):
+    """A family of four on one tablet (one device identity, one home IP), two of them mistyping; a
+    carrier NAT range where 20 customers on the same phone build click and 4 of them mistype: no
+    credential stuffing, no card ring, nobody risky."""
+    tablet = dict(device="ios", user_agent="ShopStream/5.1 (iPad; iPadOS 18.0)", ip="192.0.2.40")
+    clicks = [event(f"fam{i}", T0 + i * 10 * MIN + k * S, "login", **tablet,
+                    properties={"result": "failed" if i < 2 and k == 0 else "ok"}) for i in range(4) for k in range(2)]
+    phone = dict(device="android", user_agent="ShopStream/5.2 (Linux; Android 15)")
+    clicks += [event(f"nat{i}", T0 + i * 2 * MIN + k * S, "login", ip=f"198.51.100.{i % 7}", **phone,
+                     properties={"result": "failed" if i < 4 and k == 0 else "ok"}) for i in range(20) for k in range(2)]
+    txs = [tx(f"nat{i}", T0 + i * 2 * MIN + MIN, "completed", "40.00", card=f"nat-card{i}", ip=f"198.51.100.{i % 7}")
+           for i in range(20)]
+    txs += [tx(f"fam{i}", T0 + HOUR + i * MIN, "completed", "25.00", card="family-card", ip="192.0.2.40") for i in range(4)]
+    out = await run(backend, settings, sorted(clicks, key=lambda c: c), txs)
+    assert fired(out, "credential_stuffing") == [] and fired(out, "card_ring") == []
+    assert risky(out) == []
+
+
+@pytest.mark.parametrize("accounts, cards, fires", [
+    (3, 2, True),      # three accounts, two cards each, behind one /24 within a day: a ring
+    (2, 3, False),     # two accounts: not yet a ring
+    (3, 1, False),     # three accounts, one card each: neighbours on one network
+])
+async def test_card_ring(backend, settings, accounts, cards, fires):
+    """Accounts that each pay with a card new to them while holding 2 or more cards in the last
+    24 h, through one IPv4 /24 (different addresses in it), 3 or more in a day: one ring.  Each
+    account alone stays under card testing (3 cards an hour, 4 a day) and every IP under ip_users."""
+    txs = [tx(f"ring{a}", T0 + a * 3 * HOUR + c * 40 * MIN, "completed", "180.00", card=f"r{a}-{c}",
+              ip=f"198.51.100.{20 + a * 3 + c}", tid=f"r{a}-{c}")
+           for a in range(accounts) for c in range(cards)]
+    out = await run(backend, settings, txs=txs)
+    assert fired(out, "card_ring") == (["198.51.100.0/24"] if fires else [])
+    assert fired(out, "card_testing") == []
+    assert risky(out) == (sorted(f"ring{a}" for a in range(accounts)) if fires else [])
+
+
+async def test_card_ring_not_from_a_shared_range(backend, settings, tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[lists]\nshared_ip_ranges = ["198.51.100.0/25"]\n')
+    txs = [tx(f"ring{a}", T0 + a * HOUR + c * 10 * MIN, "completed", "180.00", card=f"r{a}-{c}",
+              ip=f"198.51.100.{20 + a}", tid=f"r{a}-{c}") for a in range(4) for c in range(2)]
+    out = await run(backend, settings.replace(rules_file=str(rules)), txs=txs)
+    assert fired(out, "card_ring") == [] and risky(out) == []
+
+
 async def test_automation_user_agents(backend, settings):
     clicks = [event("bot", T0 + i * S, user_agent="python-requests/2.32") for i in range(5)]
     clicks += [event("bot", T0 + HOUR + i * S, user_agent="python-requests/2.32") for i in range(5)]  # a new session
