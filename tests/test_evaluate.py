@@ -195,10 +195,12 @@ def test_evaluate_the_library_with_the_current_rules(real_redis_url, capsys, tmp
     assert report.source == "decisions"
     assert report.precision >= 0.95, text
     assert [r.pattern for r in report.rows if not r.fraud and r.named and r.flagged] == [], text
-    assert report.recall(True) >= 0.70 and report.recall(False) >= 0.55, text
+    # (named 90.1-90.8 % over three runs with the linked-entity rules; 74.8 % before them)
+    assert report.recall(True) >= 0.85 and report.recall(False) >= 0.55, text
     caught = {r.pattern for r in report.rows if r.fraud and r.recall == 1.0}
     assert {"account_farm", "bot_burst", "card_collector", "card_drip", "card_testing", "refund_abuse",
-            "slow_declines", "steady_scraper", "promo_abuse", "triangulation"} <= caught, text
+            "slow_declines", "steady_scraper", "promo_abuse", "triangulation", "credential_stuffing"} <= caught, text
+    assert [r.recall for r in report.rows if r.pattern == "proxy_card_ring"][0] >= 0.75, text   # 87.5 % measured
 
 
 def test_the_command_with_a_shadow_rules_file_json_and_check(real_redis_url, tmp_path, capsys, keep_logging):
