@@ -287,7 +287,9 @@ local function cards(ctx, pr, uid, ts, tx, entry)
   local key = ctx.prefix .. KEY.ucards .. uid
   local keep = math.max(R.cards_h and longest(R.cards_h) or 0, DAY_US)
   local prev, capped = track(key, tx.card, ts, keep, math.floor((keep + ctx.gap) / 1000))
-  local raw = R.cards_h and near(key, ts, keep, least(R.cards_h))
+  -- (near(), with its ZCARD kept for the card-ring rule below)
+  local size = (R.cards_h or (R.ring_h and not prev and not capped)) and rcall('ZCARD', key)
+  local raw = R.cards_h and size >= least(R.cards_h) and rcall('ZRANGEBYSCORE', key, fmt(ts - keep), fmt(ts + keep), 'WITHSCORES')
   for _, h in ipairs(raw and R.cards_h or {}) do
     local n, members = densest_members(raw, ts, h[1])
     if n >= h[2] then
@@ -308,7 +310,7 @@ local function cards(ctx, pr, uid, ts, tx, entry)
   -- records a user a day whatever the IPs (not from a listed shared range)
   if R.ring_h and not prev and not capped then
     local net = tx.ip:match('^(%d+%.%d+%.%d+)%.%d+$')
-    if net and not in_ranges(tx.ip, R.shared_ips) and rcall('ZCARD', key) >= R.ring_cards then
+    if net and not in_ranges(tx.ip, R.shared_ips) and size >= R.ring_cards then
       forward(ctx, {'ring', net, uid, fmt(ts)})
     end
   end
