@@ -341,6 +341,17 @@ async def test_card_ring_not_from_a_shared_range(backend, settings, tmp_path):
     assert fired(out, "card_ring") == [] and risky(out) == []
 
 
+def test_linked_entity_rules_are_validated_and_switched_off_with_their_rule():
+    import msgspec
+    from shopstream.engine.rules import parse_rules
+    with pytest.raises(ValueError, match="cards"):
+        parse_rules("[card_ring]\ncards = 1\n")          # one card per account is every customer
+    with pytest.raises(ValueError):
+        parse_rules("[credential_stuffing]\nper_device = [{ minutes = 0, count = 10, points = 50 }]\n")
+    off = msgspec.json.decode(parse_rules("[credential_stuffing]\nenabled = false\n[card_ring]\nenabled = false\n").to_lua())
+    assert [off[k] for k in ("stuff_h", "stuff_dev_h", "stuff_net_h", "ring_h")] == [False] * 4
+
+
 async def test_automation_user_agents(backend, settings):
     clicks = [event("bot", T0 + i * S, user_agent="python-requests/2.32") for i in range(5)]
     clicks += [event("bot", T0 + HOUR + i * S, user_agent="python-requests/2.32") for i in range(5)]  # a new session
