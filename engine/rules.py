@@ -94,7 +94,7 @@ class CardRing(_Rule):
     to them while holding `cards` or more distinct cards lately (the card rule's longest horizon,
     at least 24 h): a ring cycling stolen cards through several accounts behind one proxy range."""
     cards: Annotated[int, msgspec.Meta(ge=2)] = 2
-    horizons: tuple[Horizon, ...] = (Horizon(minutes=1440, count=3, points=50),)
+    horizons: tuple[Horizon, ...] = (Horizon(minutes=1440, count=3, points=30),)
     severity: Severity = "high"
 
 

@@ -281,6 +281,20 @@ async def test_credential_stuffing_by_device_identity_across_rotating_ips(backen
     assert risky(out) == (sorted(f"acct{i}" for i in range(users)) if fires else [])
 
 
+async def test_failed_logins_from_devices_the_accounts_know_are_not_linked_stuffing(backend, settings):
+    """12 established customers, each on the browser build they always use, mistype their password
+    within an hour from addresses of one /24 (a busy build, a carrier range): over both linked bars
+    (10 per device identity, 8 per /24), but a stuffer's machine is new to every account it tries,
+    and these devices are not: no credential stuffing, nobody risky."""
+    build = dict(device="web", user_agent="Mozilla/5.0 (Windows NT 10.0) Chrome/131.0")
+    clicks = [event(f"own{i}", T0 - 48 * HOUR + i * MIN, "product_view", ip=f"100.64.{i}.{i + 1}", **build)
+              for i in range(12)]
+    clicks += [event(f"own{i}", T0 + i * 4 * MIN, "login", ip=f"203.0.113.{10 + i}", **build,
+                     properties={"result": "failed"}) for i in range(12)]
+    out = await run(backend, settings, clicks)
+    assert fired(out, "credential_stuffing") == [] and risky(out) == []
+
+
 @pytest.mark.parametrize("users, shared, fires", [(8, False, True), (7, False, False), (8, True, False)])
 async def test_credential_stuffing_by_range(backend, settings, tmp_path, users, shared, fires):
     """Failed logins of 8 or more accounts from one IPv4 /24 within an hour, each from its own

@@ -166,6 +166,19 @@ end
 -- from that IP (remembered in the user's state as st.fwd; the rule counts users, not clicks).
 -- st.fwd = {latest period, its last IP[, IPs forwarded since that period began, when more than 1]}: a
 -- user hopping over more than EXACT IPs (in that period or, out of order, older ones) is not forwarded further.
+-- Is the device identity agent ('#<hash>') new to the account: not in its profile (agent:<hash>,
+-- folded in when a session closes) nor in another of its open sessions?  One HEXISTS unless the
+-- profile is loaded in this call already.
+local function new_agent(ctx, uid, st, se, agent)
+  for _, other in ipairs(st.sessions) do
+    if other ~= se and other.dv[agent] then return false end
+  end
+  local field = 'agent:' .. agent:sub(2)
+  local pr = ctx.profiles[uid]
+  if pr then return pr.f[field] == nil end
+  return rcall('HEXISTS', ctx.prefix .. KEY.profile .. uid, field) == 0
+end
+
 -- agent: the click's device identity ('#<hash>', or '' / nil).
 local function click_ip(ctx, uid, st, ip, ts, se, flags, agent)
   -- a failed login: to the partitions of its IP, of its device identity and of its IPv4 /24
@@ -176,9 +189,14 @@ local function click_ip(ctx, uid, st, ip, ts, se, flags, agent)
   if (R.stuff_h or R.stuff_dev_h or R.stuff_net_h) and math.floor(flags / 2) % 2 == 1 and not se.lf then
     se.lf = ip
     if R.stuff_h then forward(ctx, {'login', ip, uid, fmt(ts)}) end
-    if R.stuff_dev_h and agent and #agent > 1 then forward(ctx, {'login_dev', agent:sub(2), uid, fmt(ts)}) end
-    local net = R.stuff_net_h and ip:match('^(%d+%.%d+%.%d+)%.%d+$')
-    if net and not in_ranges(ip, R.shared_ips) then forward(ctx, {'login_net', net, uid, fmt(ts)}) end
+    -- A device identity or a /24 is shared by many honest customers (a browser build, a carrier's
+    -- range): there, only failed logins from a device identity new to the account count (a stuffer's
+    -- machine is new to every account it tries; a customer mistypes on the device they use).
+    if (R.stuff_dev_h or R.stuff_net_h) and agent and #agent > 1 and new_agent(ctx, uid, st, se, agent) then
+      if R.stuff_dev_h then forward(ctx, {'login_dev', agent:sub(2), uid, fmt(ts)}) end
+      local net = R.stuff_net_h and ip:match('^(%d+%.%d+%.%d+)%.%d+$')
+      if net and not in_ranges(ip, R.shared_ips) then forward(ctx, {'login_net', net, uid, fmt(ts)}) end
+    end
   end
   if not R.ip_h then return end
   local w = math.floor(ts / FWD_US) * FWD_US
