@@ -97,6 +97,19 @@ def decisions(out, user: str) -> list[tuple[str, bool, list[str]]]:
             for d in out.alerts if d["rule"] == "decision" and d["user_id"] == user]
 
 
+async def test_a_decision_lists_each_reason_code_once(backend, settings):
+    """A bot bursting again three hours later: the second signal tops the code up to its points
+    (evidence of one kind does not add up), and the decision names the code once, with its whole
+    contribution, not as two entries."""
+    clicks = [event("bot", T0 + i * S // 3) for i in range(130)]
+    clicks += [event("bot", T0 + 3 * HOUR + i * S // 3) for i in range(130)]
+    out = await run(backend, settings, clicks)
+    last = [d for d in out.alerts if d["rule"] == "decision" and d["user_id"] == "bot"][-1]["evidence"]
+    codes = [r["code"] for r in last["reasons"]]
+    assert len(codes) == len(set(codes)) and "events_per_minute" in codes
+    assert abs(sum(r["points"] for r in last["reasons"]) - last["score"]) < 0.5
+
+
 async def test_honest_declines_then_a_completed_payment_are_retracted(backend, settings):
     """Three declines (a step-up), then the customer pays with another card: the declines signal is
     taken back and the action goes back to allow; five declines in an hour stay."""
@@ -417,7 +430,7 @@ async def test_risk_score_decays_with_a_half_life(backend, settings):
     assert len([a for a in out.alerts if a["rule"] == "failed_payments"]) == 2
     (profile,) = out.profiles
     assert profile["risk_score"] == 30.0 and profile["last_alert"].startswith("declines ")
-    assert decisions(out, "r") == [("step_up", False, ["declines"]), ("step_up", False, ["declines", "declines"])]
+    assert decisions(out, "r") == [("step_up", False, ["declines"]), ("step_up", False, ["declines"])]   # one reason a code
 
 
 @pytest.mark.parametrize("closed", [True, False])

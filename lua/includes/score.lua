@@ -76,11 +76,28 @@ local function decision(ctx, pr, uid, t, trigger, entry, retraction)
   local R = ctx.rules
   local score = score_at(R, pr, t)
   local level = level_of(R, score)
-  local reasons = {}
+  -- one reason a code: its signals' decayed points together (a later signal of a code holds only
+  -- what it added above the earlier ones, add_signal)
+  local reasons, by_code = {}, {}
   for _, r in ipairs(reasons_of(pr)) do
     local p = r[2] * 2 ^ (-math.abs(t - r[3]) / R.score_hl)
-    if p >= 0.5 then reasons[#reasons + 1] = {code = r[1], points = math.floor(p * 10 + 0.5) / 10} end
+    local reason = by_code[r[1]]
+    if reason then
+      reason.points = reason.points + p
+    else
+      reason = {code = r[1], points = p}
+      by_code[r[1]] = reason
+      reasons[#reasons + 1] = reason
+    end
   end
+  local kept = {}
+  for _, reason in ipairs(reasons) do
+    if reason.points >= 0.5 then
+      reason.points = math.floor(reason.points * 10 + 0.5) / 10
+      kept[#kept + 1] = reason
+    end
+  end
+  reasons = kept
   table.sort(reasons, function(a, b) return a.points > b.points or (a.points == b.points and a.code < b.code) end)
   local action = ACTIONS[level]
   pset(pr, 'action', action)
