@@ -6,7 +6,10 @@ some sessions), a few bots burst well over 100 events a minute, and 2 % of event
 order within the 5-minute bound.  Returns the events already encoded as JSON, in arrival order.
 This is the file of ``make bench-run`` (the issue-15 comparison with Flink: clicks only).
 
-``generate_mixed``: what ``shopstream bench`` streams: the same browsing, plus the payments of
+``generate_mixed``: what ``shopstream bench`` streams: the same browsing (each session's clicks in
+funnel order: a cart after a product page, a checkout after a cart, a purchase after a checkout;
+ordinary customers drawn at random once started 4 sessions in 10 at a checkout, and a third of
+them were stepped up by inhuman_speed), plus the payments of
 the purchases (two cards for some users, failed payments retried), support tickets, and fraud-like
 actors for every rule, so many that every rule alerts about 1,000 times per 1M events (the
 bench times each rule's detection separately); fraud is about 18 % of the events:
@@ -17,7 +20,7 @@ bench times each rule's detection separately); fraud is about 18 % of the events
     IP farms          12-14 users clicking from one IP           ip_users (re-keyed)
     takeovers         a big purchase from a far country          impossible_travel (account_takeover needs
                                                                  a week of history the stream has not)
-    speeders          purchase within seconds of arriving        inhuman_speed (at session close)
+    speeders          purchase within seconds of arriving        inhuman_speed (on the purchase)
 
 ``subject_triggers`` finds, for each re-keyed alert (IP, card), the arrival index of the event
 that tips it over, so the bench can time those alerts (they carry no entry id).
@@ -109,6 +112,25 @@ def _browse(rng: random.Random, span: int, per_user: int, types: tuple) -> list[
             ts += rng.randrange(1_900_000_000, 7_200_000_000)
             second = rng.random() < 0.5
         out.append((ts, types[rng.randrange(len(types))], second))
+    return out
+
+
+# A step of the funnel needs the one before it in the same session (a customer checks out a cart,
+# and fills it from a product page); a type drawn before its step is taken back to the step due.
+_NEEDS = {"add_to_cart": "product_view", "checkout": "add_to_cart", "purchase": "checkout"}
+
+
+def _in_funnel_order(clicks: list[tuple[int, str, bool]], gap_us: int = 1_800_000_000) -> list[tuple[int, str, bool]]:
+    """The clicks of _browse with each session's types in funnel order (sessions: gaps < gap_us)."""
+    out, seen, last = [], set(), None
+    for ts, etype, second in clicks:
+        if last is None or ts - last >= gap_us:
+            seen = set()
+        last = ts
+        while etype in _NEEDS and _NEEDS[etype] not in seen:
+            etype = _NEEDS[etype]
+        seen.add(etype)
+        out.append((ts, etype, second))
     return out
 
 
@@ -238,7 +260,7 @@ def generate_mixed(events: int, users: int = 20_000, seed: int = 1, hours: float
             click(ts, user, etype, "web", ip, country)
         pay(ts + rng.randrange(2_000_000, 10_000_000), user, rng.randrange(60_000, 250_000), True, f"fp-ato{a}", ip,
             country)
-    for s in range(max(1, int(200 * scale))):                # speeders: purchase seconds after arriving
+    for s in range(max(1, int(1000 * scale))):               # speeders: purchase seconds after arriving
         user = f"fast{s:04d}"
         ts = T0 + rng.randrange(span)
         for etype in ("page_view", "add_to_cart", "checkout", "purchase"):
@@ -253,7 +275,7 @@ def generate_mixed(events: int, users: int = 20_000, seed: int = 1, hours: float
         user = f"user{u:06d}"
         p = profiles[user] = _profile(rng, user)
         cards = [f"fp-{user}-a"] + ([f"fp-{user}-b"] if rng.random() < 0.15 else [])
-        for ts, etype, second in _browse(rng, span, per_user, FUNNEL):
+        for ts, etype, second in _in_funnel_order(_browse(rng, span, per_user, FUNNEL)):
             ip = p.mobile_ip if second and p.mobile_ip else p.ip
             click(ts, user, etype, p.device, ip, p.country, base=True)
             if etype == "purchase":
