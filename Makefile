@@ -17,10 +17,10 @@ test: $(VENV)/.installed redis-server
 test-fast: $(VENV)/.installed
 	$(BIN)/pytest -m "not integration and not cluster and not slow" --ignore-glob="tests/test_lake_*"
 
-# Issue 15's targets on mixed traffic (about 5 min): 3 transport/engine pairs, latency per rule at
-# 1M events/min, memory, and 3 timed `shopstream run`s of the 1M-event clickstream file.
+# Issue 15's targets on mixed traffic (about 8 min): 3 transport/engine pairs, latency per rule at
+# 1M events/min, memory, the floor, the rule set's cost (issue 16), and 3 timed `shopstream run`s.
 bench: $(VENV)/.installed redis-server
-	$(BIN)/shopstream bench --run-rounds 3
+	$(BIN)/shopstream bench --run-rounds 3 --rules-share
 
 # Only the whole-process time of `shopstream run` on the 1M-event clickstream file (20k users, 6 h;
 # written once to $$TMPDIR/shopstream-bench/), 3 rounds: the comparison with Flink of issue 15.

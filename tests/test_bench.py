@@ -22,7 +22,7 @@ def test_bench_data_is_valid_and_has_bots_and_disorder():
 def test_bench_runs_and_reports(tmp_path):
     out = tmp_path / "bench.json"
     stdout = shopstream("bench", "--events", "20000", "--users", "2000", "--runs", "1", "--consumers", "1",
-                        "--scale-partitions", "4", "--rate", "2000", "--json", str(out), timeout=600)
+                        "--scale-partitions", "4", "--rate", "2000", "--rules-share", "--json", str(out), timeout=600)
     assert "transport ceiling" in stdout and "engine end to end" in stdout
     # the archive's throughput over the same run's streams (the lake extra is installed for the tests)
     assert "archive rows/s vs engine events/s" in stdout
@@ -35,6 +35,7 @@ def test_bench_runs_and_reports(tmp_path):
     assert {s["name"] for s in report["stages"]} >= {"transport", "engine", "engine@rate", "engine@capacity"}
     assert 0 < summary["floor_apply_us_per_event"] < summary["apply_us_per_event"]
     assert "the design's floor" in stdout
+    assert "the rule set's Redis cost per event" in stdout and summary["ordinary_events"] > 0
 
 
 def test_bench_compares_a_cluster_with_a_single_node(tmp_path):

@@ -319,6 +319,17 @@ def generate_mixed(events: int, users: int = 20_000, seed: int = 1, hours: float
     return Mixed(sources, payloads)
 
 
+class _Who(msgspec.Struct):
+    user_id: str
+
+
+def ordinary(mixed: Mixed) -> Mixed:
+    """The ordinary customers' events of a mixed stream (users ``user<n>``), without the fraud-like actors."""
+    who = msgspec.json.Decoder(_Who).decode
+    keep = [i for i, raw in enumerate(mixed.payloads) if who(raw).user_id.startswith("user")]
+    return Mixed([mixed.sources[i] for i in keep], [mixed.payloads[i] for i in keep])
+
+
 class _Seen(msgspec.Struct):
     user_id: str
     timestamp: str = ""
