@@ -219,9 +219,17 @@ def customer(user: str, days: int = 10) -> tuple[list[bytes], list[dict]]:
 @pytest.mark.parametrize("batch_size", [1000, 2])    # 2: the clicks' stream has a backlog when the payment is read
 @pytest.mark.parametrize("case, action", [
     ("taker", "review"),      # new device + password reset + 6 x the average order
-    ("browses_then_buys", "review"),   # new device + new country, buys 46 minutes later, 3 medium orders
+    ("browses_then_buys", "block"),    # new device + new country (together: nothing familiar), buys 46 minutes
+                                       # later, 3 medium orders worth 4 x the average
+    ("abroad_new_device", "review"),   # new device AND new country, one ordinary order: each alone is a
+                                       # new phone or a trip, together nothing of the customer is left
+    ("split_orders", "review"),        # password reset + new device, two orders that together are 4.8 x the
+                                       # one order before (the recent orders do not raise their own yardstick)
     ("traveller", "step_up"),  # same phone, abroad, a high-value order: a challenge at most
     ("new_phone", "allow"),    # a new phone and an ordinary order
+    ("new_laptop_at_home", "allow"),   # a new laptop on the network the customer browsed from, 3 orders worth
+                                       # 9 x the average (a sale day): the household's own device
+    ("power_shopper", "allow"),        # own phone, three orders on a sale day: no change, no signal
 ])
 async def test_account_takeover(backend, settings, case, action, batch_size):
     """The payment is applied after the clicks published before it, whatever the batch size (a read
@@ -244,12 +252,41 @@ async def test_account_takeover(backend, settings, case, action, batch_size):
     elif case == "traveller":
         clicks += [event(user, at, "product_view", device="ios", user_agent=IPHONE, country="FR")]
         txs.append(tx(user, at + 5 * MIN, "completed", "400.00", country="FR", card=f"own-{user}", tid="x1"))
+    elif case == "abroad_new_device":
+        clicks += [event(user, at + m * MIN, "product_view", country="RO", ip="5.12.40.7", **android) for m in range(3)]
+        txs.append(tx(user, at + 5 * MIN, "completed", "60.00", country="RO", ip="5.12.40.7", card=f"own-{user}",
+                      tid="x1"))
+    elif case == "split_orders":
+        old = at - 9 * 24 * HOUR                   # one order before, 9 days ago
+        clicks = [event(user, old, "purchase", device="ios", user_agent=IPHONE, country="US")]
+        txs = [tx(user, old + MIN, "completed", "50.00", card=f"own-{user}", tid="x0")]
+        tickets = [{"ticket_id": "k1", "user_id": user, "status": "open", "category": "password_reset",
+                    "created_at": format_us(at - 10 * MIN)}]
+        clicks += [event(user, at + m * MIN, "product_view", country="US", ip="81.20.1.2", **android) for m in range(0, 20, 4)]
+        txs += [tx(user, at + m * MIN, "completed", "120.00", ip="81.20.1.2", card=f"own-{user}", tid=f"x{m}")
+                for m in (5, 18)]
+    elif case == "new_laptop_at_home":
+        # the home network was seen in a visit (clicks) only; the payments came from another one
+        clicks.append(event(user, at - 9 * 24 * HOUR, "product_view", device="ios", user_agent=IPHONE, country="US",
+                            ip="172.16.0.9"))
+        laptop = dict(device="web", user_agent="Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) Safari/605.1")
+        clicks += [event(user, at + m * MIN, "product_view", country="US", ip="172.16.3.3", **laptop)
+                   for m in range(0, 90, 10)]
+        txs += [tx(user, at + m * MIN, "completed", "150.00", ip="172.16.3.3", card=f"own-{user}", tid=f"x{m}")
+                for m in (25, 55, 85)]
+    elif case == "power_shopper":
+        clicks += [event(user, at + m * MIN, "product_view", device="ios", user_agent=IPHONE, country="US")
+                   for m in range(0, 90, 10)]
+        txs += [tx(user, at + m * MIN, "completed", "150.00", card=f"own-{user}", tid=f"x{m}") for m in (25, 55, 85)]
     else:
         clicks += [event(user, at, "product_view", country="US", **android)]
         txs.append(tx(user, at + 5 * MIN, "completed", "45.00", card=f"own-{user}", tid="x1"))
     out = await run(backend, settings, clicks, txs, tickets)
     final = decisions(out, user)[-1][0] if decisions(out, user) else "allow"
     assert final == action, [(a["rule"], a["evidence"]) for a in out.alerts if a["user_id"] == user]
+    if case == "split_orders":              # measured against the one order before, not against itself
+        last = [a["evidence"] for a in out.alerts if a["rule"] == "account_takeover" and a["user_id"] == user][-1]
+        assert (last["average_order_minor"], last["spent_minor"], last["high_value"]) == (5000, 24000, True)
 
 
 @pytest.mark.parametrize("users, fires", [(5, True), (4, False)])

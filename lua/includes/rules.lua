@@ -181,6 +181,11 @@ end
 
 -- agent: the click's device identity ('#<hash>', or '' / nil).
 local function click_ip(ctx, uid, st, ip, ts, se, flags, agent)
+  -- the click's IPv4 /16 travels with the session as '@a.b' (with its devices, folded into the
+  -- profile's net:<a.b> when it closes): a network the customer browsed from is theirs (takeover)
+  local R = ctx.rules
+  local net16 = R.ato and ip:match('^(%d+%.%d+)%.%d+%.%d+$')
+  if net16 then first_capped(ctx, se.dv, '@' .. net16, ts, MAX_VALUES) end
   -- a failed login: to the partitions of its IP, of its device identity and of its IPv4 /24
   -- (credential stuffing), once per session: a user's failed logins from a thousand IPs or agents
   -- are at most three forwarded records a session, not a thousand (the session's first failed
@@ -210,24 +215,6 @@ local function click_ip(ctx, uid, st, ip, ts, se, flags, agent)
     st.fwd = {w, ip}
   end
   forward(ctx, {'ip', ip, uid, fmt(ts)})
-end
-
--- A session closes (exact: every event of the session is in): its click fields go into the
--- profile (an unreadable profile key is left as it is); an inhuman-speed signal the whole session
--- refutes (an earlier first click, a product view, an intent entry that arrived out of order) is
--- retracted.
-local function session_rules(ctx, uid, se)
-  local pr = load_profile(ctx, uid)
-  if not pr then return end
-  pincr(pr, 'sessions', 1)
-  fold_session(pr, se)
-  local last, lt = nil, nil
-  for c, t in pairs(se.co) do if not lt or t > lt then last, lt = c, t end end
-  if last then
-    local stored = pr.f.loc and tonumber(pr.f.loc:match(' (%d+)$'))
-    if not stored or se.l >= stored then pset(pr, 'loc', last .. ' ' .. fmt(se.l)) end
-  end
-  if se.fl and speed_points(ctx.rules, se) == 0 then retract(ctx, pr, uid, 'inhuman_speed', se.s, se.l, se.l, '') end
 end
 
 -- The members of ZSET key (member -> time) within `range` of t: the raw ZRANGEBYSCORE ... WITHSCORES
@@ -335,32 +322,51 @@ local function cards(ctx, pr, uid, ts, tx, entry)
 end
 
 -- Account takeover, on a completed payment of an account with history: what changed lately (a new
--- device, a new country, account details by a support ticket) and how much was spent lately
+-- device, a new place, account details by a support ticket) and how much was spent lately
 -- against the customer's average order.  No change, no signal (a big order alone is a good
 -- customer); its points are the sum of what is there, raised at most once a day (a later order
--- that adds to them raises the difference).
-local function takeover(ctx, pr, st, uid, ts, tx, entry)
+-- that adds to them raises the difference).  counted: the order is in the profile's totals already
+-- (a later ticket or session scores it again).
+--   A place is one move: a new country or, in the same country, a new IPv4 /16 (a new country
+-- brings a new network: not counted twice).  The payment's own country and network count at once
+-- (they are noted in the profile after the rules).  A new device identity paying from a network
+-- the account has used before the recent hours (paid or browsed from) is the household's new
+-- phone or laptop, not a taker: no device points.  A new device AND a new country together leave
+-- nothing of the customer's usual context (the classic takeover: each alone is a new phone or a
+-- trip): the device_and_country points.  The average order is the one before the recent hours:
+-- the recent orders are what is measured, so a cash-out split over several orders does not raise
+-- its own yardstick.
+local function takeover(ctx, pr, st, uid, ts, tx, entry, counted)
   local R = ctx.rules
   local A = R.ato
   local P = R.pts
   local first = first_of(pr, 'first_seen')
   if not first or ts - first < A.hist then return end
   local since = ts - A.recent
-  local function fresh(kind)            -- a value of kind first seen lately, while an older one exists
+  local seen = {}
+  for field in pairs(pr.f) do seen[field] = true end
+  for field in pairs(pr.first) do seen[field] = true end
+  -- a value of kind first seen lately (or brought by this payment: current), while an older one
+  -- exists; and whether current is an older one (familiar)
+  local function fresh(kind, current)
     local new, old = nil, false
-    local seen = {}
-    for field in pairs(pr.f) do seen[field] = true end
-    for field in pairs(pr.first) do seen[field] = true end
     for field in pairs(seen) do
       if field:sub(1, #kind + 1) == kind .. ':' then
         local t = first_of(pr, field)
         if t and t > since and t <= ts then new = field:sub(#kind + 2) elseif t and t <= since then old = true end
       end
     end
-    return old and new or nil
+    local familiar = false
+    if current and current ~= '' then
+      local t = first_of(pr, kind .. ':' .. current)
+      if not t or t > ts then new = new or current elseif t <= since then familiar = true end
+    end
+    return old and new or nil, familiar
   end
-  local device, country = fresh('agent'), fresh('country')
-  local network = tx.ip and tx.ip ~= '' and fresh('net')
+  local device = fresh('agent')
+  local country = fresh('country', tx.country)
+  local network, home = fresh('net', tx.ip and tx.ip:match('^(%d+%.%d+)%.%d+%.%d+$'))
+  if home and not country then device = nil end   -- a new device at home: the customer's own
   local kinds, changed = {}, 0
   for kind, at in string.gmatch(pr.f.changes or '', '([^@,]+)@(%d+)') do
     at = tonumber(at)
@@ -370,23 +376,28 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry)
   for _, r in ipairs(reasons_of(pr)) do
     if r[1] == 'impossible_travel' and r[3] > since and r[3] <= ts then travelled = true end
   end
-  if not (device or country or changed > 0 or travelled) then return end
-  -- spend of the last `recent` (this payment included) against the average order before it
+  if not (device or country or changed > 0 or travelled) then return end   -- (a new network alone: no)
+  -- spend of the last `recent` (this payment included) against the average order before them
   local key = ctx.prefix .. KEY.spend .. uid
-  rcall('ZADD', key, ts, fmt(tx.fp) .. ':' .. tx.amount)
+  local this = fmt(tx.fp) .. ':' .. tx.amount
+  rcall('ZADD', key, ts, this)
   rcall('ZREMRANGEBYSCORE', key, '-inf', '(' .. fmt(since))
   rcall('ZREMRANGEBYRANK', key, 0, -(EXACT + 1))
   rcall('PEXPIRE', key, math.floor(A.recent / 1000) + 1)
-  local spent = 0
+  local spent, prior, prior_sum, n = 0, 0, 0, 0
   for _, member in ipairs(rcall('ZRANGEBYSCORE', key, fmt(since), fmt(ts))) do
-    spent = spent + (tonumber(member:match(':(%d+)$')) or 0)
+    local amount = tonumber(member:match(':(%d+)$')) or 0
+    spent, n = spent + amount, n + 1
+    if counted or member ~= this then prior, prior_sum = prior + 1, prior_sum + amount end   -- in the totals
   end
   -- (a customer who never paid before has no average: a first order of A.min or more is high)
-  local orders = tonumber(pr.f.orders) or 0
-  local average = orders > 0 and (tonumber(pr.f.spend_minor) or 0) / orders or A.min / A.ratio
+  local orders = (tonumber(pr.f.orders) or 0) - prior
+  local average = orders > 0 and math.max(0, (tonumber(pr.f.spend_minor) or 0) - prior_sum) / orders
+    or A.min / A.ratio
   local high = spent >= A.min and spent >= A.ratio * average
-  local burst = rcall('ZCARD', key) >= 3        -- three orders or more in the recent hours: split cash-out
-  local pts = (device and P.new_device or 0) + (country and P.new_country or 0) + (network and P.new_network or 0)
+  local burst = n >= 3                 -- three orders or more in the recent hours: split cash-out
+  local pts = (device and P.new_device or 0) + (country and P.new_country or (network and not device and P.new_network or 0))
+    + (device and country and P.device_and_country or 0)
     + (changed > 0 and P.account_change or 0) + (changed > 1 and P.more_changes or 0) + (high and P.high_value or 0)
     + (burst and P.order_burst or 0)
     + (travelled and P.new_country or 0)
@@ -398,9 +409,38 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry)
   user_alert(ctx, pr, {rule = 'account_takeover', sev = R.ato_sev, uid = uid, window = day * DAY_US, mark = pts,
     count = math.floor(spent), threshold = math.floor(A.ratio * average), entry = entry,
     evidence = {new_device = device and true or false, new_country = country or false,
-                new_network = network or false, account_changes = changed, impossible_travel = travelled,
-                high_value = high, order_burst = burst, spent_minor = spent, average_order_minor = math.floor(average), points = pts}},
+                new_network = network or false, familiar_network = home, account_changes = changed,
+                impossible_travel = travelled, high_value = high, order_burst = burst, orders_recent = n,
+                spent_minor = spent, average_order_minor = math.floor(average), points = pts}},
     ts, pts)
+end
+
+-- A session closes (exact: every event of the session is in): its click fields go into the
+-- profile (an unreadable profile key is left as it is); an inhuman-speed signal the whole session
+-- refutes (an earlier first click, a product view, an intent entry that arrived out of order) is
+-- retracted.  The latest order, when the session began before it within the takeover's recent
+-- hours, is scored again with what the whole session showed (its clicks may have been applied
+-- after the payment: another stream, other delays; the day's points only ever rise).
+local function session_rules(ctx, uid, se)
+  local pr = load_profile(ctx, uid)
+  if not pr then return end
+  pincr(pr, 'sessions', 1)
+  fold_session(pr, se)
+  local last, lt = nil, nil
+  for c, t in pairs(se.co) do if not lt or t > lt then last, lt = c, t end end
+  if last then
+    local stored = pr.f.loc and tonumber(pr.f.loc:match(' (%d+)$'))
+    if not stored or se.l >= stored then pset(pr, 'loc', last .. ' ' .. fmt(se.l)) end
+  end
+  if se.fl and speed_points(ctx.rules, se) == 0 then retract(ctx, pr, uid, 'inhuman_speed', se.s, se.l, se.l, '') end
+  local A = ctx.rules.ato
+  if A then
+    local t, fp, amount, ip = (pr.f.last_order or ''):match('^(%d+) (%d+) (%d+) ?(%S*)$')
+    t = tonumber(t)
+    if t and se.s <= t and t - se.s < A.recent then
+      takeover(ctx, pr, nil, uid, t, {fp = tonumber(fp), amount = tonumber(amount), ip = ip}, '', true)
+    end
+  end
 end
 
 -- Transactions of the user (before the transaction updates the profile).
@@ -462,7 +502,7 @@ local function ticket_rules(ctx, pr, uid, ts, category, new, entry)
     local t, fp, amount, ip = (pr.f.last_order or ''):match('^(%d+) (%d+) (%d+) ?(%S*)$')
     t = tonumber(t)
     if t and t >= ts and t - ts < R.ato.recent then
-      takeover(ctx, pr, nil, uid, t, {fp = tonumber(fp), amount = tonumber(amount), ip = ip}, entry)
+      takeover(ctx, pr, nil, uid, t, {fp = tonumber(fp), amount = tonumber(amount), ip = ip}, entry, true)
     end
     -- the delivery address changed within hours after an order: the goods go somewhere else
     -- (reshipping mules, triangulation, a taker redirecting the owner's order)
