@@ -25,6 +25,8 @@
     refund_tickets              refund-type tickets seen
     loc                         "<country> <time>" of the latest closed session or payment (travel)
     ato                         "<day> <points>": the account-takeover points raised that day
+    last_order                  "<time> <fingerprint> <amount> <ip> <older> <stored>": the latest completed
+                                order and the others of the takeover's recent hours (rules.lua remembered)
     recent_tx                   fingerprints of the last RECENT_IDS transaction ids (producer retries)
   What clicks teach the profile travels with the open session (partition_state.lua) and is folded
   in once, when the session closes (fold_session): one profile write per session instead of one

@@ -321,12 +321,39 @@ local function cards(ctx, pr, uid, ts, tx, entry)
   end
 end
 
+-- The completed orders the takeover rule remembers (profile field last_order): "<time> <fingerprint>
+-- <amount> <ip> <older>", older = "<time>:<fingerprint>:<amount>:<stored>,..." the other orders of
+-- the recent hours before the latest (at most ORDERS in all; stored = 1: paid from a stored balance).
+-- Every remembered order is in the profile's totals (orders, spend_minor): they are written together.
+local ORDERS = 8
+local function remembered(pr)
+  local t, fp, amount, ip, older, st = (pr.f.last_order or ''):match('^(%d+) (%d+) (%d+) ?(%S*) ?(%S*) ?(%d?)$')
+  if not t then return {} end
+  local out = {{tonumber(t), tonumber(fp), tonumber(amount), ip, st == '1'}}
+  for at, f, a, s in string.gmatch(older, '(%d+):(%d+):(%d+):(%d)') do
+    out[#out + 1] = {tonumber(at), tonumber(f), tonumber(a), nil, s == '1'}
+  end
+  return out
+end
+
+local function remember_order(pr, ts, tx, recent, stored)
+  local list = remembered(pr)
+  list[#list + 1] = {ts, tx.fp, tx.amount, tx.ip, stored}
+  table.sort(list, function(a, b) return a[1] > b[1] end)
+  local head, older = list[1], {}
+  for i = 2, math.min(#list, ORDERS) do
+    local o = list[i]
+    if head[1] - o[1] < recent then older[#older + 1] = fmt(o[1]) .. ':' .. fmt(o[2]) .. ':' .. o[3] .. ':' .. (o[5] and 1 or 0) end
+  end
+  pset(pr, 'last_order', fmt(head[1]) .. ' ' .. fmt(head[2]) .. ' ' .. head[3] .. ' ' .. (head[4] or '') .. ' '
+    .. table.concat(older, ',') .. ' ' .. (head[5] and 1 or 0))
+end
+
 -- Account takeover, on a completed payment of an account with history: what changed lately (a new
 -- device, a new place, account details by a support ticket) and how much was spent lately
 -- against the customer's average order.  No change, no signal (a big order alone is a good
 -- customer); its points are the sum of what is there, raised at most once a day (a later order
--- that adds to them raises the difference).  counted: the order is in the profile's totals already
--- (a later ticket or session scores it again).
+-- that adds to them raises the difference).  A later ticket or session may score an order again.
 --   A place is one move: a new country or, in the same country, a new IPv4 /16 (a new country
 -- brings a new network: not counted twice).  The payment's own country and network count at once
 -- (they are noted in the profile after the rules).  A new device identity paying from a network
@@ -335,8 +362,9 @@ end
 -- nothing of the customer's usual context (the classic takeover: each alone is a new phone or a
 -- trip): the device_and_country points.  The average order is the one before the recent hours:
 -- the recent orders are what is measured, so a cash-out split over several orders does not raise
--- its own yardstick.
-local function takeover(ctx, pr, st, uid, ts, tx, entry, counted)
+-- its own yardstick.  Spending a stored balance (loyalty points, store credit: money nobody watches,
+-- instantly redeemed) is the monetization a taker looks for, like a high value.
+local function takeover(ctx, pr, st, uid, ts, tx, entry)
   local R = ctx.rules
   local A = R.ato
   local P = R.pts
@@ -377,19 +405,17 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry, counted)
     if r[1] == 'impossible_travel' and r[3] > since and r[3] <= ts then travelled = true end
   end
   if not (device or country or changed > 0 or travelled) then return end   -- (a new network alone: no)
-  -- spend of the last `recent` (this payment included) against the average order before them
-  local key = ctx.prefix .. KEY.spend .. uid
-  local this = fmt(tx.fp) .. ':' .. tx.amount
-  rcall('ZADD', key, ts, this)
-  rcall('ZREMRANGEBYSCORE', key, '-inf', '(' .. fmt(since))
-  rcall('ZREMRANGEBYRANK', key, 0, -(EXACT + 1))
-  rcall('PEXPIRE', key, math.floor(A.recent / 1000) + 1)
-  local spent, prior, prior_sum, n = 0, 0, 0, 0
-  for _, member in ipairs(rcall('ZRANGEBYSCORE', key, fmt(since), fmt(ts))) do
-    local amount = tonumber(member:match(':(%d+)$')) or 0
-    spent, n = spent + amount, n + 1
-    if counted or member ~= this then prior, prior_sum = prior + 1, prior_sum + amount end   -- in the totals
+  -- spend of the last `recent` (this payment included) against the average order before them; the
+  -- remembered orders are in the totals, this payment is not unless it is remembered (scored again)
+  local spent, n, prior, prior_sum, listed, stored = 0, 0, 0, 0, false, tx.stored
+  for _, o in ipairs(remembered(pr)) do
+    if o[1] > since and o[1] <= ts then
+      spent, n, prior, prior_sum = spent + o[3], n + 1, prior + 1, prior_sum + o[3]
+      if o[1] == ts and o[2] == tx.fp then listed = true end
+      stored = stored or o[5]
+    end
   end
+  if not listed then spent, n = spent + tx.amount, n + 1 end
   -- (a customer who never paid before has no average: a first order of A.min or more is high)
   local orders = (tonumber(pr.f.orders) or 0) - prior
   local average = orders > 0 and math.max(0, (tonumber(pr.f.spend_minor) or 0) - prior_sum) / orders
@@ -399,7 +425,7 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry, counted)
   local pts = (device and P.new_device or 0) + (country and P.new_country or (network and not device and P.new_network or 0))
     + (device and country and P.device_and_country or 0)
     + (changed > 0 and P.account_change or 0) + (changed > 1 and P.more_changes or 0) + (high and P.high_value or 0)
-    + (burst and P.order_burst or 0)
+    + (burst and P.order_burst or 0) + (stored and P.stored_value or 0)
     + (travelled and P.new_country or 0)
   local day = math.floor(ts / DAY_US)
   local d, before = (pr.f.ato or ''):match('^(%d+) (%S+)$')
@@ -410,7 +436,7 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry, counted)
     count = math.floor(spent), threshold = math.floor(A.ratio * average), entry = entry,
     evidence = {new_device = device and true or false, new_country = country or false,
                 new_network = network or false, familiar_network = home, account_changes = changed,
-                impossible_travel = travelled, high_value = high, order_burst = burst, orders_recent = n,
+                impossible_travel = travelled, high_value = high, order_burst = burst, orders_recent = n, stored_value = stored or false,
                 spent_minor = spent, average_order_minor = math.floor(average), points = pts}},
     ts, pts)
 end
@@ -435,10 +461,9 @@ local function session_rules(ctx, uid, se)
   if se.fl and speed_points(ctx.rules, se) == 0 then retract(ctx, pr, uid, 'inhuman_speed', se.s, se.l, se.l, '') end
   local A = ctx.rules.ato
   if A then
-    local t, fp, amount, ip = (pr.f.last_order or ''):match('^(%d+) (%d+) (%d+) ?(%S*)$')
-    t = tonumber(t)
-    if t and se.s <= t and t - se.s < A.recent then
-      takeover(ctx, pr, nil, uid, t, {fp = tonumber(fp), amount = tonumber(amount), ip = ip}, '', true)
+    local o = remembered(pr)[1]
+    if o and se.s <= o[1] and o[1] - se.s < A.recent then
+      takeover(ctx, pr, nil, uid, o[1], {fp = o[2], amount = o[3], ip = o[4]}, '')
     end
   end
 end
@@ -452,11 +477,9 @@ local function tx_rules(ctx, pr, st, uid, ts, tx, entry)
   end
   if tx.completed then
     if R.ato then
+      tx.stored = R.ato.stored[tx.method] or false
       takeover(ctx, pr, st, uid, ts, tx, entry)
-      local last = tonumber((pr.f.last_order or ''):match('^(%d+)'))
-      if not last or ts >= last then
-        pset(pr, 'last_order', fmt(ts) .. ' ' .. fmt(tx.fp) .. ' ' .. tx.amount .. ' ' .. tx.ip)
-      end
+      remember_order(pr, ts, tx, R.ato.recent, tx.stored)
     end
     retract(ctx, pr, uid, 'declines', ts - HOUR_US, ts, ts, entry)      -- it was an honest customer
     if WALLETS[tx.method] and st then                                   -- an express checkout
@@ -499,10 +522,10 @@ local function ticket_rules(ctx, pr, uid, ts, category, new, entry)
     while #list > 8 do table.remove(list, 1) end
     pset(pr, 'changes', table.concat(list, ','))
     -- a ticket that arrives after the order it preceded (another system, other delays): score again
-    local t, fp, amount, ip = (pr.f.last_order or ''):match('^(%d+) (%d+) (%d+) ?(%S*)$')
-    t = tonumber(t)
+    local o = remembered(pr)[1]
+    local t = o and o[1]
     if t and t >= ts and t - ts < R.ato.recent then
-      takeover(ctx, pr, nil, uid, t, {fp = tonumber(fp), amount = tonumber(amount), ip = ip}, entry, true)
+      takeover(ctx, pr, nil, uid, t, {fp = o[2], amount = o[3], ip = o[4]}, entry)
     end
     -- the delivery address changed within hours after an order: the goods go somewhere else
     -- (reshipping mules, triangulation, a taker redirecting the owner's order)
