@@ -230,6 +230,10 @@ def customer(user: str, days: int = 10) -> tuple[list[bytes], list[dict]]:
     ("new_laptop_at_home", "allow"),   # a new laptop on the network the customer browsed from, 3 orders worth
                                        # 9 x the average (a sale day): the household's own device
     ("power_shopper", "allow"),        # own phone, three orders on a sale day: no change, no signal
+    ("reset_new_phone_at_home", "allow"),   # password reset, a new phone, 6 x the average, all on the home
+                                            # network: the customer's new phone and forgotten password
+    ("points_new_device", "step_up"),  # a new device elsewhere spends the loyalty points: money nobody watches
+    ("points_own_phone", "allow"),     # the customer redeems their points on their own phone
 ])
 async def test_account_takeover(backend, settings, case, action, batch_size):
     """The payment is applied after the clicks published before it, whatever the batch size (a read
@@ -243,8 +247,8 @@ async def test_account_takeover(backend, settings, case, action, batch_size):
     if case == "taker":
         tickets = [{"ticket_id": "k1", "user_id": user, "status": "resolved", "category": "password_reset",
                     "created_at": format_us(at - HOUR)}]
-        clicks += [event(user, at, "product_view", country="US", **android)]
-        txs.append(tx(user, at + 2 * MIN, "completed", "300.00", card=f"own-{user}", tid="x1"))
+        clicks += [event(user, at, "product_view", country="US", ip="81.20.9.9", **android)]
+        txs.append(tx(user, at + 2 * MIN, "completed", "300.00", card=f"own-{user}", ip="81.20.9.9", tid="x1"))
     elif case == "browses_then_buys":
         clicks += [event(user, at + m * MIN, "product_view", country="RO", **android) for m in range(0, 46, 5)]
         txs += [tx(user, at + (46 + m) * MIN, "completed", "70.00", country="RO", card=f"own-{user}", tid=f"x{m}")
@@ -278,6 +282,16 @@ async def test_account_takeover(backend, settings, case, action, batch_size):
         clicks += [event(user, at + m * MIN, "product_view", device="ios", user_agent=IPHONE, country="US")
                    for m in range(0, 90, 10)]
         txs += [tx(user, at + m * MIN, "completed", "150.00", card=f"own-{user}", tid=f"x{m}") for m in (25, 55, 85)]
+    elif case == "reset_new_phone_at_home":
+        tickets = [{"ticket_id": "k1", "user_id": user, "status": "resolved", "category": "password_reset",
+                    "created_at": format_us(at - 10 * MIN)}]
+        clicks += [event(user, at, "product_view", country="US", ip="10.0.3.3", **android)]
+        txs.append(tx(user, at + 5 * MIN, "completed", "300.00", card=f"own-{user}", ip="10.0.3.3", tid="x1"))
+    elif case in ("points_new_device", "points_own_phone"):
+        where = dict(ip="81.20.9.9", **android) if case == "points_new_device" else dict(device="ios", user_agent=IPHONE)
+        clicks += [event(user, at, "product_view", country="US", **where)]
+        txs.append({**tx(user, at + 5 * MIN, "completed", "45.00", card="", ip=where.get("ip", "10.0.0.1"), tid="x1"),
+                    "payment_method": "loyalty_points"})
     else:
         clicks += [event(user, at, "product_view", country="US", **android)]
         txs.append(tx(user, at + 5 * MIN, "completed", "45.00", card=f"own-{user}", tid="x1"))
@@ -287,6 +301,27 @@ async def test_account_takeover(backend, settings, case, action, batch_size):
     if case == "split_orders":              # measured against the one order before, not against itself
         last = [a["evidence"] for a in out.alerts if a["rule"] == "account_takeover" and a["user_id"] == user][-1]
         assert (last["average_order_minor"], last["spent_minor"], last["high_value"]) == (5000, 24000, True)
+
+
+async def test_account_takeover_scores_an_order_again_when_its_session_closes(backend, settings):
+    """The payment is applied before the clicks of its session (another stream, other delays): at the
+    payment nothing changed yet; when the session closes, the new device it showed is read and the
+    order scored again (new device + 6 x the average order: a step-up).  Its first orders are
+    remembered though no change was visible then: they are measured, not part of the yardstick."""
+    user = "late"
+    clicks, txs = customer(user)
+    at = T0 + 5 * HOUR
+    android = dict(device="android", user_agent="Mozilla/5.0 (Linux; Android 14; SM-S918B)")
+    await run(backend, settings, clicks, txs, flush=False)
+    paid = [tx(user, at + m * MIN, "completed", "150.00", card=f"own-{user}", ip="81.20.9.9", tid=f"x{m}")
+            for m in (5, 9)]
+    await run(backend, settings, txs=paid, flush=False)
+    late = [event(user, at + m * MIN, "product_view", country="US", ip="81.20.9.9", **android) for m in range(0, 10, 2)]
+    out = await run(backend, settings, late)
+    takeover = [a["evidence"] for a in out.alerts if a["rule"] == "account_takeover" and a["user_id"] == user]
+    assert [(e["new_device"], e["orders_recent"], e["spent_minor"], e["average_order_minor"]) for e in takeover] == \
+        [(True, 2, 30000, 5000)]
+    assert decisions(out, user)[-1][0] == "step_up"
 
 
 @pytest.mark.parametrize("users, fires", [(5, True), (4, False)])

@@ -356,9 +356,10 @@ end
 -- that adds to them raises the difference).  A later ticket or session may score an order again.
 --   A place is one move: a new country or, in the same country, a new IPv4 /16 (a new country
 -- brings a new network: not counted twice).  The payment's own country and network count at once
--- (they are noted in the profile after the rules).  A new device identity paying from a network
--- the account has used before the recent hours (paid or browsed from) is the household's new
--- phone or laptop, not a taker: no device points.  A new device AND a new country together leave
+-- (they are noted in the profile after the rules).  A payment from a network the account has used
+-- before the recent hours (paid or browsed from), in a country it knows, is the customer at home:
+-- a new device there is the household's new phone or laptop, an account change their forgotten
+-- password or their move, not a taker's (a taker pays from elsewhere): neither counts.  A new device AND a new country together leave
 -- nothing of the customer's usual context (the classic takeover: each alone is a new phone or a
 -- trip): the device_and_country points.  The average order is the one before the recent hours:
 -- the recent orders are what is measured, so a cash-out split over several orders does not raise
@@ -394,11 +395,13 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry)
   local device = fresh('agent')
   local country = fresh('country', tx.country)
   local network, home = fresh('net', tx.ip and tx.ip:match('^(%d+%.%d+)%.%d+%.%d+$'))
-  if home and not country then device = nil end   -- a new device at home: the customer's own
   local kinds, changed = {}, 0
   for kind, at in string.gmatch(pr.f.changes or '', '([^@,]+)@(%d+)') do
     at = tonumber(at)
     if at > since and at <= ts and not kinds[kind] then kinds[kind] = true; changed = changed + 1 end
+  end
+  if home and not country then          -- at home: the customer's new phone, forgotten password, move
+    device, changed = nil, 0
   end
   local travelled = false              -- an impossible-travel signal lately
   for _, r in ipairs(reasons_of(pr)) do
