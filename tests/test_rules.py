@@ -438,6 +438,20 @@ def test_linked_entity_rules_are_validated_and_switched_off_with_their_rule():
     assert [off[k] for k in ("stuff_h", "stuff_dev_h", "stuff_net_h", "ring_h")] == [False] * 4
 
 
+def test_account_takeover_settings_are_validated_and_reach_the_script():
+    import msgspec
+    from shopstream.engine.rules import parse_rules
+    for bad in ("device_and_country_points = -5", "stored_value_points = -1", "stored_value_methods = \"points\"",
+                "stored_value_methods = [1]"):
+        with pytest.raises(ValueError):
+            parse_rules(f"[account_takeover]\n{bad}\n")
+    lua = msgspec.json.decode(parse_rules("[account_takeover]\ndevice_and_country_points = 10\nstored_value_points = 5\n"
+                                          "stored_value_methods = [\"store_credit\"]\n").to_lua())
+    assert (lua["pts"]["device_and_country"], lua["pts"]["stored_value"], lua["ato"]["stored"]) == \
+        (10, 5, {"store_credit": True})
+    assert msgspec.json.decode(parse_rules("[account_takeover]\nenabled = false\n").to_lua())["ato"] is False
+
+
 async def test_automation_user_agents(backend, settings):
     clicks = [event("bot", T0 + i * S, user_agent="python-requests/2.32") for i in range(5)]
     clicks += [event("bot", T0 + HOUR + i * S, user_agent="python-requests/2.32") for i in range(5)]  # a new session

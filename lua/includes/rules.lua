@@ -480,7 +480,7 @@ local function tx_rules(ctx, pr, st, uid, ts, tx, entry)
   end
   if tx.completed then
     if R.ato then
-      tx.stored = R.ato.stored[tx.method] or false
+      tx.stored = R.ato.stored and R.ato.stored[tx.method] or false
       takeover(ctx, pr, st, uid, ts, tx, entry)
       remember_order(pr, ts, tx, R.ato.recent, tx.stored)
     end
