@@ -118,7 +118,12 @@ class AccountTakeover(_Rule):
     recent_hours: float = 24.0
     new_device_points: Points = 15
     new_country_points: Points = 20
-    new_network_points: Points = 10  # a payment from an IPv4 /16 the customer never paid from
+    new_network_points: Points = 10  # a payment from an IPv4 /16 the customer never paid nor browsed from
+                                     # (in the same country: a new country is the one move, not both)
+    device_and_country_points: Points = 15  # a new device AND a new country: nothing familiar is left
+    stored_value_points: Points = 25  # a payment from a stored balance (points, store credit) lately
+    stored_value_methods: tuple[str, ...] = ("loyalty_points", "points", "store_credit", "gift_card", "gift_card_balance",
+                                             "account_balance")
     account_change_points: Points = 25
     more_changes_points: Points = 15  # a second kind of account change (e.g. password, then e-mail)
     high_value_points: Points = 25
@@ -254,7 +259,8 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
             "speed_sev": sp.severity,
             "ato": ato.enabled and {"hist": int(ato.history_days * 24 * hour_us), "recent": int(ato.recent_hours * hour_us),
                                     "ratio": ato.high_value_ratio, "min": ato.min_amount_minor,
-                                    "changes": {c: True for c in ato.account_change_categories}},
+                                    "changes": {c: True for c in ato.account_change_categories},
+                                    "stored": {m: True for m in ato.stored_value_methods}},
             "ato_sev": ato.severity,
             "travel": tr.enabled and [tr.max_kmh, tr.min_km],
             "redirect": self.address_after_order.enabled and {
@@ -274,6 +280,7 @@ class Rules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
                     "new_device": ato.new_device_points, "new_country": ato.new_country_points,
                     "new_network": ato.new_network_points, "account_change": ato.account_change_points,
                     "more_changes": ato.more_changes_points, "high_value": ato.high_value_points,
+                    "device_and_country": ato.device_and_country_points, "stored_value": ato.stored_value_points,
                     "order_burst": ato.order_burst_points,
                     "automation": self.automation.enabled and self.automation.points or 0,
                     "impossible_travel": tr.points, "refund_abuse": ra.points, "new_account": na.points,

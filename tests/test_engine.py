@@ -257,8 +257,8 @@ async def test_user_state_is_messagepack_and_the_json_of_earlier_versions_is_sti
     state = msgspec.msgpack.decode(await backend.aio.get(keys.partition(partition_of("new", settings.partitions))
                                                            .user("new")))
     (session,) = state["s"]
-    agent = "#" + agent_of("ios", None)                # the device identity, kept with the devices
-    assert session == [T0 + 1000, 1000, 2, {"page_view": 2}, -1, [], {"ios": 0, agent: 0}, {"FR": 0},
+    agent = "#" + agent_of("ios", None)                # the device identity and the IPv4 /16, kept with the devices
+    assert session == [T0 + 1000, 1000, 2, {"page_view": 2}, -1, [], {"ios": 0, agent: 0, "@10.0": 0}, {"FR": 0},
                        0, -1, 1, 1, 1]                # no flags, no speed signal; one in-order gap of 1 ms
     assert [len(r) for r in state["i"][1::2]] == [18]  # two clicks: two 9-byte records (key, second)
     assert state["u"] == T0 + 2000 + settings.session_gap_ms * 1000 and state["w"] == [T0, "10.0.0.9"]

@@ -193,10 +193,16 @@ def test_evaluate_the_library_with_the_current_rules(real_redis_url, capsys, tmp
     # fraudsters or flags ordinary customers fails here.  The targets (recall 90 % per named
     # pattern, 70 % unnamed, precision 95 %) are not all met yet; these floors are not them.
     assert report.source == "decisions"
-    assert report.precision >= 0.95, text
+    # (precision 99.4 %, 1 ordinary customer flagged, over three runs with the account-takeover context
+    # signals; 97.6 % and 4 before them)
+    assert report.precision >= 0.97, text
     assert [r.pattern for r in report.rows if not r.fraud and r.named and r.flagged] == [], text
-    # (named 90.1-90.8 % over three runs with the linked-entity rules; 74.8 % before them)
-    assert report.recall(True) >= 0.85 and report.recall(False) >= 0.55, text
+    assert sum(r.flagged for r in report.rows if not r.fraud) <= 3, text
+    # (named 95.4 %, unnamed 74.6 % over three runs with them; 90.1-90.8 % and 67.8-71.2 % before them)
+    assert report.recall(True) >= 0.90 and report.recall(False) >= 0.65, text
+    ato = {r.pattern: r.recall for r in report.rows if r.pattern.startswith("ato_")}
+    # (measured 6/6, 5/6, 3/6; 2/6, 4/6, 3/6 before)
+    assert ato["ato_browse_first"] >= 0.8 and ato["ato_proxy_reset"] >= 0.6 and ato["ato_split_orders"] >= 0.3, text
     caught = {r.pattern for r in report.rows if r.fraud and r.recall == 1.0}
     assert {"account_farm", "bot_burst", "card_collector", "card_drip", "card_testing", "refund_abuse",
             "slow_declines", "steady_scraper", "promo_abuse", "triangulation", "credential_stuffing"} <= caught, text

@@ -232,9 +232,21 @@ def customer(user: str, days: int = 10) -> tuple[list[bytes], list[dict]]:
 @pytest.mark.parametrize("batch_size", [1000, 2])    # 2: the clicks' stream has a backlog when the payment is read
 @pytest.mark.parametrize("case, action", [
     ("taker", "review"),      # new device + password reset + 6 x the average order
-    ("browses_then_buys", "review"),   # new device + new country, buys 46 minutes later, 3 medium orders
+    ("browses_then_buys", "block"),    # new device + new country (together: nothing familiar), buys 46 minutes
+                                       # later, 3 medium orders worth 4 x the average
+    ("abroad_new_device", "review"),   # new device AND new country, one ordinary order: each alone is a
+                                       # new phone or a trip, together nothing of the customer is left
+    ("split_orders", "review"),        # password reset + new device, two orders that together are 4.8 x the
+                                       # one order before (the recent orders do not raise their own yardstick)
     ("traveller", "step_up"),  # same phone, abroad, a high-value order: a challenge at most
     ("new_phone", "allow"),    # a new phone and an ordinary order
+    ("new_laptop_at_home", "allow"),   # a new laptop on the network the customer browsed from, 3 orders worth
+                                       # 9 x the average (a sale day): the household's own device
+    ("power_shopper", "allow"),        # own phone, three orders on a sale day: no change, no signal
+    ("reset_new_phone_at_home", "allow"),   # password reset, a new phone, 6 x the average, all on the home
+                                            # network: the customer's new phone and forgotten password
+    ("points_new_device", "step_up"),  # a new device elsewhere spends the loyalty points: money nobody watches
+    ("points_own_phone", "allow"),     # the customer redeems their points on their own phone
 ])
 async def test_account_takeover(backend, settings, case, action, batch_size):
     """The payment is applied after the clicks published before it, whatever the batch size (a read
@@ -248,8 +260,8 @@ async def test_account_takeover(backend, settings, case, action, batch_size):
     if case == "taker":
         tickets = [{"ticket_id": "k1", "user_id": user, "status": "resolved", "category": "password_reset",
                     "created_at": format_us(at - HOUR)}]
-        clicks += [event(user, at, "product_view", country="US", **android)]
-        txs.append(tx(user, at + 2 * MIN, "completed", "300.00", card=f"own-{user}", tid="x1"))
+        clicks += [event(user, at, "product_view", country="US", ip="81.20.9.9", **android)]
+        txs.append(tx(user, at + 2 * MIN, "completed", "300.00", card=f"own-{user}", ip="81.20.9.9", tid="x1"))
     elif case == "browses_then_buys":
         clicks += [event(user, at + m * MIN, "product_view", country="RO", **android) for m in range(0, 46, 5)]
         txs += [tx(user, at + (46 + m) * MIN, "completed", "70.00", country="RO", card=f"own-{user}", tid=f"x{m}")
@@ -257,12 +269,72 @@ async def test_account_takeover(backend, settings, case, action, batch_size):
     elif case == "traveller":
         clicks += [event(user, at, "product_view", device="ios", user_agent=IPHONE, country="FR")]
         txs.append(tx(user, at + 5 * MIN, "completed", "400.00", country="FR", card=f"own-{user}", tid="x1"))
+    elif case == "abroad_new_device":
+        clicks += [event(user, at + m * MIN, "product_view", country="RO", ip="5.12.40.7", **android) for m in range(3)]
+        txs.append(tx(user, at + 5 * MIN, "completed", "60.00", country="RO", ip="5.12.40.7", card=f"own-{user}",
+                      tid="x1"))
+    elif case == "split_orders":
+        old = at - 9 * 24 * HOUR                   # one order before, 9 days ago
+        clicks = [event(user, old, "purchase", device="ios", user_agent=IPHONE, country="US")]
+        txs = [tx(user, old + MIN, "completed", "50.00", card=f"own-{user}", tid="x0")]
+        tickets = [{"ticket_id": "k1", "user_id": user, "status": "open", "category": "password_reset",
+                    "created_at": format_us(at - 10 * MIN)}]
+        clicks += [event(user, at + m * MIN, "product_view", country="US", ip="81.20.1.2", **android) for m in range(0, 20, 4)]
+        txs += [tx(user, at + m * MIN, "completed", "120.00", ip="81.20.1.2", card=f"own-{user}", tid=f"x{m}")
+                for m in (5, 18)]
+    elif case == "new_laptop_at_home":
+        # the home network was seen in a visit (clicks) only; the payments came from another one
+        clicks.append(event(user, at - 9 * 24 * HOUR, "product_view", device="ios", user_agent=IPHONE, country="US",
+                            ip="172.16.0.9"))
+        laptop = dict(device="web", user_agent="Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) Safari/605.1")
+        clicks += [event(user, at + m * MIN, "product_view", country="US", ip="172.16.3.3", **laptop)
+                   for m in range(0, 90, 10)]
+        txs += [tx(user, at + m * MIN, "completed", "150.00", ip="172.16.3.3", card=f"own-{user}", tid=f"x{m}")
+                for m in (25, 55, 85)]
+    elif case == "power_shopper":
+        clicks += [event(user, at + m * MIN, "product_view", device="ios", user_agent=IPHONE, country="US")
+                   for m in range(0, 90, 10)]
+        txs += [tx(user, at + m * MIN, "completed", "150.00", card=f"own-{user}", tid=f"x{m}") for m in (25, 55, 85)]
+    elif case == "reset_new_phone_at_home":
+        tickets = [{"ticket_id": "k1", "user_id": user, "status": "resolved", "category": "password_reset",
+                    "created_at": format_us(at - 10 * MIN)}]
+        clicks += [event(user, at, "product_view", country="US", ip="10.0.3.3", **android)]
+        txs.append(tx(user, at + 5 * MIN, "completed", "300.00", card=f"own-{user}", ip="10.0.3.3", tid="x1"))
+    elif case in ("points_new_device", "points_own_phone"):
+        where = dict(ip="81.20.9.9", **android) if case == "points_new_device" else dict(device="ios", user_agent=IPHONE)
+        clicks += [event(user, at, "product_view", country="US", **where)]
+        txs.append({**tx(user, at + 5 * MIN, "completed", "45.00", card="", ip=where.get("ip", "10.0.0.1"), tid="x1"),
+                    "payment_method": "loyalty_points"})
     else:
         clicks += [event(user, at, "product_view", country="US", **android)]
         txs.append(tx(user, at + 5 * MIN, "completed", "45.00", card=f"own-{user}", tid="x1"))
     out = await run(backend, settings, clicks, txs, tickets)
     final = decisions(out, user)[-1][0] if decisions(out, user) else "allow"
     assert final == action, [(a["rule"], a["evidence"]) for a in out.alerts if a["user_id"] == user]
+    if case == "split_orders":              # measured against the one order before, not against itself
+        last = [a["evidence"] for a in out.alerts if a["rule"] == "account_takeover" and a["user_id"] == user][-1]
+        assert (last["average_order_minor"], last["spent_minor"], last["high_value"]) == (5000, 24000, True)
+
+
+async def test_account_takeover_scores_an_order_again_when_its_session_closes(backend, settings):
+    """The payment is applied before the clicks of its session (another stream, other delays): at the
+    payment nothing changed yet; when the session closes, the new device it showed is read and the
+    order scored again (new device + 6 x the average order: a step-up).  Its first orders are
+    remembered though no change was visible then: they are measured, not part of the yardstick."""
+    user = "late"
+    clicks, txs = customer(user)
+    at = T0 + 5 * HOUR
+    android = dict(device="android", user_agent="Mozilla/5.0 (Linux; Android 14; SM-S918B)")
+    await run(backend, settings, clicks, txs, flush=False)
+    paid = [tx(user, at + m * MIN, "completed", "150.00", card=f"own-{user}", ip="81.20.9.9", tid=f"x{m}")
+            for m in (5, 9)]
+    await run(backend, settings, txs=paid, flush=False)
+    late = [event(user, at + m * MIN, "product_view", country="US", ip="81.20.9.9", **android) for m in range(0, 10, 2)]
+    out = await run(backend, settings, late)
+    takeover = [a["evidence"] for a in out.alerts if a["rule"] == "account_takeover" and a["user_id"] == user]
+    assert [(e["new_device"], e["orders_recent"], e["spent_minor"], e["average_order_minor"]) for e in takeover] == \
+        [(True, 2, 30000, 5000)]
+    assert decisions(out, user)[-1][0] == "step_up"
 
 
 @pytest.mark.parametrize("users, fires", [(5, True), (4, False)])
@@ -377,6 +449,20 @@ def test_linked_entity_rules_are_validated_and_switched_off_with_their_rule():
         parse_rules("[credential_stuffing]\nper_device = [{ minutes = 0, count = 10, points = 50 }]\n")
     off = msgspec.json.decode(parse_rules("[credential_stuffing]\nenabled = false\n[card_ring]\nenabled = false\n").to_lua())
     assert [off[k] for k in ("stuff_h", "stuff_dev_h", "stuff_net_h", "ring_h")] == [False] * 4
+
+
+def test_account_takeover_settings_are_validated_and_reach_the_script():
+    import msgspec
+    from shopstream.engine.rules import parse_rules
+    for bad in ("device_and_country_points = -5", "stored_value_points = -1", "stored_value_methods = \"points\"",
+                "stored_value_methods = [1]"):
+        with pytest.raises(ValueError):
+            parse_rules(f"[account_takeover]\n{bad}\n")
+    lua = msgspec.json.decode(parse_rules("[account_takeover]\ndevice_and_country_points = 10\nstored_value_points = 5\n"
+                                          "stored_value_methods = [\"store_credit\"]\n").to_lua())
+    assert (lua["pts"]["device_and_country"], lua["pts"]["stored_value"], lua["ato"]["stored"]) == \
+        (10, 5, {"store_credit": True})
+    assert msgspec.json.decode(parse_rules("[account_takeover]\nenabled = false\n").to_lua())["ato"] is False
 
 
 async def test_automation_user_agents(backend, settings):

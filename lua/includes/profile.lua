@@ -20,10 +20,13 @@
     action, reasons             the latest decision's action; the latest signals "code=points@time,..."
     changed_at                  latest account-change ticket (password reset, e-mail / address change)
     changes                     the latest 8 account changes "kind@time" (account takeover)
-    net:<a.b>                   first time a payment came from the IPv4 /16 a.b (same cap as devices)
+    net:<a.b>                   first time a payment or a click came from the IPv4 /16 a.b (same cap
+                                as devices; a session carries its clicks' /16s in its devices as '@a.b')
     refund_tickets              refund-type tickets seen
     loc                         "<country> <time>" of the latest closed session or payment (travel)
     ato                         "<day> <points>": the account-takeover points raised that day
+    last_order                  "<time> <fingerprint> <amount> <ip> <older> <stored>": the latest completed
+                                order and the others of the takeover's recent hours (rules.lua remembered)
     recent_tx                   fingerprints of the last RECENT_IDS transaction ids (producer retries)
   What clicks teach the profile travels with the open session (partition_state.lua) and is folded
   in once, when the session closes (fold_session): one profile write per session instead of one
@@ -179,9 +182,10 @@ end
 local function note_session_times(pr, se)
   touch(pr, se.s)
   touch(pr, se.l)
-  for d, t in pairs(se.dv) do             -- devices, and device identities as '#<agent>'
-    local kind = d:byte(1) == 35 and 'agent' or 'device'
-    local field = kind == 'agent' and 'agent:' .. d:sub(2) or 'device:' .. d
+  for d, t in pairs(se.dv) do             -- devices, device identities as '#<agent>', IPv4 /16s as '@a.b'
+    local b = d:byte(1)
+    local kind = b == 35 and 'agent' or b == 64 and 'net' or 'device'
+    local field = kind == 'device' and 'device:' .. d or kind .. ':' .. d:sub(2)
     if admit(pr, kind, field) then first_time(pr, field, t) end
   end
   for c, t in pairs(se.co) do

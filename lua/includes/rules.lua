@@ -181,6 +181,11 @@ end
 
 -- agent: the click's device identity ('#<hash>', or '' / nil).
 local function click_ip(ctx, uid, st, ip, ts, se, flags, agent)
+  -- the click's IPv4 /16 travels with the session as '@a.b' (with its devices, folded into the
+  -- profile's net:<a.b> when it closes): a network the customer browsed from is theirs (takeover)
+  local R = ctx.rules
+  local net16 = R.ato and ip:match('^(%d+%.%d+)%.%d+%.%d+$')
+  if net16 then first_capped(ctx, se.dv, '@' .. net16, ts, MAX_VALUES) end
   -- a failed login: to the partitions of its IP, of its device identity and of its IPv4 /24
   -- (credential stuffing), once per session: a user's failed logins from a thousand IPs or agents
   -- are at most three forwarded records a session, not a thousand (the session's first failed
@@ -210,24 +215,6 @@ local function click_ip(ctx, uid, st, ip, ts, se, flags, agent)
     st.fwd = {w, ip}
   end
   forward(ctx, {'ip', ip, uid, fmt(ts)})
-end
-
--- A session closes (exact: every event of the session is in): its click fields go into the
--- profile (an unreadable profile key is left as it is); an inhuman-speed signal the whole session
--- refutes (an earlier first click, a product view, an intent entry that arrived out of order) is
--- retracted.
-local function session_rules(ctx, uid, se)
-  local pr = load_profile(ctx, uid)
-  if not pr then return end
-  pincr(pr, 'sessions', 1)
-  fold_session(pr, se)
-  local last, lt = nil, nil
-  for c, t in pairs(se.co) do if not lt or t > lt then last, lt = c, t end end
-  if last then
-    local stored = pr.f.loc and tonumber(pr.f.loc:match(' (%d+)$'))
-    if not stored or se.l >= stored then pset(pr, 'loc', last .. ' ' .. fmt(se.l)) end
-  end
-  if se.fl and speed_points(ctx.rules, se) == 0 then retract(ctx, pr, uid, 'inhuman_speed', se.s, se.l, se.l, '') end
 end
 
 -- The members of ZSET key (member -> time) within `range` of t: the raw ZRANGEBYSCORE ... WITHSCORES
@@ -334,11 +321,50 @@ local function cards(ctx, pr, uid, ts, tx, entry)
   end
 end
 
+-- The completed orders the takeover rule remembers (profile field last_order): "<time> <fingerprint>
+-- <amount> <ip> <older>", older = "<time>:<fingerprint>:<amount>:<stored>,..." the other orders of
+-- the recent hours before the latest (at most ORDERS in all; stored = 1: paid from a stored balance).
+-- Every remembered order is in the profile's totals (orders, spend_minor): they are written together.
+local ORDERS = 8
+local function remembered(pr)
+  local t, fp, amount, ip, older, st = (pr.f.last_order or ''):match('^(%d+) (%d+) (%d+) ?(%S*) ?(%S*) ?(%d?)$')
+  if not t then return {} end
+  local out = {{tonumber(t), tonumber(fp), tonumber(amount), ip, st == '1'}}
+  for at, f, a, s in string.gmatch(older, '(%d+):(%d+):(%d+):(%d)') do
+    out[#out + 1] = {tonumber(at), tonumber(f), tonumber(a), nil, s == '1'}
+  end
+  return out
+end
+
+local function remember_order(pr, ts, tx, recent, stored)
+  local list = remembered(pr)
+  list[#list + 1] = {ts, tx.fp, tx.amount, tx.ip, stored}
+  table.sort(list, function(a, b) return a[1] > b[1] end)
+  local head, older = list[1], {}
+  for i = 2, math.min(#list, ORDERS) do
+    local o = list[i]
+    if head[1] - o[1] < recent then older[#older + 1] = fmt(o[1]) .. ':' .. fmt(o[2]) .. ':' .. o[3] .. ':' .. (o[5] and 1 or 0) end
+  end
+  pset(pr, 'last_order', fmt(head[1]) .. ' ' .. fmt(head[2]) .. ' ' .. head[3] .. ' ' .. (head[4] or '') .. ' '
+    .. table.concat(older, ',') .. ' ' .. (head[5] and 1 or 0))
+end
+
 -- Account takeover, on a completed payment of an account with history: what changed lately (a new
--- device, a new country, account details by a support ticket) and how much was spent lately
+-- device, a new place, account details by a support ticket) and how much was spent lately
 -- against the customer's average order.  No change, no signal (a big order alone is a good
 -- customer); its points are the sum of what is there, raised at most once a day (a later order
--- that adds to them raises the difference).
+-- that adds to them raises the difference).  A later ticket or session may score an order again.
+--   A place is one move: a new country or, in the same country, a new IPv4 /16 (a new country
+-- brings a new network: not counted twice).  The payment's own country and network count at once
+-- (they are noted in the profile after the rules).  A payment from a network the account has used
+-- before the recent hours (paid or browsed from), in a country it knows, is the customer at home:
+-- a new device there is the household's new phone or laptop, an account change their forgotten
+-- password or their move, not a taker's (a taker pays from elsewhere): neither counts.  A new device AND a new country together leave
+-- nothing of the customer's usual context (the classic takeover: each alone is a new phone or a
+-- trip): the device_and_country points.  The average order is the one before the recent hours:
+-- the recent orders are what is measured, so a cash-out split over several orders does not raise
+-- its own yardstick.  Spending a stored balance (loyalty points, store credit: money nobody watches,
+-- instantly redeemed) is the monetization a taker looks for, like a high value.
 local function takeover(ctx, pr, st, uid, ts, tx, entry)
   local R = ctx.rules
   local A = R.ato
@@ -346,49 +372,63 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry)
   local first = first_of(pr, 'first_seen')
   if not first or ts - first < A.hist then return end
   local since = ts - A.recent
-  local function fresh(kind)            -- a value of kind first seen lately, while an older one exists
+  local seen = {}
+  for field in pairs(pr.f) do seen[field] = true end
+  for field in pairs(pr.first) do seen[field] = true end
+  -- a value of kind first seen lately (or brought by this payment: current), while an older one
+  -- exists; and whether current is an older one (familiar)
+  local function fresh(kind, current)
     local new, old = nil, false
-    local seen = {}
-    for field in pairs(pr.f) do seen[field] = true end
-    for field in pairs(pr.first) do seen[field] = true end
     for field in pairs(seen) do
       if field:sub(1, #kind + 1) == kind .. ':' then
         local t = first_of(pr, field)
         if t and t > since and t <= ts then new = field:sub(#kind + 2) elseif t and t <= since then old = true end
       end
     end
-    return old and new or nil
+    local familiar = false
+    if current and current ~= '' then
+      local t = first_of(pr, kind .. ':' .. current)
+      if not t or t > ts then new = new or current elseif t <= since then familiar = true end
+    end
+    return old and new or nil, familiar
   end
-  local device, country = fresh('agent'), fresh('country')
-  local network = tx.ip and tx.ip ~= '' and fresh('net')
+  local device = fresh('agent')
+  local country = fresh('country', tx.country)
+  local network, home = fresh('net', tx.ip and tx.ip:match('^(%d+%.%d+)%.%d+%.%d+$'))
   local kinds, changed = {}, 0
   for kind, at in string.gmatch(pr.f.changes or '', '([^@,]+)@(%d+)') do
     at = tonumber(at)
     if at > since and at <= ts and not kinds[kind] then kinds[kind] = true; changed = changed + 1 end
   end
+  if home and not country then          -- at home: the customer's new phone, forgotten password, move
+    device, changed = nil, 0
+  end
   local travelled = false              -- an impossible-travel signal lately
   for _, r in ipairs(reasons_of(pr)) do
     if r[1] == 'impossible_travel' and r[3] > since and r[3] <= ts then travelled = true end
   end
-  if not (device or country or changed > 0 or travelled) then return end
-  -- spend of the last `recent` (this payment included) against the average order before it
-  local key = ctx.prefix .. KEY.spend .. uid
-  rcall('ZADD', key, ts, fmt(tx.fp) .. ':' .. tx.amount)
-  rcall('ZREMRANGEBYSCORE', key, '-inf', '(' .. fmt(since))
-  rcall('ZREMRANGEBYRANK', key, 0, -(EXACT + 1))
-  rcall('PEXPIRE', key, math.floor(A.recent / 1000) + 1)
-  local spent = 0
-  for _, member in ipairs(rcall('ZRANGEBYSCORE', key, fmt(since), fmt(ts))) do
-    spent = spent + (tonumber(member:match(':(%d+)$')) or 0)
+  if not (device or country or changed > 0 or travelled) then return end   -- (a new network alone: no)
+  -- spend of the last `recent` (this payment included) against the average order before them; the
+  -- remembered orders are in the totals, this payment is not unless it is remembered (scored again)
+  local spent, n, prior, prior_sum, listed, stored = 0, 0, 0, 0, false, tx.stored
+  for _, o in ipairs(remembered(pr)) do
+    if o[1] > since and o[1] <= ts then
+      spent, n, prior, prior_sum = spent + o[3], n + 1, prior + 1, prior_sum + o[3]
+      if o[1] == ts and o[2] == tx.fp then listed = true end
+      stored = stored or o[5]
+    end
   end
+  if not listed then spent, n = spent + tx.amount, n + 1 end
   -- (a customer who never paid before has no average: a first order of A.min or more is high)
-  local orders = tonumber(pr.f.orders) or 0
-  local average = orders > 0 and (tonumber(pr.f.spend_minor) or 0) / orders or A.min / A.ratio
+  local orders = (tonumber(pr.f.orders) or 0) - prior
+  local average = orders > 0 and math.max(0, (tonumber(pr.f.spend_minor) or 0) - prior_sum) / orders
+    or A.min / A.ratio
   local high = spent >= A.min and spent >= A.ratio * average
-  local burst = rcall('ZCARD', key) >= 3        -- three orders or more in the recent hours: split cash-out
-  local pts = (device and P.new_device or 0) + (country and P.new_country or 0) + (network and P.new_network or 0)
+  local burst = n >= 3                 -- three orders or more in the recent hours: split cash-out
+  local pts = (device and P.new_device or 0) + (country and P.new_country or (network and not device and P.new_network or 0))
+    + (device and country and P.device_and_country or 0)
     + (changed > 0 and P.account_change or 0) + (changed > 1 and P.more_changes or 0) + (high and P.high_value or 0)
-    + (burst and P.order_burst or 0)
+    + (burst and P.order_burst or 0) + (stored and P.stored_value or 0)
     + (travelled and P.new_country or 0)
   local day = math.floor(ts / DAY_US)
   local d, before = (pr.f.ato or ''):match('^(%d+) (%S+)$')
@@ -398,9 +438,37 @@ local function takeover(ctx, pr, st, uid, ts, tx, entry)
   user_alert(ctx, pr, {rule = 'account_takeover', sev = R.ato_sev, uid = uid, window = day * DAY_US, mark = pts,
     count = math.floor(spent), threshold = math.floor(A.ratio * average), entry = entry,
     evidence = {new_device = device and true or false, new_country = country or false,
-                new_network = network or false, account_changes = changed, impossible_travel = travelled,
-                high_value = high, order_burst = burst, spent_minor = spent, average_order_minor = math.floor(average), points = pts}},
+                new_network = network or false, familiar_network = home, account_changes = changed,
+                impossible_travel = travelled, high_value = high, order_burst = burst, orders_recent = n, stored_value = stored or false,
+                spent_minor = spent, average_order_minor = math.floor(average), points = pts}},
     ts, pts)
+end
+
+-- A session closes (exact: every event of the session is in): its click fields go into the
+-- profile (an unreadable profile key is left as it is); an inhuman-speed signal the whole session
+-- refutes (an earlier first click, a product view, an intent entry that arrived out of order) is
+-- retracted.  The latest order, when the session began before it within the takeover's recent
+-- hours, is scored again with what the whole session showed (its clicks may have been applied
+-- after the payment: another stream, other delays; the day's points only ever rise).
+local function session_rules(ctx, uid, se)
+  local pr = load_profile(ctx, uid)
+  if not pr then return end
+  pincr(pr, 'sessions', 1)
+  fold_session(pr, se)
+  local last, lt = nil, nil
+  for c, t in pairs(se.co) do if not lt or t > lt then last, lt = c, t end end
+  if last then
+    local stored = pr.f.loc and tonumber(pr.f.loc:match(' (%d+)$'))
+    if not stored or se.l >= stored then pset(pr, 'loc', last .. ' ' .. fmt(se.l)) end
+  end
+  if se.fl and speed_points(ctx.rules, se) == 0 then retract(ctx, pr, uid, 'inhuman_speed', se.s, se.l, se.l, '') end
+  local A = ctx.rules.ato
+  if A then
+    local o = remembered(pr)[1]
+    if o and se.s <= o[1] and o[1] - se.s < A.recent then
+      takeover(ctx, pr, nil, uid, o[1], {fp = o[2], amount = o[3], ip = o[4]}, '')
+    end
+  end
 end
 
 -- Transactions of the user (before the transaction updates the profile).
@@ -412,11 +480,9 @@ local function tx_rules(ctx, pr, st, uid, ts, tx, entry)
   end
   if tx.completed then
     if R.ato then
+      tx.stored = R.ato.stored and R.ato.stored[tx.method] or false
       takeover(ctx, pr, st, uid, ts, tx, entry)
-      local last = tonumber((pr.f.last_order or ''):match('^(%d+)'))
-      if not last or ts >= last then
-        pset(pr, 'last_order', fmt(ts) .. ' ' .. fmt(tx.fp) .. ' ' .. tx.amount .. ' ' .. tx.ip)
-      end
+      remember_order(pr, ts, tx, R.ato.recent, tx.stored)
     end
     retract(ctx, pr, uid, 'declines', ts - HOUR_US, ts, ts, entry)      -- it was an honest customer
     if WALLETS[tx.method] and st then                                   -- an express checkout
@@ -459,10 +525,10 @@ local function ticket_rules(ctx, pr, uid, ts, category, new, entry)
     while #list > 8 do table.remove(list, 1) end
     pset(pr, 'changes', table.concat(list, ','))
     -- a ticket that arrives after the order it preceded (another system, other delays): score again
-    local t, fp, amount, ip = (pr.f.last_order or ''):match('^(%d+) (%d+) (%d+) ?(%S*)$')
-    t = tonumber(t)
+    local o = remembered(pr)[1]
+    local t = o and o[1]
     if t and t >= ts and t - ts < R.ato.recent then
-      takeover(ctx, pr, nil, uid, t, {fp = tonumber(fp), amount = tonumber(amount), ip = ip}, entry)
+      takeover(ctx, pr, nil, uid, t, {fp = o[2], amount = o[3], ip = o[4]}, entry)
     end
     -- the delivery address changed within hours after an order: the goods go somewhere else
     -- (reshipping mules, triangulation, a taker redirecting the owner's order)
