@@ -40,8 +40,8 @@ PROFILE = "profile:"     # HASH    profile:<user_id> the unified customer profil
 TICKETS = "tickets:"     # HASH    tickets:<user_id> ticket_id -> last status
 FAILS = "fails:"         # ZSET    fails:<user_id> failed transactions in the velocity window
 UCARDS = "ucz:"          # ZSET    ucz:<user_id> the user's cards -> latest time used (the latest 64)
-SPEND = "spend:"         # ZSET    spend:<user_id> "<fingerprint>:<amount>" -> time, completed payments of the
-                         #         account-takeover window (the latest 64)
+SPEND = "spend:"         # ZSET    spend:<user_id>: written by earlier versions (account takeover's recent payments,
+                         #         now the profile's last_order); not written any more, erase still deletes it
 UIPS = "uips:"           # SET     uips:<window>:<user_id> the first 64 IPs of the user's payments (forwarded once)
 UIPS_MORE = "uipx:"      # HLL     uipx:<window>:<user_id> the IPs beyond those 64 (not forwarded)
 CARD_USERS = "cuz:"      # ZSET    cuz:<card> users of a card -> latest time (the latest 64; card's partition)
@@ -60,7 +60,7 @@ INPUTS = (CLICKS, TX, SUPPORT, REKEY)   # every input stream of a partition, rea
 # The suffixes the Lua scripts derive per-user / per-window keys with (from the partition prefix):
 # generated into every script as KEY.<name> (engine/scripts.py), typed nowhere else.
 DERIVED = {"user": USER, "count": COUNT, "hll": HLL, "fired": FIRED, "risk": RISK, "tomb": TOMB, "profile": PROFILE,
-           "tickets": TICKETS, "fails": FAILS, "ucards": UCARDS, "spend": SPEND, "uips": UIPS,
+           "tickets": TICKETS, "fails": FAILS, "ucards": UCARDS, "uips": UIPS,
            "uips_more": UIPS_MORE, "card_users": CARD_USERS, "ip_users": IP_USERS, "login_ip": LOGIN_IP, "card_nets": CARD_NETS,
            "login_dev": LOGIN_DEV, "login_net": LOGIN_NET, "ring_net": RING_NET,
            "user_keys": USER_KEYS, "user_sets": USER_SETS}

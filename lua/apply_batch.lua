@@ -2,8 +2,9 @@
   forwarded records) atomically, in stream order; evaluate the fraud rules; update profiles.
   KEYS[1]  ss:{p}:           PREFIX  derived here (same hash tag, same slot; suffixes: KEY, engine/keys.py):
                                      user:<id> STRING, profile:<id> HASH, tickets:<id> HASH, fails:<id> ZSET,
-                                     ucz:<id> ZSET, spend:<id> ZSET, uips:/uipx:<w>:<id> SET/HLL,
-                                     cuz:<card> / cnz:<card> / ipz:<ip> / lgz:<ip> ZSET (velocity),
+                                     ucz:<id> ZSET, uips:/uipx:<w>:<id> SET/HLL,
+                                     cuz:<card> / cnz:<card> / ipz:<ip> / lgz:<ip> / lgdz:<agent> /
+                                     lgnz:<a.b.c> / rngz:<a.b.c> ZSET (velocity),
                                      count:<m> STRING, hll:<m> HLL, fired:<rule>:<window>:<kind>:<subject>
                                      STRING, risk:<rule>:<w>:<kind>:<len>:<subject>:<id> STRING,
                                      ukeys:<id> / usets:<id> SET (erasure indexes), tomb:<id> STRING

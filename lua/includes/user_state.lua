@@ -23,7 +23,8 @@
   A session's elements 9-14, when any is set: flags (1: a click came with purchase intent, 2: the
   scripted-clicks signal was raised), the time of its inhuman-speed signal - start (-1: none), the
   count, sum and sum of squares of its in-order gaps between clicks (ms), the IP of its forwarded
-  failed login (one a session).  Device identities (agents) are kept with the devices, as '#<agent>'.
+  failed login (one a session).  Device identities (agents) are kept with the devices, as '#<agent>',
+  and so are the IPv4 /16s of the session's clicks, as '@a.b' (account takeover: networks browsed from).
   (States written by earlier versions: d = due - start of the first session, i = {fingerprint, ...}
   or {minute, {fingerprint, ...}, ...}; still read, their clicks' seconds taken as 0.)
   Retention, a function of the watermark W only (so of event times, never of how work was batched):
