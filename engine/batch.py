@@ -58,10 +58,13 @@ def fingerprint(event_id: str) -> int:  # (a click's is sent as click_key(finger
     return int.from_bytes(blake2b(event_id.encode(), digest_size=6).digest(), "big") & FINGERPRINT_MASK
 
 
+_KEY_PAIRS = [chr(48 + (i >> 6)) + chr(48 + (i & 63)) for i in range(4096)]     # 12 bits -> 2 characters
+
+
 def click_key(fp: int) -> str:
     """A click's fingerprint as the apply script keeps it: 8 characters of 6 bits each, '0' (48) + bits,
     most significant first (lua/includes/user_state.lua fp_key makes the same from a number)."""
-    return "".join(chr(48 + (fp >> shift & 63)) for shift in (42, 36, 30, 24, 18, 12, 6, 0))
+    return _KEY_PAIRS[fp >> 36 & 4095] + _KEY_PAIRS[fp >> 24 & 4095] + _KEY_PAIRS[fp >> 12 & 4095] + _KEY_PAIRS[fp & 4095]
 
 
 def payload_of(fields: dict | list) -> bytes | None:

@@ -351,3 +351,46 @@ def test_format_us_matches_strftime_across_minutes_and_signs():
         exact = epoch + timedelta(microseconds=us)
         assert format_us(us) == ms.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms.microsecond // 1000:03d}Z"
         assert format_us_exact(us) == exact.strftime("%Y-%m-%dT%H:%M:%S.") + f"{exact.microsecond:06d}Z"
+
+
+# -- the click's key and flags: the fast forms say what the plain definitions say -------------------
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+from shopstream.engine import schema  # noqa: E402
+from shopstream.engine.batch import click_key  # noqa: E402
+
+
+@given(st.integers(min_value=0, max_value=(1 << 48) - 1))
+def test_click_key_is_eight_six_bit_characters_most_significant_first(fp):
+    assert click_key(fp) == "".join(chr(48 + (fp >> shift & 63)) for shift in (42, 36, 30, 24, 18, 12, 6, 0))
+
+
+def _plain_flags(event_type, page_url, properties, user_agent):
+    """flags_of as first written: substring tests of the lower-cased text, one part at a time."""
+    flags, props = 0, properties or {}
+    entry = props.get("entry_point") or props.get("referrer")
+    if event_type in schema.INTENT_TYPES or (isinstance(entry, str) and entry.lower() in schema.INTENT_ENTRIES) \
+            or (page_url and any(part in page_url.lower() for part in schema.INTENT_URL_PARTS)):
+        flags |= schema.INTENT
+    if event_type in schema.FAILED_LOGIN_TYPES:
+        flags |= schema.FAILED_LOGIN
+    elif event_type == "login":
+        result = props.get("result", props.get("status", props.get("success")))
+        if result is False or (isinstance(result, str) and result.lower() in schema.FAILED_RESULTS):
+            flags |= schema.FAILED_LOGIN
+    if user_agent and any(marker in user_agent.lower() for marker in schema.AUTOMATION_AGENTS):
+        flags |= schema.AUTOMATION
+    return flags
+
+
+_parts = st.sampled_from(schema.INTENT_URL_PARTS + schema.AUTOMATION_AGENTS + ("/p/1", "Mozilla/5.0", "İ", "K", "ß"))
+_text = st.lists(st.one_of(_parts, _parts.map(str.upper), st.text(max_size=6)), max_size=4).map("".join)
+
+
+@hsettings(max_examples=400)
+@given(st.sampled_from(("page_view", "login", "reorder", "login_failed")), st.one_of(st.none(), _text),
+       st.one_of(st.none(), st.fixed_dictionaries({"entry_point": st.sampled_from(("push", "Search", "EMAIL"))})),
+       st.one_of(st.none(), _text))
+def test_flags_of_says_what_the_plain_substring_tests_say(event_type, page_url, properties, user_agent):
+    assert schema.flags_of(event_type, page_url, properties, user_agent) == \
+        _plain_flags(event_type, page_url, properties, user_agent)
