@@ -380,6 +380,18 @@ async def test_failed_logins_from_devices_the_accounts_know_are_not_linked_stuff
     assert fired(out, "credential_stuffing") == [] and risky(out) == []
 
 
+async def test_a_failed_login_of_a_user_whose_profile_key_is_not_a_hash_is_applied(backend, settings):
+    """The new-device check of the linked failed-login counts reads the profile: a profile key of
+    another type (an operator's mistake, a collision) must not make the call fail half-way; the
+    clicks are applied (and the device is not counted as new)."""
+    keys = Keys(settings.namespace, settings.partitions)
+    await backend.aio.set(keys.partition(partition_of("odd", settings.partitions)).profile("odd"), "not a hash")
+    clicks = [event("odd", T0 + k * S, "login", ip="203.0.113.9", user_agent=OLD_CHROME,
+                    properties={"result": "failed"}) for k in range(3)]
+    out = await run(backend, settings, clicks)
+    assert [(x["user_id"], x["event_count"]) for x in out.sessions] == [("odd", 3)] and out.dlq == []
+
+
 @pytest.mark.parametrize("users, shared, fires", [(8, False, True), (7, False, False), (8, True, False)])
 async def test_credential_stuffing_by_range(backend, settings, tmp_path, users, shared, fires):
     """Failed logins of 8 or more accounts from one IPv4 /24 within an hour, each from its own

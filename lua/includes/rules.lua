@@ -168,7 +168,7 @@ end
 -- user hopping over more than EXACT IPs (in that period or, out of order, older ones) is not forwarded further.
 -- Is the device identity agent ('#<hash>') new to the account: not in its profile (agent:<hash>,
 -- folded in when a session closes) nor in another of its open sessions?  One HEXISTS unless the
--- profile is loaded in this call already.
+-- profile is loaded in this call already; a profile key that cannot be read (not a hash) says no.
 local function new_agent(ctx, uid, st, se, agent)
   for _, other in ipairs(st.sessions) do
     if other ~= se and other.dv[agent] then return false end
@@ -176,7 +176,7 @@ local function new_agent(ctx, uid, st, se, agent)
   local field = 'agent:' .. agent:sub(2)
   local pr = ctx.profiles[uid]
   if pr then return pr.f[field] == nil end
-  return rcall('HEXISTS', ctx.prefix .. KEY.profile .. uid, field) == 0
+  return redis.pcall('HEXISTS', ctx.prefix .. KEY.profile .. uid, field) == 0
 end
 
 -- agent: the click's device identity ('#<hash>', or '' / nil).
