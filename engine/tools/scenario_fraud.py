@@ -26,7 +26,18 @@ def _victim(b: Book, uid: str) -> Person:
     return p
 
 
+def _taker_login(b: Book, pattern: str, p: Person, named: bool) -> tuple:
+    """A taker logs in to victim p from an address and a device of their own (labelled at that
+    moment); returns (time, ip, device) for what the taker does next."""
+    t, ip, dev = b.when(), b.ip(), b.device()
+    b.label(p, pattern, True, named, t)
+    b.click(p, t, "login", "/login", ip=ip, device=dev)
+    return t, ip, dev
+
+
 # -- named: the classes the issue lists ------------------------------------------------------------
+
+
 def bot_burst(b: Book, named=True) -> None:
     """Scripted clients hammering product pages (price/stock checking, OAT-011/021) in bursts of
     80-200 requests over 30-70 s, started at any second, so a burst straddles a minute boundary."""
@@ -185,9 +196,7 @@ def ato_split_orders(b: Book, named=True) -> None:
     r = b.rng
     for i in range(6):
         p = _victim(b, b.uid("as", i))
-        t, ip, dev = b.when(), b.ip(), b.device()
-        b.label(p, "ato_split_orders", True, named, t)
-        b.click(p, t, "login", "/login", ip=ip, device=dev)
+        t, ip, dev = _taker_login(b, "ato_split_orders", p, named)
         if r.random() < 0.6:
             b.ticket(p, t + td(minutes=r.uniform(1, 6)), "address_change", channel="web")
         s = t + td(minutes=r.uniform(2, 8))
@@ -350,9 +359,7 @@ def gift_card_cashout(b: Book, named=False) -> None:
     r = b.rng
     for i in range(6):
         p = _victim(b, b.uid("gc", i))
-        t, ip, dev = b.when(), b.ip(), b.device()
-        b.label(p, "gift_card_cashout", True, named, t)
-        b.click(p, t, "login", "/login", ip=ip, device=dev)
+        t, ip, dev = _taker_login(b, "gift_card_cashout", p, named)
         s = b.click(p, t + _sec(b, 5, 20), "page_view", "/gift-cards", ip=ip, device=dev)
         for _ in range(r.randint(2, 5)):
             s += _sec(b, 15, 70)
@@ -414,9 +421,7 @@ def loyalty_drain(b: Book, named=False) -> None:
     r = b.rng
     for i in range(6):
         p = _victim(b, b.uid("lp", i))
-        t, ip, dev = b.when(), b.ip(), b.device()
-        b.label(p, "loyalty_drain", True, named, t)
-        b.click(p, t, "login", "/login", ip=ip, device=dev)
+        t, ip, dev = _taker_login(b, "loyalty_drain", p, named)
         s = b.click(p, t + _sec(b, 5, 30), "page_view", "/account/rewards", ip=ip, device=dev)
         for _ in range(r.randint(1, 3)):
             end, _, _ = b.shop(p, s + _sec(b, 20, 90), views=r.randint(1, 2), items=1, low=80, ip=ip, device=dev,
