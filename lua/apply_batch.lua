@@ -154,7 +154,7 @@ local function apply_click(ev, st)
     st.sessions = keep
     hit = merged
   end
-  if ts < hit.s then hit.s = ts end
+  start_at(hit, ts)
   if ts > hit.l then
     if hit.n > 0 then                     -- an in-order gap (ms), for the scripted-clicks rule
       local gap_ms = (ts - hit.l) / 1000
@@ -168,11 +168,12 @@ local function apply_click(ev, st)
   count_capped(ctx, hit.t, etype, 1, MAX_TYPES)
   if etype == 'purchase' and (not hit.p or ts < hit.p) then hit.p = ts end
   -- what the profile learns from clicks travels with the session (folded in when it closes)
-  if device ~= '' then first_capped(ctx, hit.dv, device, ts, MAX_VALUES) end
-  if ev[11] and ev[11] ~= '' then first_capped(ctx, hit.dv, ev[11], ts, MAX_VALUES) end   -- '#<agent>' 
+  local off = ts - hit.s                   -- devices' and countries' first times: offsets (start_at)
+  if device ~= '' then first_capped(ctx, hit.dv, device, off, MAX_VALUES) end
+  if ev[11] and ev[11] ~= '' then first_capped(ctx, hit.dv, ev[11], off, MAX_VALUES) end   -- '#<agent>'
   local flags = ev[12] or 0
   if flags % 2 == 1 then hit.i = true end
-  if country ~= '' then first_capped(ctx, hit.co, country, ts, MAX_VALUES) end
+  if country ~= '' then first_capped(ctx, hit.co, country, off, MAX_VALUES) end
   if etype == 'product_view' and category ~= '' then count_capped(ctx, hit.c, category, 1, MAX_VALUES) end
 
   -- per-minute metrics, aggregated for the whole batch

@@ -696,3 +696,24 @@ async def test_a_threshold_lowered_mid_minute_fires_on_the_next_event(backend, s
     out = await export.collect(backend.aio, settings)
     assert [(a["rule"], a["window_start"], a["count"], a["threshold"]) for a in out.alerts if a["rule"] != "decision"] \
         == [("events_per_minute", format_us(T0), 6, 3)]             # once: the marker holds the 7th and 8th
+
+
+@pytest.mark.parametrize("closed", [True, False])
+async def test_first_seen_times_survive_a_session_start_moving_earlier_and_a_merge(backend, settings, closed):
+    """A session keeps its devices' and countries' first times as offsets from its start: an
+    out-of-order click that starts the session earlier, and one that bridges two sessions, must leave
+    every first time where it was."""
+    gap = settings.session_gap_ms * 1000
+    clicks = [event("o", T0 + 2 * S, "page_view", device="web", country="DE"),
+              event("o", T0, "page_view", device="ios", country="FR"),             # starts the session earlier
+              event("o", T0 + 3 * S, "page_view", device="web", country="DE"),
+              event("o", T0 + 2 * S + gap + 10 * S, "page_view", device="tab", country="AT"),   # a second session
+              event("o", T0 + 2 * S + gap // 2, "page_view", device="tv", country="IT")]       # bridges the two
+    out = await run(backend, settings, clicks, flush=closed)
+    (profile,) = out.profiles
+    assert {k: v for k, v in profile.items() if k.startswith(("device:", "country:"))} == {
+        "device:ios": format_us_us(T0), "device:web": format_us_us(T0 + 2 * S),
+        "device:tv": format_us_us(T0 + 2 * S + gap // 2), "device:tab": format_us_us(T0 + 2 * S + gap + 10 * S),
+        "country:FR": format_us_us(T0), "country:DE": format_us_us(T0 + 2 * S),
+        "country:IT": format_us_us(T0 + 2 * S + gap // 2), "country:AT": format_us_us(T0 + 2 * S + gap + 10 * S)}
+    assert len(out.sessions) == (1 if closed else 0)

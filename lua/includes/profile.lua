@@ -186,11 +186,11 @@ local function note_session_times(pr, se)
     local b = d:byte(1)
     local kind = b == 35 and 'agent' or b == 64 and 'net' or 'device'
     local field = kind == 'device' and 'device:' .. d or kind .. ':' .. d:sub(2)
-    if admit(pr, kind, field) then first_time(pr, field, t) end
+    if admit(pr, kind, field) then first_time(pr, field, se.s + t) end
   end
-  for c, t in pairs(se.co) do
+  for c, t in pairs(se.co) do                -- (first times are offsets from the start: user_state.lua)
     local field = 'country:' .. c
-    if admit(pr, 'country', field) then first_time(pr, field, t) end
+    if admit(pr, 'country', field) then first_time(pr, field, se.s + t) end
   end
 end
 

@@ -162,10 +162,6 @@ local function click_rules(ctx, uid, st, se, m, c, ts, entry, etype, country, fl
   end
 end
 
--- The IP rule hears of a user once per (FWD_US period, IP): on the user's first click of the period
--- from that IP (remembered in the user's state as st.fwd; the rule counts users, not clicks).
--- st.fwd = {latest period, its last IP[, IPs forwarded since that period began, when more than 1]}: a
--- user hopping over more than EXACT IPs (in that period or, out of order, older ones) is not forwarded further.
 -- Is the device identity agent ('#<hash>') new to the account: not in its profile (agent:<hash>,
 -- folded in when a session closes) nor in another of its open sessions?  One HEXISTS unless the
 -- profile is loaded in this call already; a profile key that cannot be read (not a hash) says no.
@@ -179,13 +175,17 @@ local function new_agent(ctx, uid, st, se, agent)
   return redis.pcall('HEXISTS', ctx.prefix .. KEY.profile .. uid, field) == 0
 end
 
+-- The IP rule hears of a user once per (FWD_US period, IP): on the user's first click of the period
+-- from that IP (remembered in the user's state as st.fwd; the rule counts users, not clicks).
+-- st.fwd = {latest period, its last IP[, IPs forwarded since that period began, when more than 1]}: a
+-- user hopping over more than EXACT IPs (in that period or, out of order, older ones) is not forwarded further.
 -- agent: the click's device identity ('#<hash>', or '' / nil).
 local function click_ip(ctx, uid, st, ip, ts, se, flags, agent)
   -- the click's IPv4 /16 travels with the session as '@a.b' (with its devices, folded into the
   -- profile's net:<a.b> when it closes): a network the customer browsed from is theirs (takeover)
   local R = ctx.rules
   local net16 = R.ato and ip:match('^(%d+%.%d+)%.%d+%.%d+$')
-  if net16 then first_capped(ctx, se.dv, '@' .. net16, ts, MAX_VALUES) end
+  if net16 then first_capped(ctx, se.dv, '@' .. net16, ts - se.s, MAX_VALUES) end   -- (an offset: start_at)
   -- a failed login: to the partitions of its IP, of its device identity and of its IPv4 /24
   -- (credential stuffing), once per session: a user's failed logins from a thousand IPs or agents
   -- are at most three forwarded records a session, not a thousand (the session's first failed

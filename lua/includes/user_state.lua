@@ -25,6 +25,8 @@
   count, sum and sum of squares of its in-order gaps between clicks (ms), the IP of its forwarded
   failed login (one a session).  Device identities (agents) are kept with the devices, as '#<agent>',
   and so are the IPv4 /16s of the session's clicks, as '@a.b' (account takeover: networks browsed from).
+  In memory a session is a table of named fields (load_user); its devices' and countries' first times stay
+  offsets from its start, as stored (start_at shifts them when the start moves earlier): no copy per touch.
   (States written by earlier versions: d = due - start of the first session, i = {fingerprint, ...}
   or {minute, {fingerprint, ...}, ...}; still read, their clicks' seconds taken as 0.)
   Retention, a function of the watermark W only (so of event times, never of how work was batched):
@@ -55,12 +57,6 @@ local function is_counts(x)
     if type(v) ~= 'number' then return false end
   end
   return true
-end
-
-local function first_times(start, offsets)
-  local out = {}
-  for k, off in pairs(offsets or {}) do out[k] = start + off end
-  return out
 end
 
 -- Click records (see the header): REC bytes, the key then the second of the minute.
@@ -109,7 +105,7 @@ local function load_user(ctx, uid)
       end
       local p, flags, fl = se[5], tonumber(se[9]) or 0, tonumber(se[10])
       local sess = {s = start, l = start + se[2], n = se[3], t = se[4], p = p and p >= 0 and start + p or nil,
-                    c = se[6] or {}, dv = first_times(start, se[7]), co = first_times(start, se[8]),
+                    c = se[6] or {}, dv = se[7] or {}, co = se[8] or {},
                     i = flags % 2 == 1 or nil, z = math.floor(flags / 2) % 2 == 1 or nil,
                     fl = fl and fl >= 0 and start + fl or nil, lf = type(se[14]) == 'string' and se[14] or nil}
       if type(se[11]) == 'number' and se[11] > 0 then sess.g = {se[11], tonumber(se[12]) or 0, tonumber(se[13]) or 0} end
@@ -167,16 +163,27 @@ local function new_session(ts)
   return {s = ts, l = ts, n = 0, t = {}, c = {}, dv = {}, co = {}}
 end
 
+-- A session's devices and countries hold their first times as offsets from the session's start
+-- (as stored: no copy on load or save); an earlier start shifts them.
+local function start_at(se, ts)
+  if ts >= se.s then return end
+  local by = se.s - ts
+  for k, off in pairs(se.dv) do se.dv[k] = off + by end
+  for k, off in pairs(se.co) do se.co[k] = off + by end
+  se.s = ts
+end
+
 -- Merge session se into session into (an event bridged the gap between them).
 local function merge_session(ctx, into, se)
-  if se.s < into.s then into.s = se.s end
+  start_at(into, se.s)
   if se.l > into.l then into.l = se.l end
   if se.p and (not into.p or se.p < into.p) then into.p = se.p end
   into.n = into.n + se.n
   for k, c in pairs(se.t) do count_capped(ctx, into.t, k, c, MAX_TYPES) end
   for k, c in pairs(se.c) do count_capped(ctx, into.c, k, c, MAX_VALUES) end
-  for k, t in pairs(se.dv) do first_capped(ctx, into.dv, k, t, MAX_VALUES) end
-  for k, t in pairs(se.co) do first_capped(ctx, into.co, k, t, MAX_VALUES) end
+  local by = se.s - into.s
+  for k, off in pairs(se.dv) do first_capped(ctx, into.dv, k, off + by, MAX_VALUES) end
+  for k, off in pairs(se.co) do first_capped(ctx, into.co, k, off + by, MAX_VALUES) end
   into.i = into.i or se.i
   into.z = into.z or se.z
   if se.fl and (not into.fl or se.fl < into.fl) then into.fl = se.fl end
@@ -353,10 +360,7 @@ local function save_users(ctx, wm)
         if st.fwd then doc.w = st.fwd end
         if st.loc then doc.lc, doc.lt = st.loc[1], st.loc[2] end
         for i, se in ipairs(st.sessions) do
-          local dv, co = {}, {}
-          for k, t in pairs(se.dv) do dv[k] = t - se.s end
-          for k, t in pairs(se.co) do co[k] = t - se.s end
-          local row = {se.s, se.l - se.s, se.n, se.t, se.p and se.p - se.s or -1, se.c, dv, co}
+          local row = {se.s, se.l - se.s, se.n, se.t, se.p and se.p - se.s or -1, se.c, se.dv, se.co}
           if se.i or se.z or se.fl or se.g or se.lf then
             local g = se.g
             row[9], row[10] = (se.i and 1 or 0) + (se.z and 2 or 0), se.fl and se.fl - se.s or -1
