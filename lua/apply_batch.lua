@@ -183,7 +183,7 @@ local function apply_click(ev, st)
   if not seen then seen = {}; mseen[m] = seen; musers[m] = {} end
   if not seen[uid] then seen[uid] = true; local us = musers[m]; us[#us + 1] = uid end
 
-  local c = count_minute(ctx, st, m)
+  local c = minute_count(st, m)
   lower_due(ctx, st, m, hit.l)
   click_rules(ctx, uid, st, hit, m, c, ts, id, etype, country, flags)
   if ip ~= '' then click_ip(ctx, uid, st, ip, ts, hit, flags, ev[11]) end

@@ -262,12 +262,30 @@ async def test_user_state_is_messagepack_and_the_json_of_earlier_versions_is_sti
                        0, -1, 1, 1, 1]                # no flags, no speed signal; one in-order gap of 1 ms
     assert [len(r) for r in state["i"][1::2]] == [18]  # two clicks: two 9-byte records (key, second)
     assert state["u"] == T0 + 2000 + settings.session_gap_ms * 1000 and state["w"] == [T0, "10.0.0.9"]
-    assert state["m"] == [T0 // 60_000_000, 2]              # the user's clicks of the minute (rule 1)
+    assert "m" not in state and "o" not in state            # the minute's click count (rule 1) is its records
     (session,) = msgspec.msgpack.decode(await backend.aio.get(old.user("old")))["s"]
     assert session[:4] == [T0, 120_000_000, 4, {"page_view": 3, "product_view": 1}]
     await control.flush(backend.aio, settings)
     profiles = {p["user_id"]: p for p in (await export.collect(backend.aio, settings)).profiles}
     assert (profiles["old"]["events"], profiles["old"]["category:shoes"], profiles["old"]["sessions"]) == (4, 1, 1)
+
+
+async def test_a_state_whose_minutes_carry_whole_counts_is_read_with_its_counts(backend, settings):
+    """States written before the minute counts came from the click records keep each minute's whole
+    count beside its records (m): read now, a minute counts the clicks it counted then, so rule 1
+    fires on the 101st click of a minute whether or not the first 100 have records."""
+    keys = Keys(settings.namespace, settings.partitions)
+    part = keys.partition(partition_of("was", settings.partitions))
+    minute = T0 // 60_000_000
+    records = "".join(f"k{i:07d}" + chr(i % 60) for i in range(60))   # 60 of its 100 clicks (msgpack str, as Lua writes)
+    await backend.aio.set(part.user("was"), msgspec.msgpack.encode(
+        {"s": [[T0, 59_000_000, 100, {"page_view": 100}, -1, [], {}, {}]], "m": [minute, 100],
+         "i": [minute, records], "u": T0 + 59_000_000 + settings.session_gap_ms * 1000}))
+    await backend.aio.zadd(part.key(OPEN), {"was": T0 + 59_000_000 + settings.session_gap_ms * 1000})
+    out = await run_events(backend, settings, [event("was", T0 + 59_500_000)], flush=False)
+    assert by_rule(out.alerts) == [(export.format_us(minute * 60_000_000), "was")]
+    state = msgspec.msgpack.decode(await backend.aio.get(part.user("was")))
+    assert "m" not in state and state["o"] == [minute, 40]       # rewritten: what the records do not hold
 
 
 async def test_an_entry_whose_apply_keeps_failing_goes_to_the_dlq_and_the_partition_flows(backend, settings):

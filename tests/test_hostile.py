@@ -327,3 +327,18 @@ async def test_a_thousand_cards_from_a_thousand_ranges_make_a_bounded_card_ring_
     assert out.dlq == []
     keys = [k async for k in backend.aio.scan_iter(match="*:rngz:*", count=1000)]
     assert 1 <= len(keys) <= 64, len(keys)
+
+
+async def test_clicks_beyond_the_record_cap_are_still_counted_in_their_minute(backend, settings):
+    """A user keeps at most MAX_IDS (4,096) click records; the clicks beyond them are not remembered
+    for retries, but each still counts in its minute (rule 1): a flood past the cap is no blind spot."""
+    import msgspec
+    raws = [click("cap", T0 + m * MIN + i * 590_000, event_id=f"c{m}-{i}") for m in range(41) for i in range(100)]
+    raws += [click("cap", T0 + 41 * MIN + i * 590_000, event_id=f"x{i}") for i in range(101)]
+    out = await run_events(backend, settings, raws, flush=False)
+    base = T0 // MIN
+    assert by_rule(out.alerts) == [(format_us((base + 41) * MIN), "cap")]       # 100 a minute: none before
+    part = Keys(settings.namespace, settings.partitions).partition(partition_of("cap", settings.partitions))
+    state = msgspec.msgpack.decode(await backend.aio.get(part.user("cap")))
+    assert state["o"] == [base + 40, 4, base + 41, 101] or state["o"] == [base + 41, 101, base + 40, 4]
+    assert sum(len(r) for r in state["i"][1::2]) == 4096 * 9

@@ -144,7 +144,7 @@ local function click_rules(ctx, uid, st, se, m, c, ts, entry, etype, country, fl
       count = c, threshold = R.epm, entry = entry}, ts, R.pts.events_per_minute)
   end
   -- the exact count only when the two minutes together could be over it
-  local n = R.burst and c + (st.minutes[m - 1] or 0) > R.burst and clicks_in_60s(st, ts)
+  local n = R.burst and c + minute_count(st, m - 1) > R.burst and clicks_in_60s(st, ts)
   if n and n > R.burst then
     user_alert(ctx, nil, {rule = 'burst', sev = R.burst_sev, uid = uid, window = m * US_PER_MIN,
       count = n, threshold = R.burst, entry = entry,

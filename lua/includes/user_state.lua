@@ -9,12 +9,13 @@
             {category = product views}, {device = first - start}, {country = first - start}}, ... }
                                  open sessions (at most MAX_SESSIONS); a session's click fields reach
                                  the profile when it closes (profile.lua fold_session)
-     m = {minute, count, ...}    per-user click counts of the minutes a click that is not late can
-                                 still reach (rule 1, burst; at most MAX_MINUTES)
-     i = {minute, records, ...}  the user's clicks by minute, kept as long as the minute's counts: one
-                                 9-byte record per click (the event_id's key, engine/batch.py click_key,
-                                 '00000000' without an id, and the click's second of the minute as a byte): producer retries and the exact 60-s burst rule; at most
-                                 MAX_IDS records
+     i = {minute, records, ...}  the user's clicks by minute, for the minutes a click that is not late
+                                 can still reach: one 9-byte record per click (the event_id's key,
+                                 engine/batch.py click_key, '00000000' without an id, and the click's
+                                 second of the minute as a byte): producer retries, the exact 60-s
+                                 burst rule, and the minute's click count (rule 1: its records, plus
+                                 o); at most MAX_IDS records, MAX_MINUTES minutes
+     o = {minute, count, ...}    clicks counted but not recorded (beyond MAX_IDS), when there are any
      u = due                     the user's score in <prefix>open: a lower bound of the time the
                                  watermark must pass before a session closes or a minute is dropped
      w = {window, ip[, n]}       the last (IP-rule window, IP) pair forwarded for the user, and how many
@@ -28,7 +29,8 @@
   In memory a session is a table of named fields (load_user); its devices' and countries' first times stay
   offsets from its start, as stored (start_at shifts them when the start moves earlier): no copy per touch.
   (States written by earlier versions: d = due - start of the first session, i = {fingerprint, ...}
-  or {minute, {fingerprint, ...}, ...}; still read, their clicks' seconds taken as 0.)
+  or {minute, {fingerprint, ...}, ...}, m = {minute, count, ...} (the minutes' whole counts); still
+  read, their clicks' seconds taken as 0.)
   Retention, a function of the watermark W only (so of event times, never of how work was batched):
   a click is late when ts + gap < W; a session [start, last] is closed (emitted, deleted) once
   W > last + gap; a minute m (its counts and fingerprints) is kept while a click that is not late
@@ -89,10 +91,11 @@ local function load_user(ctx, uid)
     return nil, 'state key of the user is unreadable: ' .. tostring(raw.err)
   end
   -- clean: nothing to write back unless changed; ids: minute -> {fingerprint, ...}, nids in all
-  st = {sessions = {}, minutes = {}, ids = {}, nids = 0, clean = true}
+  st = {sessions = {}, over = {}, ids = {}, nids = 0, clean = true}
   if raw then
     local ok, doc = decode_state(raw)
-    if not ok or type(doc) ~= 'table' or type(doc.s) ~= 'table' or type(doc.m) ~= 'table'
+    if not ok or type(doc) ~= 'table' or type(doc.s) ~= 'table' or (doc.m ~= nil and type(doc.m) ~= 'table')
+        or (doc.o ~= nil and type(doc.o) ~= 'table')
         or (type(doc.u) ~= 'number' and type(doc.d) ~= 'number') then
       return nil, "state of the user is not in the engine's format"
     end
@@ -111,13 +114,15 @@ local function load_user(ctx, uid)
       if type(se[11]) == 'number' and se[11] > 0 then sess.g = {se[11], tonumber(se[12]) or 0, tonumber(se[13]) or 0} end
       st.sessions[i] = sess
     end
-    local m = doc.m
-    for i = 1, #m, 2 do
-      if type(m[i]) ~= 'number' or type(m[i + 1]) ~= 'number' then
-        return nil, "state of the user is not in the engine's format (minutes)"
+    local counts, over = doc.m, doc.o      -- (m: earlier versions' whole counts, made o below)
+    for _, x in ipairs({counts or {}, over or {}}) do
+      for i = 1, #x, 2 do
+        if type(x[i]) ~= 'number' or type(x[i + 1]) ~= 'number' then
+          return nil, "state of the user is not in the engine's format (minutes)"
+        end
       end
-      st.minutes[m[i]] = m[i + 1]
     end
+    for i = 1, over and #over or 0, 2 do st.over[over[i]] = over[i + 1] end
     if doc.u then
       st.due = doc.u
     elseif #st.sessions > 0 then
@@ -145,6 +150,11 @@ local function load_user(ctx, uid)
       local last = st.sessions[#st.sessions].l
       st.ids[math.floor(last / US_PER_MIN)] = legacy_records(ids)
       st.nids = #ids
+    end
+    for i = 1, counts and #counts or 0, 2 do           -- a count beyond the minute's records
+      local m = counts[i]
+      local extra = counts[i + 1] - (st.ids[m] and #st.ids[m] / REC or 0)
+      if extra > 0 then st.over[m] = extra end
     end
     st.lb = st.due                      -- the stored due is the earliest, when it was saved
     if type(doc.w) == 'table' then st.fwd = doc.w end
@@ -211,9 +221,30 @@ local function clicks_in_60s(st, ts)
   return n
 end
 
+-- The user's minutes at most MAX_MINUTES: before a click opens a new one, the oldest goes.
+local function cap_minutes(ctx, st)
+  local n, oldest = 0, nil
+  for k in pairs(st.ids) do
+    n = n + 1
+    if not oldest or k < oldest then oldest = k end
+  end
+  for k in pairs(st.over) do
+    if not st.ids[k] then n = n + 1 end
+    if not oldest or k < oldest then oldest = k end
+  end
+  if n < MAX_MINUTES then return end
+  ctx.capped = ctx.capped + 1
+  st.over[oldest] = nil
+  if st.ids[oldest] then
+    st.nids = st.nids - #st.ids[oldest] / REC
+    st.ids[oldest] = nil
+  end
+end
+
 -- A click at ts with key (engine/batch.py click_key; '' without an event_id): true when a click with
 -- that key is among the user's records (a producer retry, as long as the click is not late);
--- otherwise its record goes into its minute's (while fewer than MAX_IDS are kept) and false.
+-- otherwise it is counted in its minute (a record, while fewer than MAX_IDS are kept; beyond them a
+-- count in st.over) and false.
 local function record_click(ctx, st, key, ts)
   if type(key) == 'number' then key = key ~= 0 and fp_key(key) or '' end    -- (a caller of an earlier version)
   if key ~= '' then
@@ -225,40 +256,24 @@ local function record_click(ctx, st, key, ts)
       end
     end
   end
-  if st.nids >= MAX_IDS then
-    ctx.capped = ctx.capped + 1
-    return false
-  end
   st.clean = false
   local m = math.floor(ts / US_PER_MIN)
-  st.ids[m] = (st.ids[m] or '') .. (key ~= '' and key or '00000000') .. SECOND[math.floor(ts / 1000000) % 60]
+  local recs = st.ids[m]
+  if not recs and not st.over[m] then cap_minutes(ctx, st) end
+  if st.nids >= MAX_IDS then
+    ctx.capped = ctx.capped + 1
+    st.over[m] = (st.over[m] or 0) + 1
+    return false
+  end
+  st.ids[m] = (recs or '') .. (key ~= '' and key or '00000000') .. SECOND[math.floor(ts / 1000000) % 60]
   st.nids = st.nids + 1
   return false
 end
 
--- A click in minute m: the user's count of that minute, one more (at most MAX_MINUTES minutes are
--- kept: a new one beyond them replaces the oldest).
-local function count_minute(ctx, st, m)
-  local c = st.minutes[m]
-  if c == nil then
-    local n, oldest = 0, nil
-    for k in pairs(st.minutes) do
-      n = n + 1
-      if not oldest or k < oldest then oldest = k end
-    end
-    if n >= MAX_MINUTES then
-      ctx.capped = ctx.capped + 1
-      st.minutes[oldest] = nil
-      if st.ids[oldest] then
-        st.nids = st.nids - #st.ids[oldest] / REC
-        st.ids[oldest] = nil
-      end
-    end
-    c = 0
-  end
-  st.minutes[m] = c + 1
-  st.clean = false
-  return c + 1
+-- The user's clicks in minute m (rule 1): its records and what was counted beyond them.
+local function minute_count(st, m)
+  local recs = st.ids[m]
+  return (recs and #recs / REC or 0) + (st.over[m] or 0)
 end
 
 -- Is minute m still needed at watermark wm (see the header)?
@@ -273,7 +288,7 @@ local function due_of(ctx, st)
     local d = se.l + ctx.gap
     if not due or d < due then due = d end
   end
-  for m in pairs(st.minutes) do
+  for m in pairs(st.over) do
     local d = (m + 2) * US_PER_MIN + ctx.gap - 1
     if not due or d < due then due = d end
   end
@@ -310,9 +325,9 @@ local function settle_user(ctx, uid, st, wm)
     st.sessions = keep
     st.clean = false
   end
-  for m in pairs(st.minutes) do
+  for m in pairs(st.over) do
     if not minute_kept(ctx, m, wm) then
-      st.minutes[m] = nil
+      st.over[m] = nil
       st.clean = false
     end
   end
@@ -352,10 +367,13 @@ local function save_users(ctx, wm)
         st.clean = false                   -- the state keeps due
       end
       if not st.clean then
-        local ms, ids = {}, {}
-        for m, c in pairs(st.minutes) do ms[#ms + 1] = m; ms[#ms + 1] = c end
-        for m, fps in pairs(st.ids) do ids[#ids + 1] = m; ids[#ids + 1] = fps end
-        local doc = {s = {}, m = ms, u = st.due}
+        local ids, over = {}, nil
+        for m, recs in pairs(st.ids) do ids[#ids + 1] = m; ids[#ids + 1] = recs end
+        for m, c in pairs(st.over) do
+          over = over or {}
+          over[#over + 1] = m; over[#over + 1] = c
+        end
+        local doc = {s = {}, u = st.due, o = over}
         if #ids > 0 then doc.i = ids end
         if st.fwd then doc.w = st.fwd end
         if st.loc then doc.lc, doc.lt = st.loc[1], st.loc[2] end
