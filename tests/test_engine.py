@@ -262,7 +262,8 @@ async def test_user_state_is_messagepack_and_the_json_of_earlier_versions_is_sti
                        0, -1, 1, 1, 1]                # no flags, no speed signal; one in-order gap of 1 ms
     assert [len(r) for r in state["i"][1::2]] == [18]  # two clicks: two 9-byte records (key, second)
     assert state["u"] == T0 + 2000 + settings.session_gap_ms * 1000 and state["w"] == [T0, "10.0.0.9"]
-    assert "m" not in state and "o" not in state            # the minute's click count (rule 1) is its records
+    assert state["m"] == [] and "o" not in state          # the minute's click count (rule 1) is its records
+    # (m stays, empty: the previous version requires it, and reads this state during a rolling upgrade)
     (session,) = msgspec.msgpack.decode(await backend.aio.get(old.user("old")))["s"]
     assert session[:4] == [T0, 120_000_000, 4, {"page_view": 3, "product_view": 1}]
     await control.flush(backend.aio, settings)
@@ -285,7 +286,7 @@ async def test_a_state_whose_minutes_carry_whole_counts_is_read_with_its_counts(
     out = await run_events(backend, settings, [event("was", T0 + 59_500_000)], flush=False)
     assert by_rule(out.alerts) == [(export.format_us(minute * 60_000_000), "was")]
     state = msgspec.msgpack.decode(await backend.aio.get(part.user("was")))
-    assert "m" not in state and state["o"] == [minute, 40]       # rewritten: what the records do not hold
+    assert state["m"] == [] and state["o"] == [minute, 40]       # rewritten: what the records do not hold
 
 
 async def test_an_entry_whose_apply_keeps_failing_goes_to_the_dlq_and_the_partition_flows(backend, settings):

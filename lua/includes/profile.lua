@@ -53,19 +53,27 @@ end
 local PROFILE_VALUES = 64     -- distinct devices, countries, categories kept per profile
 
 -- A profile of stored fields f (field -> text), nothing changed yet; kinds: distinct values stored
--- per kind of capped field (device, country, category).
+-- per kind of capped field (device, country, category, agent, net), counted when a new value first
+-- asks to be admitted (most loads admit none: a pattern match per field saved).
 local function new_profile(f)
+  return {f = f, tm = {}, first = {}, last = nil, dirty = {}, kinds = nil}
+end
+
+local function count_kinds(f)
   local kinds = {device = 0, country = 0, category = 0, agent = 0, net = 0}
   for field in pairs(f) do
     local kind = field:match('^(%a+):')
     if kinds[kind] then kinds[kind] = kinds[kind] + 1 end
   end
-  return {f = f, tm = {}, first = {}, last = nil, dirty = {}, kinds = kinds}
+  return kinds
 end
 
 -- May the profile hold field <kind>:<name>?  A new one beyond PROFILE_VALUES of its kind may not.
+-- (Every new field of these kinds is admitted here first, so the count made at the first new one
+-- is the stored fields'.)
 local function admit(pr, kind, field)
   if pr.f[field] ~= nil or pr.first[field] ~= nil then return true end
+  if not pr.kinds then pr.kinds = count_kinds(pr.f) end
   if pr.kinds[kind] >= PROFILE_VALUES then
     pr.f.capped = tostring((tonumber(pr.f.capped) or 0) + 1)
     pr.dirty.capped = true

@@ -16,6 +16,8 @@
                                  burst rule, and the minute's click count (rule 1: its records, plus
                                  o); at most MAX_IDS records, MAX_MINUTES minutes
      o = {minute, count, ...}    clicks counted but not recorded (beyond MAX_IDS), when there are any
+     m = {}                      empty (the previous version's whole counts: a consumer of that version,
+                                 during a rolling upgrade, reads the state instead of rejecting it)
      u = due                     the user's score in <prefix>open: a lower bound of the time the
                                  watermark must pass before a session closes or a minute is dropped
      w = {window, ip[, n]}       the last (IP-rule window, IP) pair forwarded for the user, and how many
@@ -373,7 +375,7 @@ local function save_users(ctx, wm)
           over = over or {}
           over[#over + 1] = m; over[#over + 1] = c
         end
-        local doc = {s = {}, u = st.due, o = over}
+        local doc = {s = {}, u = st.due, o = over, m = {}}   -- (m: empty; the previous version requires it)
         if #ids > 0 then doc.i = ids end
         if st.fwd then doc.w = st.fwd end
         if st.loc then doc.lc, doc.lt = st.loc[1], st.loc[2] end
