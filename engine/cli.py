@@ -367,7 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level)
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except ValueError as exc:             # a bad setting: which one and where it came from (SettingsError)
+        sys.exit(f"error: {exc}")
     try:
         args.fn(args, settings)
     except (RedisServerMissing, NamespaceInUse, BackPressure, OSError, ValueError) as exc:

@@ -8,6 +8,7 @@ Environment: ``REDIS_URL`` and ``SHOPSTREAM_<FIELD>`` (upper case), e.g.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from typing import Annotated, Any, Mapping
 
@@ -64,26 +65,44 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
 
 
+class SettingsError(msgspec.ValidationError):
+    """A setting of the wrong type or range, with where it came from (variable, file, flag)."""
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     config_file: str | None = None,
 ) -> Settings:
-    """Merge defaults, TOML, environment and explicit overrides (None values are ignored)."""
+    """Merge defaults, TOML, environment and explicit overrides (None values are ignored; an
+    empty SHOPSTREAM_<NAME> variable counts as not set)."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
+    source: dict[str, str] = {}           # setting -> where its value came from, for the error
     path = config_file or env.get("SHOPSTREAM_CONFIG")
     if path:
         with open(path, "rb") as fh:
             raw.update(tomllib.load(fh))
+        source.update(dict.fromkeys(raw, str(path)))
     for name in _FIELDS:
-        value = env.get(f"SHOPSTREAM_{name.upper()}")
-        if value is not None:
+        variable = f"SHOPSTREAM_{name.upper()}"
+        value = env.get(variable)
+        if value:
             raw[name] = value
+            source[name] = f"the environment: {variable}={value!r}"
     if env.get("REDIS_URL"):
         raw["redis_url"] = env["REDIS_URL"]
+        source["redis_url"] = "the environment: REDIS_URL"
     for name, value in (overrides or {}).items():
         if value is not None:
             raw[name] = value
+            source[name] = "the command line"
     # strict=False lets "32" from the environment become 32; types are still checked.
-    return msgspec.convert(raw, Settings, strict=False)
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        at = re.search(r"at `\$\.(\w+)`", str(exc))
+        name = at.group(1) if at else ""
+        what = f"invalid setting {name}" if name else "invalid settings"
+        where = f" (from {source[name]})" if name in source else ""
+        raise SettingsError(f"{what}{where}: {exc}") from None

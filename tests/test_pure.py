@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -159,6 +162,22 @@ def test_settings_precedence(tmp_path):
     assert (s.partitions, s.namespace, s.batch_size, s.redis_url) == (32, "fromflag", 10, "redis://h:1")
     with pytest.raises(Exception):
         load_settings(env={"SHOPSTREAM_PARTITIONS": "many"})
+
+
+def test_a_bad_setting_names_where_it_came_from_and_an_empty_variable_is_unset(tmp_path):
+    """An operator reads which variable or file to fix; `SHOPSTREAM_X=` (empty) means not set."""
+    assert load_settings(env={"SHOPSTREAM_METRICS_PORT": "", "SHOPSTREAM_PARTITIONS": ""}).metrics_port == 9108
+    with pytest.raises(msgspec.ValidationError, match="invalid setting partitions \\(from the environment: "
+                                                      "SHOPSTREAM_PARTITIONS='many'\\)"):
+        load_settings(env={"SHOPSTREAM_PARTITIONS": "many"})
+    toml = tmp_path / "s.toml"
+    toml.write_text("batch_size = 'ten'\n")
+    with pytest.raises(msgspec.ValidationError, match=f"invalid setting batch_size \\(from {toml}\\)"):
+        load_settings(config_file=str(toml), env={})
+    proc = subprocess.run([sys.executable, "-m", "shopstream.engine.cli", "trim"], capture_output=True, text=True,
+                          env={**os.environ, "SHOPSTREAM_PARTITIONS": "many"}, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: invalid setting partitions (from the environment")
 
 
 @pytest.mark.parametrize("content", [
