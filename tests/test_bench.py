@@ -30,6 +30,7 @@ def test_bench_runs_and_reports(tmp_path):
     summary = report["summary"]
     assert summary["transport_events_per_s"] > 0 and summary["engine_events_per_s"] > 0
     assert summary["fixed_rate_latency_ms"]["n"] > 0            # alerts were detected and timed
+    assert summary["fixed_rate_offered_events_per_s"] >= 0.8 * 2000   # the stage ran at its rate (2,000/s)
     assert summary["memory"]["open_sessions"] > 0
     assert report["archive"]["rows"] > 20000 and report["archive"]["engine_events_per_s"] > 0
     assert {s["name"] for s in report["stages"]} >= {"transport", "engine", "engine@rate", "engine@capacity"}

@@ -223,7 +223,6 @@ def run_stage(url: str, base: Settings, payloads: "list[bytes] | Mixed", name: s
     published before the consumers start (a cost measurement: no producer on the cores)."""
     mixed = _as_mixed(payloads)
     items = list(zip(mixed.sources, mixed.payloads))
-    n_items = len(items)
     settings = base.replace(redis_url=url, partitions=partitions, namespace=f"b{int(time.time() * 1000) % 10**8}",
                             rules_file=rules_file)
     keys = Keys(settings.namespace, partitions)
@@ -264,10 +263,9 @@ def run_stage(url: str, base: Settings, payloads: "list[bytes] | Mixed", name: s
         round_ms.append(time.time() * 1000)
         last_round = time.perf_counter()
         publish_mixed(client, items[lo:hi], settings)
-    published = time.perf_counter() - start
-    # the rate offered: the events before the last round over the time it began (= the rate when the
-    # producer kept to the schedule, whatever the stage's length)
-    offered = firsts[-1] / (last_round - start) if len(firsts) > 1 else n_items / max(published, 1e-9)
+    # the rate offered: the events before the last round over the time it began (the stage's rate
+    # when the producer kept to the schedule, whatever the stage's length)
+    offered = firsts[-1] / (last_round - start) if len(firsts) > 1 else (rate or 0.0)
     producer_cpu = time.process_time() - p0
     while not _drained(client, keys, settings.group, len(items)):
         time.sleep(0.005)

@@ -63,6 +63,15 @@ local function is_counts(x)
   return true
 end
 
+-- nil, or {minute, number, ...} (o, and m of earlier versions)
+local function minute_pairs(x)
+  if x == nil then return true end
+  for i = 1, #x, 2 do
+    if type(x[i]) ~= 'number' or type(x[i + 1]) ~= 'number' then return false end
+  end
+  return true
+end
+
 -- Click records (see the header): REC bytes, the key then the second of the minute.
 local REC = 9
 local SECOND = {}
@@ -117,12 +126,8 @@ local function load_user(ctx, uid)
       st.sessions[i] = sess
     end
     local counts, over = doc.m, doc.o      -- (m: earlier versions' whole counts, made o below)
-    for _, x in ipairs({counts or {}, over or {}}) do
-      for i = 1, #x, 2 do
-        if type(x[i]) ~= 'number' or type(x[i + 1]) ~= 'number' then
-          return nil, "state of the user is not in the engine's format (minutes)"
-        end
-      end
+    if not minute_pairs(counts) or not minute_pairs(over) then
+      return nil, "state of the user is not in the engine's format (minutes)"
     end
     for i = 1, over and #over or 0, 2 do st.over[over[i]] = over[i + 1] end
     if doc.u then
