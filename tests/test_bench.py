@@ -37,6 +37,8 @@ def test_bench_runs_and_reports(tmp_path):
     assert 0 < summary["floor_apply_us_per_event"] < summary["apply_us_per_event"]
     assert "the design's floor" in stdout
     assert "the rule set's Redis cost per event" in stdout and summary["ordinary_events"] > 0
+    assert "ordinary customers alerted on" in stdout and summary["ordinary_users"] > 1000
+    assert 0 <= summary["ordinary_users_alerted"] < summary["ordinary_users"]
 
 
 def test_bench_compares_a_cluster_with_a_single_node(tmp_path):
@@ -153,3 +155,17 @@ def test_a_paced_producer_that_falls_behind_catches_up_instead_of_lowering_the_r
                                            sleep=lambda s: now.__setitem__(0, now[0] + s))) == 100
     assert 0.98 <= now[0] <= 1.0
     assert list(paced(2_500, rate=None, cap=1_000)) == [(0, 1_000), (1_000, 2_000), (2_000, 2_500)]
+
+
+def test_the_users_an_alert_named_count_each_user_once_and_leave_decisions_out():
+    """The ordinary customers the rules flag (issue 16's false positives at the bench's scale): a
+    user alert's user, an IP or card alert's members, not the subject alert itself, not decisions."""
+    from shopstream.engine.tools.bench import users_alerted
+    lines = ["1.0\tinhuman_speed\tuser\tuser7\t0\t1-0\t\tuser7",
+             "1.0\tdecision\tuser\tuser7\t0\t1-0\t\tuser7",
+             "1.0\tdecision\tuser\tuser8\t0\t1-0\t\tuser8",          # a decision alone: no new alert
+             "1.0\tinhuman_speed\tuser\tuser7\t60000\t2-0\t\tuser7",   # the same user again
+             "1.0\tip_users\tip\t10.0.0.1\t0\t\t\t",                  # the IP alert: names no user
+             "1.0\tip_users\tip\t10.0.0.1\t0\t\tmember\tuser9",
+             "1.0\tip_users\tip\t10.0.0.1\t0\t\tmember\tuser7"]
+    assert users_alerted(lines) == (2, {"inhuman_speed": 1, "ip_users": 2})

@@ -31,7 +31,7 @@ import redis
 
 from .. import control
 from . import benchfloor
-from .benchdata import Mixed, generate, generate_mixed, ordinary, subject_triggers
+from .benchdata import Mixed, generate, generate_mixed, ordinary, subject_triggers, user_count
 from ..connection import async_client, is_cluster_client, sync_client
 from .servers import embedded_redis, wait_for_redis
 from ..keys import CLICKS, OPEN, OPEN_MINUTES, OUTBOX, REKEY, SUPPORT, TX, Keys
@@ -67,6 +67,8 @@ class Stage:
     commands: dict = field(default_factory=dict)          # Redis command -> [calls per event, us per event]
     apply_calls: int = 0
     offered_per_s: float = 0.0        # the rate the producer published at (a paced stage: its rate, if it kept up)
+    users_alerted: int = 0            # distinct users an alert named (users_alerted)
+    users_alerted_by_rule: dict = field(default_factory=dict)
 
 
 def _ensure_groups(url: str, settings: Settings) -> None:
@@ -177,7 +179,7 @@ def _rule_latencies(lines: list[str], triggers: dict, publish_ms: "Callable[[int
     by_rule: dict[str, list[float]] = {}
     untimed: dict[str, int] = {}
     for line in lines:
-        recv, rule, kind, subject, window, entry, role = line.split("\t")
+        recv, rule, kind, subject, window, entry, role = line.split("\t")[:7]
         if entry:
             by_rule.setdefault(rule, []).append(float(recv) - int(entry.split("-")[0]))
             continue
@@ -210,6 +212,18 @@ def paced(total: int, rate: float | None, cap: int = 1000, clock: Callable[[], f
             n = min(cap, max(1, int((clock() - start) * rate) + 1 - i))
         yield i, min(total, i + n)
         i += n
+
+
+def users_alerted(lines: list[str]) -> tuple[int, dict[str, int]]:
+    """From the subscriber's lines: the distinct users an alert named (a user alert's user, an IP or
+    card alert's member; decisions left out, they follow an alert) and how many each rule named."""
+    by_rule: dict[str, set[str]] = {}
+    for line in lines:
+        _, rule, kind, subject, _, _, _, user = line.split("\t")
+        who = user or (subject if kind == "user" else "")
+        if who and rule != "decision":
+            by_rule.setdefault(rule, set()).add(who)
+    return len(set().union(*by_rule.values())), {rule: len(users) for rule, users in sorted(by_rule.items())}
 
 
 def run_stage(url: str, base: Settings, payloads: "list[bytes] | Mixed", name: str, consumers: int, partitions: int,
@@ -292,7 +306,7 @@ def run_stage(url: str, base: Settings, payloads: "list[bytes] | Mixed", name: s
     return Stage(name, consumers, partitions, n, seconds, n / seconds, redis_cpu / n * 1e6, consumer_cpu / n * 1e6,
                  producer_cpu / n * 1e6, calls, usec / max(calls, 1), usec / n, len(lines),
                  _percentiles(everything), max(redis_cpus) / n * 1e6, by_rule, untimed, longest, over_5ms,
-                 commands, calls, 0.0 if backlog else offered)
+                 commands, calls, 0.0 if backlog else offered, *users_alerted(lines))
 
 
 def memory_profile(url: str, base: Settings, users: int = 20_000) -> dict:
@@ -356,7 +370,7 @@ def _transport_worker(index: int, count: int) -> None:
 
 
 def _subscriber(url: str, channel: str, out: str) -> None:
-    """Every alert heard: received ms, rule, subject kind, subject, window start ms, entry id, role."""
+    """Every alert heard: received ms, rule, subject kind, subject, window start ms, entry id, role, user."""
     client = redis.Redis.from_url(url)
     pubsub = client.pubsub()
     pubsub.subscribe(channel)
@@ -373,7 +387,7 @@ def _subscriber(url: str, channel: str, out: str) -> None:
             a = json.loads(msg["data"])
             role = a.get("evidence", {}).get("role", "") if isinstance(a.get("evidence"), dict) else ""
             lines.append(f"{now_ms:.3f}\t{a['rule']}\t{a['subject_kind']}\t{a['subject']}\t"
-                         f"{a['window_start_ms']}\t{a['entry_id']}\t{role}")
+                         f"{a['window_start_ms']}\t{a['entry_id']}\t{role}\t{a.get('user_id', '')}")
     Path(out).write_text("\n".join(lines))
 
 
@@ -409,7 +423,7 @@ def run(events: int, users: int, runs: int, consumers: list[int], partitions: li
         wait_for_redis(url)
         default_c, default_p = consumers[len(consumers) // 2], base.partitions
         pairs, bare = [], []
-        ordinary_rules = None
+        ordinary_rules = ordinary_alerted = None
         no_rules = Path(tempfile.mkdtemp(prefix="shopstream-bench-")) / "no-rules.toml"
         no_rules.write_text("".join(f"[{name}]\nenabled = false\n" for name in RULE_NAMES))
         for r in range(runs):
@@ -438,6 +452,7 @@ def run(events: int, users: int, runs: int, consumers: list[int], partitions: li
                                 backlog=True)
                 report["stages"] += [asdict(on), asdict(off)]
                 ordinary_rules = (on.apply_us_per_event, off.apply_us_per_event, on.events)
+                ordinary_alerted = (user_count(plain), on.users_alerted, on.users_alerted_by_rule)
             print(line, flush=True)
         engines = [e for _, e in pairs]
         summary = {
@@ -468,6 +483,9 @@ def run(events: int, users: int, runs: int, consumers: list[int], partitions: li
         if bare:
             summary["no_rules_events_per_s"] = bare[0].events_per_s
             summary["no_rules_apply_us_per_event"] = bare[0].apply_us_per_event
+        if ordinary_alerted:
+            summary["ordinary_users"], summary["ordinary_users_alerted"], \
+                summary["ordinary_users_alerted_by_rule"] = ordinary_alerted
         if ordinary_rules:
             summary["ordinary_apply_us_per_event"], summary["ordinary_no_rules_apply_us_per_event"], \
                 summary["ordinary_events"] = ordinary_rules
@@ -696,6 +714,10 @@ def print_table(report: dict) -> None:
         rows.append(("rule set's share of the apply, mixed stream with the fraud-like actors' alerts",
                      f"{s['apply_us_per_event'] - s['no_rules_apply_us_per_event']:.2f} us "
                      f"({s['no_rules_apply_us_per_event']:.2f} us, {s['no_rules_events_per_s']:,.0f} events/s without)"))
+    if "ordinary_users" in s:            # issue 16: the ordinary customers the rules flag, at the bench's scale
+        named = ", ".join(f"{rule} {n:,}" for rule, n in s["ordinary_users_alerted_by_rule"].items()) or "none"
+        rows.append(("ordinary customers alerted on (their traffic alone, every rule on)",
+                     f"{s['ordinary_users_alerted']:,} of {s['ordinary_users']:,} users ({named})"))
     if "archive" in report:              # the lake extra installed: the archiver over the first run's streams
         a = report["archive"]
         ratio = a["rows_per_s"] / a["engine_events_per_s"] if a.get("engine_events_per_s") else 0

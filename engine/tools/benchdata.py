@@ -330,6 +330,12 @@ def ordinary(mixed: Mixed) -> Mixed:
     return Mixed([mixed.sources[i] for i in keep], [mixed.payloads[i] for i in keep])
 
 
+def user_count(mixed: Mixed) -> int:
+    """The distinct users of a stream."""
+    who = msgspec.json.Decoder(_Who).decode
+    return len({who(raw).user_id for raw in mixed.payloads})
+
+
 class _Seen(msgspec.Struct):
     user_id: str
     timestamp: str = ""
