@@ -65,6 +65,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
 
 
+def _shown(name: str, value: str) -> str:
+    """A variable's value as an error repeats it: not a URL's, a URI's or a key's (they hold secrets)."""
+    return "=..." if name.endswith(("_url", "_uri", "_key")) else f"={value!r}"
+
+
 class SettingsError(msgspec.ValidationError):
     """A setting of the wrong type or range, with where it came from (variable, file, flag)."""
 
@@ -89,7 +94,7 @@ def load_settings(
         value = env.get(variable)
         if value:
             raw[name] = value
-            source[name] = f"the environment: {variable}={value!r}"
+            source[name] = f"the environment: {variable}{_shown(name, value)}"
     if env.get("REDIS_URL"):
         raw["redis_url"] = env["REDIS_URL"]
         source["redis_url"] = "the environment: REDIS_URL"

@@ -170,6 +170,9 @@ def test_a_bad_setting_names_where_it_came_from_and_an_empty_variable_is_unset(t
     with pytest.raises(msgspec.ValidationError, match="invalid setting partitions \\(from the environment: "
                                                       "SHOPSTREAM_PARTITIONS='many'\\)"):
         load_settings(env={"SHOPSTREAM_PARTITIONS": "many"})
+    from shopstream.engine.settings import _shown            # a key or a URL is a secret: an error does not repeat it
+    assert (_shown("audit_key", "s3cret"), _shown("redis_url", "redis://u:pw@h"), _shown("partitions", "x")) == \
+        ("=...", "=...", "='x'")
     toml = tmp_path / "s.toml"
     toml.write_text("batch_size = 'ten'\n")
     with pytest.raises(msgspec.ValidationError, match=f"invalid setting batch_size \\(from {toml}\\)"):
