@@ -15,7 +15,8 @@ import signal
 from typing import TYPE_CHECKING
 
 from shopstream.engine import aio
-from shopstream.engine.connection import UNAVAILABLE, async_client, consumer_name, retry_until_available
+from shopstream.engine.connection import (UNAVAILABLE, async_client, closed_under_write, consumer_name,
+                                          retry_until_available)
 from shopstream.engine.control import drained, ensure_groups, input_open
 from shopstream.engine.retention import trim_inputs
 from shopstream.engine.settings import Settings
@@ -56,7 +57,9 @@ class Runner:
                             and await drained(c.client, c.settings)):
                         log.info("all partitions drained; exiting")
                         break
-                except UNAVAILABLE as exc:
+                except (*UNAVAILABLE, RuntimeError) as exc:
+                    if isinstance(exc, RuntimeError) and not closed_under_write(exc):
+                        raise
                     # a read or an apply may have been lost on the way (entries delivered to us, or
                     # applied on a master that died before replicating): our pending entries first
                     log.warning("redis unavailable (%s); retrying from our pending entries", exc)
@@ -69,8 +72,9 @@ class Runner:
                 await beat
             try:
                 await c.leases.leave()
-            except UNAVAILABLE:
-                pass
+            except (*UNAVAILABLE, RuntimeError) as exc:      # leases expire by themselves
+                if isinstance(exc, RuntimeError) and not closed_under_write(exc):
+                    raise
 
     async def heartbeat_loop(self) -> None:
         c = self.c
@@ -89,8 +93,11 @@ class Runner:
                 await c.catalog.refresh(c.client)
             except UNAVAILABLE as exc:
                 log.warning("heartbeat failed: %s", exc)
-            except Exception:  # a heartbeat must never die silently
-                log.exception("heartbeat error")
+            except Exception as exc:  # a heartbeat must never die silently
+                if closed_under_write(exc):
+                    log.warning("heartbeat failed: %s", exc)
+                else:
+                    log.exception("heartbeat error")
             c.metrics.owned.set(len(c.leases.owned))
 
 

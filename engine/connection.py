@@ -22,6 +22,13 @@ UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, TryAgain
 
 _OPTIONS = {"socket_keepalive": True, "health_check_interval": 30}
 
+
+def closed_under_write(exc: BaseException) -> bool:
+    """uvloop's RuntimeError for a write on a connection the server has just closed ("... the handler
+    is closed", uvloop issue 506): Redis going away, like UNAVAILABLE (plain asyncio raises an OSError
+    there, which redis-py turns into ConnectionError).  Any other RuntimeError is a bug."""
+    return isinstance(exc, RuntimeError) and "the handler is closed" in str(exc)
+
 log = logging.getLogger(__name__)
 
 # Waiting for Redis to come back: 0.1-0.2 s after the first failure, doubling, at most 1-2 s
@@ -89,8 +96,16 @@ async def retry_until_available(do: Callable[[], Awaitable[Any]], what: str, sto
             raise _Stopped from exc
         log.warning("redis unavailable (%s); %s again", exc, what)
 
+    async def attempt() -> Any:
+        try:
+            return await do()
+        except RuntimeError as exc:
+            if closed_under_write(exc):
+                raise redis.ConnectionError(str(exc)) from exc
+            raise
+
     try:
-        await (retry or backoff_retry()).call_with_retry(do, failed)
+        await (retry or backoff_retry()).call_with_retry(attempt, failed)
     except _Stopped:
         return False
     return True

@@ -110,3 +110,12 @@ def test_the_command_lines_bar_draws_on_a_terminal_only():
         bar.close()
     assert terminal.getvalue().startswith("\rreplay clicks [" + "#" * 15 + " " * 15 + "] 50/100 ")
     assert terminal.getvalue().endswith("\n") and pipe.getvalue() == ""
+
+
+async def test_a_connection_closed_under_a_write_is_waited_out_like_redis_down(caplog):
+    """uvloop's RuntimeError for a write on a closed connection (issue 506) is Redis going away."""
+    call = Flaky(2, RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed"))
+    assert await retry_until_available(call, "joining", retry=QUICK) is True
+    assert call.calls == 3 and caplog.text.count("joining again") == 2
+    with pytest.raises(RuntimeError, match="a bug"):
+        await retry_until_available(Flaky(1, RuntimeError("a bug")), "joining", retry=QUICK)
