@@ -17,7 +17,7 @@ import logging
 from typing import Any, Callable
 
 from shopstream.engine.assignment import assigned
-from shopstream.engine.connection import UNAVAILABLE
+from shopstream.engine.connection import UNAVAILABLE, unavailable
 from shopstream.engine.contract import LeaseArgs, ReleaseArgs
 from shopstream.engine.keys import Keys
 from shopstream.engine.scripts import Scripts
@@ -97,17 +97,17 @@ class Leases:
         renewed on its own (the error is raised once the others are renewed)."""
         s = self.settings
         now_ms = self.clock.wall_us() // 1000
-        unavailable: Exception | None = None
+        away: Exception | None = None       # the error of a shard that did not answer, raised at the end
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.zadd(self.keys.consumers, {self.name: now_ms + s.lease_ttl_ms})
             pipe.zremrangebyscore(self.keys.consumers, "-inf", now_ms)
             pipe.zrange(self.keys.consumers, 0, -1)
             members = [m.decode() for m in (await pipe.execute())[2]]
-        except UNAVAILABLE as exc:
-            if not self.members:
-                raise                        # no view of the group yet: take nothing
-            unavailable, members = exc, self.members
+        except (*UNAVAILABLE, RuntimeError) as exc:
+            if not unavailable(exc) or not self.members:
+                raise                        # (no view of the group yet: take nothing)
+            away, members = exc, self.members
         if members != self.members:
             log.info("members now %d: %s", len(members), ", ".join(members))
             self.members = members
@@ -126,14 +126,16 @@ class Leases:
                     await self.claim_pending(p)
                     self._owned.add(p)
                     log.info("took partition %d", p)
-            except UNAVAILABLE as exc:
-                unavailable = exc
+            except (*UNAVAILABLE, RuntimeError) as exc:
+                if not unavailable(exc):
+                    raise
+                away = exc
                 continue
             if not held and p in self._owned:
                 self.lose(p)
                 log.warning("lost partition %d (lease taken by another consumer)", p)
-        if unavailable is not None:
-            raise unavailable
+        if away is not None:
+            raise away
 
     async def claim_pending(self, p: int, min_idle_ms: int = 0) -> int:
         """Move entries of partition p pending for other consumers to us; returns how many."""

@@ -15,8 +15,8 @@ import signal
 from typing import TYPE_CHECKING
 
 from shopstream.engine import aio
-from shopstream.engine.connection import (UNAVAILABLE, async_client, closed_under_write, consumer_name,
-                                          retry_until_available)
+from shopstream.engine.connection import (UNAVAILABLE, async_client, consumer_name, retry_until_available,
+                                          unavailable)
 from shopstream.engine.control import drained, ensure_groups, input_open
 from shopstream.engine.retention import trim_inputs
 from shopstream.engine.settings import Settings
@@ -58,7 +58,7 @@ class Runner:
                         log.info("all partitions drained; exiting")
                         break
                 except (*UNAVAILABLE, RuntimeError) as exc:
-                    if isinstance(exc, RuntimeError) and not closed_under_write(exc):
+                    if not unavailable(exc):
                         raise
                     # a read or an apply may have been lost on the way (entries delivered to us, or
                     # applied on a master that died before replicating): our pending entries first
@@ -73,7 +73,7 @@ class Runner:
             try:
                 await c.leases.leave()
             except (*UNAVAILABLE, RuntimeError) as exc:      # leases expire by themselves
-                if isinstance(exc, RuntimeError) and not closed_under_write(exc):
+                if not unavailable(exc):
                     raise
 
     async def heartbeat_loop(self) -> None:
@@ -91,10 +91,8 @@ class Runner:
                     c.metrics.trimmed.inc(await trim_inputs(c.client, c.settings, sorted(c.leases.owned)))
                 await c.lag.observe()
                 await c.catalog.refresh(c.client)
-            except UNAVAILABLE as exc:
-                log.warning("heartbeat failed: %s", exc)
             except Exception as exc:  # a heartbeat must never die silently
-                if closed_under_write(exc):
+                if unavailable(exc):
                     log.warning("heartbeat failed: %s", exc)
                 else:
                     log.exception("heartbeat error")

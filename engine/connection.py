@@ -29,6 +29,12 @@ def closed_under_write(exc: BaseException) -> bool:
     there, which redis-py turns into ConnectionError).  Any other RuntimeError is a bug."""
     return isinstance(exc, RuntimeError) and "the handler is closed" in str(exc)
 
+
+def unavailable(exc: BaseException) -> bool:
+    """Redis, or a shard of it, not answering right now: UNAVAILABLE, or a write on a connection it
+    has just closed.  For ``except (*UNAVAILABLE, RuntimeError)`` clauses: re-raise when False."""
+    return isinstance(exc, UNAVAILABLE) or closed_under_write(exc)
+
 log = logging.getLogger(__name__)
 
 # Waiting for Redis to come back: 0.1-0.2 s after the first failure, doubling, at most 1-2 s

@@ -520,3 +520,29 @@ async def test_a_connection_closed_under_a_write_is_redis_going_away_not_a_crash
     other.step = bug
     with pytest.raises(RuntimeError, match="a bug"):
         await asyncio.wait_for(other.run(), timeout=60)
+
+
+async def test_a_lease_renewal_on_a_closed_connection_does_not_cost_the_other_leases(backend, settings):
+    """Each lease is renewed on its own (a Redis Cluster shard failing over must not cost the leases
+    on the others): uvloop's closed-connection RuntimeError on one partition counts as that shard
+    being away, like a ConnectionError; the others are renewed, then the heartbeat reports it."""
+    from shopstream.consumers.clock import ManualClock
+    from shopstream.consumers.leases import Leases
+    settings = settings.replace(partitions=2)
+    await control.ensure_groups(backend.aio, settings)
+    scripts = Scripts(backend.aio)
+    leases = Leases(backend.aio, scripts, settings, "c", clock=ManualClock())
+    await leases.heartbeat()
+    run = scripts.run
+
+    async def shard_0_closed(name, part, args):
+        if name == "claim_lease" and part.p == 0:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+        return await run(name, part, args)
+    scripts.run = shard_0_closed
+    before = dict(leases.valid_until)
+    leases.clock.advance(1.0)
+    with pytest.raises(RuntimeError, match="handler is closed"):
+        await leases.heartbeat()
+    assert leases.valid_until[1] > before[1] and leases.valid_until[0] == before[0]   # 1 renewed, 0 kept
+    assert leases.owned == {0, 1}
