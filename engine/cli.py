@@ -168,7 +168,7 @@ def cmd_bench(args, settings):
         from .tools.benchcluster import run as run_cluster
         consumers = [int(x) for x in args.consumers.split(",")]
         run_cluster(args.events, args.users, args.runs, consumers[len(consumers) // 2], args.cluster,
-                    args.appendfsync, args.json)
+                    args.appendfsync, args.json, rate=args.rate, latency_events=args.latency_events)
         return
     from .tools.bench import run, run_file_rounds
     if args.run_only:
@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Redis durability during the bench (no = AOF off)")
     p.add_argument("--json", help="write the full report here")
     p.add_argument("--cluster", type=int, metavar="MASTERS",
-                   help="instead: the engine on one redis-server vs a Redis Cluster of MASTERS masters, same run")
+                   help="instead: the engine on one redis-server vs a Redis Cluster of MASTERS masters, same run:"
+                        " throughput, and detection latency at --rate")
     p.add_argument("--profile", help="cProfile one engine consumer; top functions printed, stats saved here")
     p.add_argument("--flush", type=int, metavar="SESSIONS",
                    help="instead: the longest script call while a flush closes SESSIONS open sessions")

@@ -43,16 +43,21 @@ def test_bench_runs_and_reports(tmp_path):
 
 def test_bench_compares_a_cluster_with_a_single_node(tmp_path):
     out = tmp_path / "cluster.json"
-    stdout = shopstream("bench", "--cluster", "3", "--events", "5000", "--users", "500", "--runs", "1",
-                        "--consumers", "1", "--json", str(out), timeout=600)
+    stdout = shopstream("bench", "--cluster", "3", "--events", "20000", "--users", "500", "--runs", "1",
+                        "--consumers", "1", "--rate", "2000", "--latency-events", "6000", "--json", str(out), timeout=600)
     assert "3 masters" in stdout and "busiest master" in stdout
+    assert "decision p99 <= 1,000 ms at 2,000 events/s, cluster" in stdout
     report = json.loads(out.read_text())
     summary = report["summary"]
     assert summary["events_per_s"]["single"] > 0 and summary["events_per_s"]["cluster"] > 0
     # the cluster spreads the Redis work: its busiest master does less than all of its masters
     assert summary["busiest_master_cpu_us_per_event"]["cluster"] < summary["redis_cpu_us_per_event"]["cluster"]
-    assert [s["name"] for s in report["stages"]] == ["engine", "engine@cluster3"]
+    assert [s["name"] for s in report["stages"]] == ["engine", "engine@cluster3", "engine@rate", "engine@rate-cluster3"]
     assert all(s["alerts"] > 0 for s in report["stages"])      # its subscriber hears alerts from every master
+    # the latency stages ran at their rate, on mixed traffic, and timed decisions on both sides
+    assert all(side >= 0.8 * 2000 for side in summary["rate_offered_events_per_s"].values())
+    assert all(n > 0 for n in summary["latency_n"]["decision"].values())
+    assert report["mix"]["tx"] > 0 and report["stages"][2]["events"] == 6000
 
 
 def test_mixed_bench_data_is_valid_and_exercises_every_rule():
