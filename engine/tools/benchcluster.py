@@ -40,20 +40,24 @@ def run(events: int, users: int, runs: int, consumers: int, masters: int, append
     aof = ["--appendonly", "no"] if appendfsync == "no" else ["--appendonly", "yes", "--appendfsync", appendfsync]
     pairs: list[tuple[Stage, Stage]] = []
     paced: list[tuple[Stage, Stage]] = []
+    stages: list[Stage] = []
     with embedded_redis(*aof) as single, embedded_cluster(masters, 0, extra_args=aof) as cluster:
-        urls = (single, cluster.url)
         for r in range(runs):
-            one, many = (run_stage(url, base, mixed, name, consumers, base.partitions, triggers=triggers)
-                         for url, name in zip(urls, ("engine", f"engine@cluster{masters}")))
+            one = run_stage(single, base, mixed, "engine", consumers, base.partitions, triggers=triggers)
+            many = run_stage(cluster.url, base, mixed, f"engine@cluster{masters}", consumers, base.partitions,
+                             triggers=triggers)
+            slow = run_stage(single, base, at_rate, "engine@rate", consumers, base.partitions, rate=rate,
+                             triggers=triggers)
+            fast = run_stage(cluster.url, base, at_rate, f"engine@rate-cluster{masters}", consumers, base.partitions,
+                             rate=rate, triggers=triggers)
             pairs.append((one, many))
-            slow, fast = (run_stage(url, base, at_rate, name, consumers, base.partitions, rate=rate, triggers=triggers)
-                          for url, name in zip(urls, ("engine@rate", f"engine@rate-cluster{masters}")))
             paced.append((slow, fast))
+            stages += [one, many, slow, fast]
             print(f"run {r + 1}/{runs}: single node {one.events_per_s:,.0f}/s, decision p99 {_p99(slow):,.0f} ms;"
                   f"  {masters}-master cluster {many.events_per_s:,.0f}/s, decision p99 {_p99(fast):,.0f} ms",
                   flush=True)
     report = {"machine": {**_machine(), "appendfsync": appendfsync}, "events": events, "runs": runs,
-              "mix": mixed.counts(), "stages": [asdict(s) for group in (pairs, paced) for pair in group for s in pair],
+              "mix": mixed.counts(), "stages": [asdict(s) for s in stages],
               "summary": summarize(pairs, paced, masters, consumers, base.partitions, rate)}
     if json_out:                          # first: a run of many minutes is kept whatever the table does
         Path(json_out).write_text(json.dumps(report, indent=1))
