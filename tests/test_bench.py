@@ -41,12 +41,34 @@ def test_bench_runs_and_reports(tmp_path):
     assert 0 <= summary["ordinary_users_alerted"] < summary["ordinary_users"]
 
 
+def test_re_keyed_alerts_and_their_members_decisions_are_timed_from_the_triggering_event():
+    from shopstream.engine.tools.bench import _rule_latencies
+    from shopstream.engine.tools.benchdata import Trigger
+    triggers = {("ip_users", "ip", "10.0.0.1", 3_600_000): Trigger(7, frozenset({"u1", "u2"}))}
+    published = {7: 1_000.0}
+
+    def line(recv, rule, kind, subject, window, entry="", role="", user=""):
+        return "\t".join(map(str, (recv, rule, kind, subject, window, entry, role, user)))
+    by_rule, untimed, _ = _rule_latencies([
+        line(1_250.0, "burst", "user", "u9", 0, entry="900-0"),                  # an entry: from its id
+        line(1_400.0, "ip_users", "ip", "10.0.0.1", 3_600_000),                  # the subject alert
+        line(1_600.0, "ip_users", "ip", "10.0.0.1", 3_600_000, role="member", user="u1"),
+        line(1_700.0, "ip_users", "ip", "10.0.0.1", 3_600_000, role="member", user="u2"),
+        line(9_000.0, "ip_users", "ip", "10.0.0.1", 3_600_000, role="member", user="u3"),   # joined later
+        line(5_000.0, "ip_users", "ip", "10.9.9.9", 3_600_000),                  # no trigger known
+    ], triggers, published.__getitem__)
+    assert by_rule["burst"]["p50"] == 350.0
+    assert by_rule["ip_users (ip)"]["max"] == 400.0
+    assert by_rule["ip_users (ip) member"]["n"] == 2 and by_rule["ip_users (ip) member"]["max"] == 700.0
+    assert untimed == {"ip_users (ip) member": 1, "ip_users (ip)": 1}
+
+
 def test_bench_compares_a_cluster_with_a_single_node(tmp_path):
     out = tmp_path / "cluster.json"
     stdout = shopstream("bench", "--cluster", "3", "--events", "20000", "--users", "500", "--runs", "1",
                         "--consumers", "1", "--rate", "2000", "--latency-events", "6000", "--json", str(out), timeout=600)
     assert "3 masters" in stdout and "busiest master" in stdout
-    assert "decision p99 <= 1,000 ms at 2,000 events/s, cluster" in stdout
+    assert "every timed decision p99 <= 1,000 ms at 2,000 events/s, cluster" in stdout
     report = json.loads(out.read_text())
     summary = report["summary"]
     assert summary["events_per_s"]["single"] > 0 and summary["events_per_s"]["cluster"] > 0

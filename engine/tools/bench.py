@@ -175,21 +175,23 @@ def _commands(masters: list[redis.Redis], events: int) -> dict:
 def _rule_latencies(lines: list[str], triggers: dict, publish_ms: "Callable[[int], float]") -> tuple[dict, dict, list]:
     """Latency per rule from the subscriber's lines: an alert naming its entry, from the entry's
     append time (its id); a re-keyed (ip, card) alert, which names none, from the time the event
-    that tipped it over was published (the start of its publish round: an upper bound)."""
+    that tipped it over was published (the start of its publish round: an upper bound); and the
+    member records of that alert (each published in the member's own partition together with the
+    signal and the decision it brings), for the users the subject had by then, from the same time
+    ("<rule> (<kind>) member": the decisions of the re-keyed rules, a third hop)."""
     by_rule: dict[str, list[float]] = {}
     untimed: dict[str, int] = {}
     for line in lines:
-        recv, rule, kind, subject, window, entry, role = line.split("\t")[:7]
+        recv, rule, kind, subject, window, entry, role, user = (line.split("\t") + [""])[:8]
         if entry:
             by_rule.setdefault(rule, []).append(float(recv) - int(entry.split("-")[0]))
             continue
-        label = rule if kind == "user" else f"{rule} ({kind})"
-        index = triggers.get((rule, kind, subject, int(window))) if role != "member" and kind != "user" else None
-        if index is None:
-            untimed[label + (" member" if role == "member" else "")] = untimed.get(
-                label + (" member" if role == "member" else ""), 0) + 1
+        label = (rule if kind == "user" else f"{rule} ({kind})") + (" member" if role == "member" else "")
+        trigger = triggers.get((rule, kind, subject, int(window))) if kind != "user" else None
+        if trigger is None or (role == "member" and user not in trigger.users):
+            untimed[label] = untimed.get(label, 0) + 1
             continue
-        by_rule.setdefault(label, []).append(float(recv) - publish_ms(index))
+        by_rule.setdefault(label, []).append(float(recv) - publish_ms(trigger.index))
     everything = [x for xs in by_rule.values() for x in xs]
     return {rule: _percentiles(xs) for rule, xs in sorted(by_rule.items())}, untimed, everything
 
@@ -592,7 +594,9 @@ def _met(ok: bool | None) -> str:
 RULE_GROUPS = {"events_per_minute": "click", "burst": "click", "failed_payments": "transaction",
                "card_testing": "transaction", "impossible_travel": "click and payment", "inhuman_speed": "click",
                "decision": "decision",
-               "ip_users (ip)": "re-keyed IP", "card_testing (card)": "re-keyed card"}
+               "ip_users (ip)": "re-keyed IP", "card_testing (card)": "re-keyed card",
+               "ip_users (ip) member": "re-keyed IP: a member's decision",
+               "card_testing (card) member": "re-keyed card: a member's decision"}
 
 
 def targets(report: dict) -> list[tuple[str, str, bool | None, str]]:
@@ -650,7 +654,8 @@ def targets(report: dict) -> list[tuple[str, str, bool | None, str]]:
         ok = d["p99"] <= 20 and d["n"] >= 1000 and at_rate
         why = "" if ok else ("fewer than 1,000 alerts" if d["p99"] <= 20 and at_rate else
                              "an alert waits for the consumer's round (read, decode, apply of every owned partition)"
-                             + (" and, re-keyed, a second round in the subject's partition" if "(" in rule else ""))
+                             + (" and, re-keyed, a second round in the subject's partition" if "(" in rule else "")
+                             + (" and a third in the member's" if rule.endswith(" member") else ""))
         if not at_rate:
             why = (f"not at the rate: the producer offered {offered:,.0f} events/s of {rate:,.0f} (Redis busy with the"
                    f" engine's calls); {why}")

@@ -27,6 +27,9 @@ from ..settings import Settings
 
 SIDES = ("single", "cluster")
 LATENCY_TARGET_MS = 1000          # issue 16: every decision within 1 s of its triggering event (p99)
+# the decisions the bench times: those an entry triggers, and those of the re-keyed rules (published
+# with the member record in the user's partition, bench.py _rule_latencies)
+DECISIONS = ("decision", "ip_users (ip) member", "card_testing (card) member")
 
 
 def run(events: int, users: int, runs: int, consumers: int, masters: int, appendfsync: str,
@@ -116,7 +119,7 @@ def print_table(report: dict) -> None:
             (f"at {s['rate']:,.0f} events/s: drained, events/s", "rate_drained_events_per_s", "{:,.0f}"),
             (f"at {s['rate']:,.0f} events/s: Redis CPU per event, us", "rate_redis_cpu_us_per_event", "{:.1f}"),
             (f"at {s['rate']:,.0f} events/s: events per apply call", "rate_events_per_apply_call", "{:,.0f}")]
-    width = 58
+    width = 66
     print(f"  {'':<{width}} {'single node':>14} {f'{n} masters':>14}")
     for label, key, fmt in rows:
         print(f"  {label:<{width}} {fmt.format(s[key]['single']):>14} {fmt.format(s[key]['cluster']):>14}")
@@ -126,13 +129,17 @@ def print_table(report: dict) -> None:
         label = f"    {rule}{group}, n {s['latency_n'][rule]['single']:,.0f} / {s['latency_n'][rule]['cluster']:,.0f}"
         cells = [f"{s['latency_p50_ms'][rule][side]:,.0f} / {s['latency_p99_ms'][rule][side]:,.0f}" for side in SIDES]
         print(f"  {label:<{width}} {cells[0]:>14} {cells[1]:>14}")
+    decisions = [r for r in DECISIONS if r in s["latency_p99_ms"]]
     for side in SIDES:
-        p99 = s["latency_p99_ms"].get("decision", {}).get(side)
+        if not decisions:
+            break
+        worst = max(decisions, key=lambda r: s["latency_p99_ms"][r][side])
+        p99 = s["latency_p99_ms"][worst][side]
         kept_up = s["rate_offered_events_per_s"][side] >= 0.97 * s["rate"]
-        if p99 is not None:
-            met = p99 <= LATENCY_TARGET_MS and kept_up
-            print(f"  decision p99 <= {LATENCY_TARGET_MS:,} ms at {s['rate']:,.0f} events/s, {side}:"
-                  f" {'met' if met else 'MISSED'} ({p99:,.0f} ms" + ("" if kept_up else ", the producer fell behind") + ")")
+        met = p99 <= LATENCY_TARGET_MS and kept_up
+        print(f"  every timed decision p99 <= {LATENCY_TARGET_MS:,} ms at {s['rate']:,.0f} events/s, {side}:"
+              f" {'met' if met else 'MISSED'} (the slowest: {worst} {p99:,.0f} ms"
+              + ("" if kept_up else "; the producer fell behind") + ")")
     busiest = s["busiest_master_cpu_us_per_event"]["cluster"]
     ceiling = 1e6 / s["redis_cpu_us_per_event"]["single"]
     print(f"  Redis-bound ceiling with a core per Redis: single node {ceiling:,.0f}/s; cluster "

@@ -343,11 +343,17 @@ class _Seen(msgspec.Struct):
     card_fingerprint: str = ""
 
 
+class Trigger(NamedTuple):
+    index: int                  # the arrival index of the event that tips the alert over
+    users: frozenset            # the subject's users up to it (the alert's members, in this approximation)
+
+
 def subject_triggers(mixed: Mixed, ip_users: int = 10, ip_window_min: int = 60, card_users: int = 3,
-                     card_window_min: int = 1440) -> dict[tuple[str, str, str, int], int]:
-    """(rule, subject kind, subject, window start ms) -> the arrival index of the event that tips the
-    re-keyed alert over (ip_users: the (threshold+1)-th distinct user of an IP in its window, from
-    clicks and payments; card_testing on a card: the card_users-th distinct user of a card).  The
+                     card_window_min: int = 1440) -> dict[tuple[str, str, str, int], Trigger]:
+    """(rule, subject kind, subject, window start ms) -> the Trigger of the re-keyed alert: the
+    arrival index of the event that tips it over (ip_users: the (threshold+1)-th distinct user of an
+    IP in its window, from clicks and payments; card_testing on a card: the card_users-th distinct
+    user of a card) and the users seen until then.  The
     rules count over sliding horizons and alert once per period of the horizon's length: counting
     per period is the approximation (the shortest horizons of ops/rules.toml: 1 h and 24 h)."""
     from ..eventtime import parse_timestamp
@@ -372,6 +378,6 @@ def subject_triggers(mixed: Mixed, ip_users: int = 10, ip_window_min: int = 60, 
             users = seen.setdefault(key, set())
             users.add(e.user_id)
             if len(users) >= needed:
-                out[key] = i
+                out[key] = Trigger(i, frozenset(users))
                 del seen[key]
     return out
