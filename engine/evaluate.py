@@ -26,9 +26,9 @@ from pathlib import Path
 import msgspec
 
 from . import aio, catalog, control, evaluation, export
+from .batch import PAYLOAD_FIELD
 from .connection import async_client, sync_client
 from .eventtime import parse_timestamp
-from .batch import PAYLOAD_FIELD
 from .keys import CLICKS, SUPPORT, TX, Keys
 from .settings import Settings
 

@@ -80,9 +80,10 @@ def summarize(pairs: list[tuple[Stage, Stage]], paced: list[tuple[Stage, Stage]]
     def med(group, pick):
         return {side: statistics.median(pick(p[i]) for p in group) for i, side in enumerate(SIDES)}
 
-    def rule_p(q):
-        return lambda rule: lambda s: s.latency_by_rule.get(rule, {}).get(q, 0.0)
     rules = [r for r in RULE_GROUPS if any(r in s.latency_by_rule for pair in paced for s in pair)]
+
+    def latency(q):
+        return {rule: med(paced, lambda s, r=rule: s.latency_by_rule.get(r, {}).get(q, 0.0)) for rule in rules}
     return {
         "masters": masters, "consumers": consumers, "partitions": partitions,
         "events_per_s": med(pairs, lambda s: s.events_per_s),
@@ -96,9 +97,7 @@ def summarize(pairs: list[tuple[Stage, Stage]], paced: list[tuple[Stage, Stage]]
         "rate_drained_events_per_s": med(paced, lambda s: s.events_per_s),
         "rate_redis_cpu_us_per_event": med(paced, lambda s: s.redis_cpu_us_per_event),
         "rate_events_per_apply_call": med(paced, lambda s: s.events / max(s.apply_calls, 1)),
-        "latency_p50_ms": {rule: med(paced, rule_p("p50")(rule)) for rule in rules},
-        "latency_p99_ms": {rule: med(paced, rule_p("p99")(rule)) for rule in rules},
-        "latency_n": {rule: med(paced, rule_p("n")(rule)) for rule in rules},
+        "latency_p50_ms": latency("p50"), "latency_p99_ms": latency("p99"), "latency_n": latency("n"),
     }
 
 
@@ -119,7 +118,7 @@ def print_table(report: dict) -> None:
             (f"at {s['rate']:,.0f} events/s: drained, events/s", "rate_drained_events_per_s", "{:,.0f}"),
             (f"at {s['rate']:,.0f} events/s: Redis CPU per event, us", "rate_redis_cpu_us_per_event", "{:.1f}"),
             (f"at {s['rate']:,.0f} events/s: events per apply call", "rate_events_per_apply_call", "{:,.0f}")]
-    width = 66
+    width = 82
     print(f"  {'':<{width}} {'single node':>14} {f'{n} masters':>14}")
     for label, key, fmt in rows:
         print(f"  {label:<{width}} {fmt.format(s[key]['single']):>14} {fmt.format(s[key]['cluster']):>14}")

@@ -23,7 +23,8 @@ bench times each rule's detection separately); fraud is about 18 % of the events
     speeders          purchase within seconds of arriving        inhuman_speed (on the purchase)
 
 ``subject_triggers`` finds, for each re-keyed alert (IP, card), the arrival index of the event
-that tips it over, so the bench can time those alerts (they carry no entry id).
+that tips it over and the subject's users by then, so the bench can time those alerts and their
+members' decisions (they carry no entry id).
 """
 
 from __future__ import annotations
