@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import msgspec
 import pytest
 
 from shopstream.consumers.consumer import Consumer
@@ -501,6 +502,25 @@ async def test_impossible_travel(backend, settings):
               event("k", T0, country="DE"), event("k", T0 + 30 * MIN, country="AT"),     # neighbours
               event("l", T0, country="US"), event("l", T0 + 10 * HOUR, country="DE")]   # a flight
     out = await run(backend, settings, clicks)
+    assert fired(out, "impossible_travel") == ["j"]
+
+
+async def test_impossible_travel_across_a_session_gap_after_the_state_was_swept(backend, settings):
+    """The user's latest place outlives their session state: clicked in the US, gone 100 minutes
+    (the session closed and the state was deleted while other users' clicks moved the watermark),
+    back from Germany: 7,000 km in 100 minutes.  Before the fix, the click found no place (the
+    swept state had it; the profile's was not read on the click path) and the payment saw the
+    click's own country."""
+    s = settings.replace(batch_size=5)
+    p = partition_of("j", s.partitions)
+    others = [u for u in (f"w{i}" for i in range(200)) if partition_of(u, s.partitions) == p][:3]
+    clicks = [event("j", T0 + i * MIN, country="US") for i in range(3)]
+    clicks += [event(u, T0 + k * 5 * MIN, country="US") for k in range(1, 24) for u in others]   # two hours
+    clicks.sort(key=lambda raw: msgspec.json.decode(raw)["timestamp"])
+    clicks += [event("j", T0 + 100 * MIN, country="DE"), event("j", T0 + 101 * MIN, "checkout", country="DE")]
+    clicks += [event("l", T0, country="US"), event("l", T0 + 10 * HOUR, country="DE")]           # a flight
+    out = await run(backend, s, clicks)
+    assert len([x for x in out.sessions if x["user_id"] == "j"]) == 2          # two sessions: 100 minutes apart
     assert fired(out, "impossible_travel") == ["j"]
 
 

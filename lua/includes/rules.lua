@@ -53,12 +53,18 @@ end
 -- Impossible travel: country at ts against the user's latest known place (st.loc, then the
 -- profile's loc).  Fires when the two centres are min_km or more apart and the speed needed is
 -- above max_kmh.
+-- The latest place is the state's (st.loc); a state swept away after its last session closed
+-- leaves it in the profile (loc, written when the session closes): read from the loaded profile,
+-- or (a click's travel, no profile loaded) with one HGET; a profile key that is not a hash: none.
 local function travel(ctx, pr, st, uid, country, ts, entry)
   local R = ctx.rules
   if country == '' then return end
   local last = st and st.loc
-  if not last and pr and pr.f.loc then
-    local c, t = pr.f.loc:match('^(%S+) (%d+)$')
+  if not last and R.travel then
+    local stored, known = nil, pr or ctx.profiles[uid]
+    if known then stored = known.f.loc else stored = redis.pcall('HGET', ctx.prefix .. KEY.profile .. uid, 'loc') end
+    local c, t = nil, nil
+    if type(stored) == 'string' then c, t = stored:match('^(%S+) (%d+)$') end
     if c then last = {c, tonumber(t)} end
   end
   if R.travel and last and last[1] ~= country then
