@@ -182,7 +182,7 @@ def _rule_latencies(lines: list[str], triggers: dict, publish_ms: "Callable[[int
     by_rule: dict[str, list[float]] = {}
     untimed: dict[str, int] = {}
     for line in lines:
-        recv, rule, kind, subject, window, entry, role, user = (line.split("\t") + [""])[:8]
+        recv, rule, kind, subject, window, entry, role, user = line.split("\t")[:8]
         if entry:
             by_rule.setdefault(rule, []).append(float(recv) - int(entry.split("-")[0]))
             continue

@@ -50,12 +50,11 @@ local function in_ranges(ip, ranges)
   return false
 end
 
--- Impossible travel: country at ts against the user's latest known place (st.loc, then the
--- profile's loc).  Fires when the two centres are min_km or more apart and the speed needed is
--- above max_kmh.
--- The latest place is the state's (st.loc); a state swept away after its last session closed
--- leaves it in the profile (loc, written when the session closes): read from the loaded profile,
--- or (a click's travel, no profile loaded) with one HGET; a profile key that is not a hash: none.
+-- Impossible travel: country at ts against the user's latest known place.  Fires when the two
+-- centres are min_km or more apart and the speed needed is above max_kmh.  The latest place is the
+-- state's (st.loc); a state swept away after its last session closed leaves it in the profile (loc,
+-- written when a session closes and by payments): read from the loaded profile, or (a click, no
+-- profile loaded) with one HGET; a profile key that is not a hash: no place.
 local function travel(ctx, pr, st, uid, country, ts, entry)
   local R = ctx.rules
   if country == '' then return end
